@@ -1,0 +1,1 @@
+//! Checkpoint archive format (see mod docs once written).

@@ -1,0 +1,162 @@
+//! The seam between the runtime-agnostic pod logic and one way of running containers.
+//!
+//! The controller decides *what* happens to a pod and in which order (freeze everything, dump in
+//! parallel, thaw, then package); a backend knows *how* for its runtime. podcr's shim provides the
+//! runc + CRIU backend; a gVisor- or VM-style runtime would implement the same trait with its own
+//! notion of freezing and dumping.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::Result;
+
+/// DNS settings for the pod's resolv.conf (CRI `DNSConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// What a pod is made of, reduced from the CRI `PodSandboxConfig` (or an OCI spec from ctr) to
+/// what a backend needs to build it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub id: String,
+    /// containerd's bundle for the sandbox; the backend may keep its own files here.
+    pub bundle: PathBuf,
+    /// Network namespace the CRI created; `None` means the host's network.
+    pub netns_path: Option<PathBuf>,
+    pub hostname: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub host_ipc: bool,
+    /// Containers of the pod share one PID namespace (`shareProcessNamespace`).
+    pub share_pid: bool,
+    pub host_pid: bool,
+    pub cgroup_parent: Option<String>,
+    pub sysctls: BTreeMap<String, String>,
+    pub dns: Option<DnsConfig>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The pod config as the caller sent it, as JSON with snake_case names, kept for `pod.dump`.
+    pub raw_config: Option<serde_json::Value>,
+}
+
+/// How a pod's anchor process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// The process that holds the pod's namespaces; its pid is what containers join through
+/// `/proc/<pid>/ns/*` (containerd 2.1's CRI needs a live pid, see the research notes §13.3).
+#[derive(Debug)]
+pub struct PodAnchor {
+    pub pid: u32,
+    /// Becomes `Some` when the anchor process has exited.
+    pub exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// A container of the pod as the backend sees it at this moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// CRI container name (`io.kubernetes.cri.container-name`), or the id outside the CRI.
+    pub name: String,
+    pub pid: u32,
+    pub running: bool,
+    /// containerd's bundle for the container; `config.json` there is its OCI spec.
+    pub bundle: PathBuf,
+    /// Image the container was created from (`io.kubernetes.cri.image-name`), if known.
+    pub image: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How one container is dumped. The container always keeps running (frozen) after its dump: the
+/// controller decides afterwards whether the pod stops, so a failure in one container never
+/// leaves another one killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpOptions {
+    /// Where CRIU writes its images (the archive's `checkpoint/` directory).
+    pub image_dir: PathBuf,
+    /// Where CRIU writes dump.log and stats-dump.
+    pub work_dir: PathBuf,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+/// What one dump cost, for the statistics the caller gets back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpOutcome {
+    pub wall: Duration,
+}
+
+/// The writable layer of a container captured while it was frozen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootfsCapture {
+    /// Uncompressed tar of new and changed files (checkpointctl's `rootfs-diff.tar`).
+    pub diff_tar: PathBuf,
+    /// Paths (relative to the rootfs, leading `/`) deleted from the image layers.
+    pub deleted: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Everything a backend needs to bring one container back from a checkpoint instead of starting
+/// it fresh, when containerd creates the task `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreStage {
+    /// Directory holding CRIU's images for this container.
+    pub image_dir: PathBuf,
+    /// Where CRIU may write restore.log.
+    pub work_dir: PathBuf,
+    pub rootfs_diff: Option<PathBuf>,
+    pub deleted: Vec<String>,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+#[async_trait]
+pub trait PodBackend: Send + Sync + 'static {
+    /// Builds the pod's shared resources (files, pinned namespaces). No process runs yet.
+    async fn create_pod(&self, spec: &PodSpec) -> Result<()>;
+
+    /// Starts the anchor process that holds the pod's namespaces.
+    async fn start_pod(&self, spec: &PodSpec) -> Result<PodAnchor>;
+
+    /// Kills every container of the pod and the anchor. Idempotent.
+    async fn stop_pod(&self, spec: &PodSpec, timeout: Duration) -> Result<()>;
+
+    /// Releases everything `create_pod` made. Idempotent; must succeed when nothing is left.
+    async fn destroy_pod(&self, spec: &PodSpec) -> Result<()>;
+
+    /// The containers currently in the pod.
+    async fn containers(&self) -> Result<Vec<ContainerInfo>>;
+
+    /// Freezes the given containers as close to one instant as the runtime allows.
+    async fn freeze(&self, ids: &[String]) -> Result<()>;
+
+    /// Thaws the given containers. Must succeed for containers that are not frozen.
+    async fn thaw(&self, ids: &[String]) -> Result<()>;
+
+    /// Dumps one frozen container; it stays frozen and alive.
+    async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
+
+    /// Captures the writable layer of one frozen container into `dest_dir`.
+    async fn capture_rootfs(&self, id: &str, dest_dir: &std::path::Path) -> Result<RootfsCapture>;
+
+    /// Kills one container (after a checkpoint that does not leave the pod running).
+    async fn kill(&self, id: &str) -> Result<()>;
+
+    /// Arranges for the task `id`, when containerd creates it, to be restored from `stage`.
+    async fn stage_restore(&self, id: &str, stage: RestoreStage) -> Result<()>;
+
+    /// Forgets a staged restore (the caller rolled the restore back).
+    async fn unstage_restore(&self, id: &str) -> Result<()>;
+}

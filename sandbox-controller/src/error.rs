@@ -1,0 +1,53 @@
+//! The one error type of the sandbox controller. Variants are named after the containerd errdefs
+//! they become on the wire (the shim's `error.rs` holds that mapping), so callers can tell a bad
+//! request from a broken runtime.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    #[error("not implemented: {0}")]
+    Unimplemented(String),
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// A checkpoint archive that is malformed, hostile or does not match its manifest.
+    #[error("invalid checkpoint archive: {0}")]
+    Archive(String),
+    /// The OCI runtime or CRIU failed; `msg` carries their own words (runc's log, CRIU's log tail).
+    #[error("{op} {id}: {msg}")]
+    Runtime { op: String, id: String, msg: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done, e.g. `Error::io("create output dir")(e)`.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub fn runtime(op: impl Into<String>, id: impl Into<String>, msg: impl Into<String>) -> Error {
+        Error::Runtime { op: op.into(), id: id.into(), msg: msg.into() }
+    }
+}

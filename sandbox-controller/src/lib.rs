@@ -1,0 +1,14 @@
+//! The runtime-agnostic half of podcr: what a pod is, how its life cycle moves, how a whole pod is
+//! checkpointed at one instant and brought back, and what a checkpoint looks like on disk.
+//!
+//! Nothing here speaks ttrpc or knows containerd's wire types: the shim converts requests into
+//! these types and back. The runtime-specific work (namespaces, runc, CRIU) sits behind
+//! [`backend::PodBackend`], so another runtime can reuse the state machine, the checkpoint
+//! orchestration and the archive format unchanged.
+
+pub mod archive;
+pub mod backend;
+pub mod error;
+pub mod state;
+
+pub use error::{Error, Result};
