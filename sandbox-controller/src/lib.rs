@@ -8,7 +8,10 @@
 
 pub mod archive;
 pub mod backend;
+pub mod checkpoint;
+pub mod controller;
 pub mod error;
 pub mod state;
 
+pub use controller::SandboxController;
 pub use error::{Error, Result};

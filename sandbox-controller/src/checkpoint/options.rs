@@ -1,0 +1,127 @@
+//! The option keys a pod checkpoint accepts, named as checkpointctl's proposal names them
+//! (`leave-running`, `tcp-established`, ...). The CRI says unknown keys are an InvalidArgument:
+//! a typo must not silently produce a checkpoint the user did not ask for.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// Compression of the per-container archives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn parse(value: &str) -> Result<Compression> {
+        match value {
+            "none" | "" => Ok(Compression::None),
+            "gzip" | "gz" => Ok(Compression::Gzip),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            other => Err(Error::InvalidArgument(format!(
+                "option compression={other}: expected one of none, gzip, zstd"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// Keep the pod running after the checkpoint. The CRI default is to stop it.
+    pub leave_running: bool,
+    /// Dump established TCP connections (CRIU `--tcp-established`).
+    pub tcp_established: bool,
+    /// Dump file locks (CRIU `--file-locks`).
+    pub file_locks: bool,
+    pub compression: Compression,
+}
+
+pub const OPTION_KEYS: &[&str] = &["leave-running", "tcp-established", "file-locks", "compression"];
+
+impl CheckpointOptions {
+    pub fn parse(options: &BTreeMap<String, String>) -> Result<CheckpointOptions> {
+        let mut out = CheckpointOptions::default();
+        for (key, value) in options {
+            match key.as_str() {
+                "leave-running" => out.leave_running = parse_bool(key, value)?,
+                "tcp-established" => out.tcp_established = parse_bool(key, value)?,
+                "file-locks" => out.file_locks = parse_bool(key, value)?,
+                "compression" => out.compression = Compression::parse(value)?,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown checkpoint option {other:?} (supported: {})",
+                        OPTION_KEYS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The options as they are recorded in the checkpoint, so restore can apply the matching
+    /// CRIU flags (a TCP-established dump needs a TCP-established restore).
+    pub fn to_map(self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("leave-running".to_string(), self.leave_running.to_string()),
+            ("tcp-established".to_string(), self.tcp_established.to_string()),
+            ("file-locks".to_string(), self.file_locks.to_string()),
+            ("compression".to_string(), self.compression.as_str().to_string()),
+        ])
+    }
+}
+
+pub fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        other => Err(Error::InvalidArgument(format!("option {key}={other}: expected true or false"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_stop_the_pod_uncompressed() {
+        let o = CheckpointOptions::parse(&BTreeMap::new()).unwrap();
+        assert_eq!(o, CheckpointOptions::default());
+        assert!(!o.leave_running);
+    }
+
+    #[test]
+    fn known_keys_parse() {
+        let o = CheckpointOptions::parse(&map(&[
+            ("leave-running", "yes"),
+            ("tcp-established", "1"),
+            ("file-locks", "off"),
+            ("compression", "zstd"),
+        ]))
+        .unwrap();
+        assert!(o.leave_running && o.tcp_established && !o.file_locks);
+        assert_eq!(o.compression, Compression::Zstd);
+        assert_eq!(CheckpointOptions::parse(&o.to_map()).unwrap(), o);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_invalid_arguments() {
+        for bad in [map(&[("leaveRunning", "true")]), map(&[("leave-running", "maybe")]), map(&[("compression", "lz4")])] {
+            assert!(matches!(CheckpointOptions::parse(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The pod controller: one pod per shim, its life cycle, and the entry points for checkpoint and
+//! restore. Methods take and return domain types only, so the shim's ttrpc adaptors stay thin
+//! and unit tests call these directly with a fake backend.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Mutex};
+use tracing::{info, warn};
+
+use crate::{
+    backend::{ExitStatus, PodBackend, PodSpec},
+    error::{Error, Result},
+    state::PodState,
+};
+
+/// What `SandboxStatus` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStatus {
+    pub id: String,
+    pub pid: u32,
+    pub state: PodState,
+    pub created_at: Option<DateTime<Utc>>,
+    pub exited_at: Option<DateTime<Utc>>,
+}
+
+/// What `StartSandbox` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodInstance {
+    pub pid: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Pod {
+    spec: PodSpec,
+    state: PodState,
+    pid: u32,
+    created_at: DateTime<Utc>,
+    exit: Option<watch::Receiver<Option<ExitStatus>>>,
+}
+
+/// One pod and the backend that runs it.
+pub struct SandboxController<B: PodBackend> {
+    pub(crate) backend: Arc<B>,
+    pod: Mutex<Option<Pod>>,
+    /// Held for the whole of a checkpoint or restore: a second request on the same pod is refused
+    /// rather than interleaved with the first (two freezes of one pod can never be half-done).
+    pub(crate) exclusive: Mutex<()>,
+}
+
+impl<B: PodBackend> SandboxController<B> {
+    pub fn new(backend: Arc<B>) -> Self {
+        SandboxController { backend, pod: Mutex::new(None), exclusive: Mutex::new(()) }
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    pub async fn create(&self, spec: PodSpec) -> Result<()> {
+        let mut pod = self.pod.lock().await;
+        if let Some(existing) = pod.as_ref() {
+            return Err(Error::AlreadyExists(format!(
+                "this shim already serves pod {}; one pod per shim",
+                existing.spec.id
+            )));
+        }
+        if spec.id.is_empty() {
+            return Err(Error::InvalidArgument("sandbox id is empty".into()));
+        }
+        if let Err(e) = self.backend.create_pod(&spec).await {
+            // Leave nothing half-made: whatever create_pod managed before failing goes again.
+            if let Err(cleanup) = self.backend.destroy_pod(&spec).await {
+                warn!(pod = %spec.id, error = %cleanup, "cleanup after failed create");
+            }
+            return Err(e);
+        }
+        info!(pod = %spec.id, "pod created");
+        *pod = Some(Pod { spec, state: PodState::Created, pid: 0, created_at: Utc::now(), exit: None });
+        Ok(())
+    }
+
+    pub async fn start(&self, id: &str) -> Result<PodInstance> {
+        let mut guard = self.pod.lock().await;
+        let pod = Self::pod_mut(&mut guard, id)?;
+        let next = pod.state.start()?;
+        let anchor = self.backend.start_pod(&pod.spec).await?;
+        pod.pid = anchor.pid;
+        pod.exit = Some(anchor.exit);
+        pod.state = next;
+        pod.created_at = Utc::now();
+        info!(pod = %id, pid = anchor.pid, "pod ready");
+        Ok(PodInstance { pid: pod.pid, created_at: pod.created_at })
+    }
+
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let spec = {
+            let mut guard = self.pod.lock().await;
+            let pod = Self::pod_mut(&mut guard, id)?;
+            if pod.state == PodState::ShutDown {
+                return Ok(());
+            }
+            pod.state = pod.state.stop()?;
+            pod.spec.clone()
+        };
+        self.backend.stop_pod(&spec, timeout).await
+    }
+
+    /// Blocks until the pod's anchor process has exited (the pod is gone).
+    pub async fn wait(&self, id: &str) -> Result<ExitStatus> {
+        let exit = {
+            let mut guard = self.pod.lock().await;
+            let pod = Self::pod_mut(&mut guard, id)?;
+            pod.exit.clone()
+        };
+        let Some(mut exit) = exit else {
+            // Never started: nothing to wait for but the pod's removal; report it as exited now.
+            return Ok(ExitStatus { code: 0, at: Utc::now() });
+        };
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                return Ok(status);
+            }
+            if exit.changed().await.is_err() {
+                // The sender is gone without a status: the backend lost track of the anchor.
+                return Ok(ExitStatus { code: 255, at: Utc::now() });
+            }
+        }
+    }
+
+    pub async fn status(&self, id: &str) -> Result<PodStatus> {
+        let mut guard = self.pod.lock().await;
+        let pod = Self::pod_mut(&mut guard, id)?;
+        let exited = pod.exit.as_ref().and_then(|rx| *rx.borrow());
+        if exited.is_some() && pod.state == PodState::Ready {
+            // The anchor died on its own: the pod can no longer run containers.
+            pod.state = PodState::Stopped;
+        }
+        Ok(PodStatus {
+            id: pod.spec.id.clone(),
+            pid: pod.pid,
+            state: pod.state,
+            created_at: Some(pod.created_at),
+            exited_at: exited.map(|e| e.at),
+        })
+    }
+
+    /// Stops the pod if needed and releases everything it holds. Idempotent.
+    pub async fn shutdown(&self, id: &str) -> Result<()> {
+        let spec = {
+            let mut guard = self.pod.lock().await;
+            let pod = Self::pod_mut(&mut guard, id)?;
+            if pod.state == PodState::ShutDown {
+                return Ok(());
+            }
+            pod.spec.clone()
+        };
+        self.backend.stop_pod(&spec, Duration::ZERO).await?;
+        self.backend.destroy_pod(&spec).await?;
+        let mut guard = self.pod.lock().await;
+        if let Some(pod) = guard.as_mut() {
+            pod.state = pod.state.shutdown()?;
+        }
+        info!(pod = %id, "pod shut down");
+        Ok(())
+    }
+
+    /// The pod's spec and state, for checkpoint and restore.
+    pub async fn snapshot(&self, id: &str) -> Result<(PodSpec, PodState)> {
+        let mut guard = self.pod.lock().await;
+        let pod = Self::pod_mut(&mut guard, id)?;
+        Ok((pod.spec.clone(), pod.state))
+    }
+
+    /// The id of the pod this shim serves, if any.
+    pub async fn pod_id(&self) -> Option<String> {
+        self.pod.lock().await.as_ref().map(|p| p.spec.id.clone())
+    }
+
+    fn pod_mut<'a>(guard: &'a mut Option<Pod>, id: &str) -> Result<&'a mut Pod> {
+        match guard.as_mut() {
+            Some(pod) if pod.spec.id == id => Ok(pod),
+            Some(pod) => Err(Error::NotFound(format!("sandbox {id}: this shim serves {}", pod.spec.id))),
+            None => Err(Error::NotFound(format!("sandbox {id}"))),
+        }
+    }
+}
