@@ -1,5 +1,18 @@
 //! containerd-shim-podcr-v1: containerd's shim v2 sandbox runtime over runc, with pod-level
 //! checkpoint/restore. The binary's `main.rs` only dispatches to these modules; `podcr` (the CLI in
 //! `bin/podcr`) reuses the wire clients from here.
+//!
+//! - [`start`], [`delete`], [`serve`]: the shim actions containerd runs.
+//! - [`task`]: the containers and the Task service; [`task::Containers`] is the handle the pod
+//!   side drives.
+//! - [`reaper`], [`events`], [`logging`], [`error`]: the plumbing they share.
 
+pub mod delete;
+pub mod error;
+pub mod events;
+pub mod logging;
 pub mod pod;
+pub mod reaper;
+pub mod serve;
+pub mod start;
+pub mod task;

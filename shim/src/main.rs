@@ -1,1 +1,52 @@
-fn main() {}
+//! containerd-shim-podcr-v1: dispatches to the holder mode, `-info`, `start`, `delete` or the
+//! server. Everything else lives in the library.
+
+use std::{ffi::OsString, io::Write, process::ExitCode};
+
+use anyhow::{bail, Context};
+use podcr_shim::pod::holder;
+use protobuf::Message;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // The pod's anchor process: no runtime, no flags, nothing else first.
+    if args.get(1).is_some_and(|a| a == holder::HOLDER_ARG) {
+        std::process::exit(holder::main());
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("containerd-shim-podcr-v1: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[OsString]) -> anyhow::Result<()> {
+    let flags = containerd_shim::parse(&args[1..]).context("parse flags")?;
+    let mut stdout = std::io::stdout();
+    if flags.info {
+        let info = containerd_shim_protos::types::introspection::RuntimeInfo {
+            name: "io.containerd.podcr.v1".into(),
+            ..Default::default()
+        };
+        stdout.write_all(&info.write_to_bytes()?)?;
+        return Ok(stdout.flush()?);
+    }
+    match flags.action.as_str() {
+        "start" => {
+            let reply = podcr_shim::start::run(&flags).context("start")?;
+            stdout.write_all(reply.as_bytes())?;
+        }
+        "delete" => {
+            let reply = podcr_shim::delete::run(&flags).context("delete")?;
+            stdout.write_all(&reply)?;
+        }
+        "" | "serve" => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(podcr_shim::serve::run(&flags)).context("serve")?;
+        }
+        other => bail!("unknown action {other:?}"),
+    }
+    Ok(stdout.flush()?)
+}

@@ -1,0 +1,79 @@
+//! The shim server: one ttrpc server on the socket `start` chose, serving the Task service
+//! (as v3 and v2) and the pod services, until the store's exit switch fires.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use containerd_shim::Flags;
+use containerd_shim_protos::shim_async::create_task;
+use tracing::{info, warn};
+use ttrpc::r#async::Server;
+
+use crate::{
+    error::{Error, Result},
+    events::EventSink,
+    reaper,
+    task::{runc::default_root, service::TaskService, Containers},
+};
+
+const TASK_V3: &str = "containerd.task.v3.Task";
+const TASK_V2: &str = "containerd.task.v2.Task";
+
+pub async fn run(flags: &Flags) -> Result<()> {
+    crate::logging::init(flags.debug);
+    reaper::start()?;
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument("serve needs -socket".into()));
+    }
+    let path = flags.socket.trim_start_matches("unix://").to_string();
+    if let Some(dir) = Path::new(&path).parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io("create socket dir"))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(Error::io(format!("bind {path}")))?;
+
+    let events = match std::env::var("TTRPC_ADDRESS") {
+        Ok(addr) => EventSink::remote(&addr, &flags.namespace).await?,
+        Err(_) => {
+            warn!("TTRPC_ADDRESS not set; events are dropped");
+            EventSink::discard()
+        }
+    };
+    let store = Containers::new(&flags.namespace, default_root(&flags.namespace), events).await?;
+    let mut server = Server::new().add_listener(listener.into()).register_service(services(&store));
+    server.start().await.map_err(|e| Error::Other(format!("start ttrpc server: {e}")))?;
+    signal_ready();
+    info!(socket = %flags.socket, pid = std::process::id(), "shim serving");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::io("listen for SIGTERM"))?;
+    let token = store.exit_token();
+    tokio::select! {
+        _ = token.cancelled() => info!("exit requested"),
+        _ = term.recv() => info!("SIGTERM"),
+    }
+    // Let the reply to the RPC that asked for the exit leave first.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+    info!("shim exiting");
+    Ok(())
+}
+
+/// Task under both names (v2 and v3 are the same wire format) plus the pod services.
+fn services(store: &Containers) -> HashMap<String, ttrpc::r#async::Service> {
+    let task = Arc::new(TaskService { store: store.clone() });
+    let mut all = HashMap::new();
+    for name in [TASK_V3, TASK_V2] {
+        for (_, svc) in create_task(task.clone()) {
+            all.insert(name.to_string(), svc);
+        }
+    }
+    all.extend(crate::pod::services());
+    all
+}
+
+/// `start` waits for our stdout to close; point it at /dev/null once we listen.
+fn signal_ready() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}

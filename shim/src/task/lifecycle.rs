@@ -1,0 +1,427 @@
+//! Container and process lifecycle over runc: create, start (or restore), exec, kill, delete,
+//! pause/resume and checkpoint. Each verb takes the container's own `op` lock; the store's map
+//! lock is only held to look up or insert an `Arc<Container>`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use containerd_shim::asynchronous::io::Stdio;
+use containerd_shim_protos::{
+    api::Mount,
+    events::task::{
+        TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO,
+        TaskPaused, TaskResumed, TaskStart,
+    },
+    topics,
+};
+use tracing::{info, warn};
+
+use super::{
+    container::{self, Container, RestorePlan},
+    io::{self, ProcessIo},
+    lock,
+    process::{Exit, Process},
+    runc::{CriuFlags, Runc},
+    CheckpointArgs, Containers, Status,
+};
+use crate::error::{Error, Result};
+
+/// What `Task.Create` asks for, stripped of protobuf.
+pub struct CreateArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<Mount>,
+    pub stdio: Stdio,
+    /// `req.checkpoint`: restore from this CRIU image dir at Start.
+    pub checkpoint: Option<PathBuf>,
+    pub criu_work_path: Option<PathBuf>,
+}
+
+impl Containers {
+    pub async fn create(&self, args: CreateArgs) -> Result<u32> {
+        if lock(&self.inner.map).contains_key(&args.id) {
+            return Err(Error::AlreadyExists(format!("container {}", args.id)));
+        }
+        let spec: serde_json::Value = match tokio::fs::read(args.bundle.join("config.json")).await {
+            Ok(data) => serde_json::from_slice(&data)?,
+            Err(e) => return Err(Error::io("read config.json")(e)),
+        };
+        let rootfs = args.bundle.join("rootfs");
+        let upperdir = args.rootfs.iter().find_map(|m| container::upperdir(&m.options));
+        for m in &args.rootfs {
+            containerd_shim::util::mount_rootfs(m, &rootfs).await?;
+        }
+        let mounted_rootfs = !args.rootfs.is_empty();
+        let staged = self.unstage_restore(&args.id);
+        let plan = match (&args.checkpoint, staged) {
+            (Some(image), _) => Some(RestorePlan {
+                image_path: image.clone(),
+                work_path: args.criu_work_path.clone(),
+                flags: CriuFlags::default(),
+            }),
+            (None, Some(s)) => Some(RestorePlan {
+                image_path: s.image_path,
+                work_path: s.work_path,
+                flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+            }),
+            (None, None) => None,
+        };
+        let c = Arc::new(Container {
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+            rootfs: rootfs.clone(),
+            mounted_rootfs,
+            upperdir,
+            annotations: container::annotations(&spec),
+            created_at: SystemTime::now(),
+            runc: Runc::new(&self.inner.runc_root, &args.bundle),
+            init: Arc::new(Process::new("", args.stdio.clone(), None)),
+            execs: Mutex::default(),
+            restore: Mutex::new(plan.clone()),
+            paused: Default::default(),
+            op: Default::default(),
+        });
+        let pid = if plan.is_some() {
+            // Like the Go shim: a checkpointed create only records the plan; runc restore at Start.
+            0
+        } else {
+            match self.runc_create(&c).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    unmount(&c).await;
+                    return Err(e);
+                }
+            }
+        };
+        let inserted = {
+            let mut map = lock(&self.inner.map);
+            !map.contains_key(&c.id) && map.insert(c.id.clone(), c.clone()).is_none()
+        };
+        if !inserted {
+            unmount(&c).await;
+            return Err(Error::AlreadyExists(format!("container {}", c.id)));
+        }
+        if pid > 0 {
+            self.register(pid, &c.id, "");
+        }
+        info!(container = %c.id, pid, restore = plan.is_some(), "created");
+        self.inner.events.send(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: c.id.clone(),
+                bundle: path_str(&c.bundle),
+                rootfs: args.rootfs.into(),
+                io: Some(task_io(&args.stdio)).into(),
+                checkpoint: args.checkpoint.as_deref().map(path_str).unwrap_or_default(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
+    async fn runc_create(&self, c: &Container) -> Result<u32> {
+        let (child, pending) = io::prepare(&c.init.stdio)?;
+        let pid_file = c.bundle.join("init.pid");
+        let console = pending.console_socket().map(Path::to_path_buf);
+        if let Err(e) = c.runc.create(&c.id, &c.bundle, &pid_file, console.as_deref(), child).await {
+            pending.abort().await;
+            return Err(e);
+        }
+        let io = pending.finish().await?;
+        let pid = read_pid(&pid_file).await?;
+        c.init.set_created(pid, io);
+        Ok(pid)
+    }
+
+    /// Starts the init process (or runs the planned restore), or an exec.
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        if !exec_id.is_empty() {
+            return self.start_exec(&c, exec_id).await;
+        }
+        if c.init.started() {
+            return Err(Error::FailedPrecondition(format!("container {id} already started")));
+        }
+        let pid = match c.take_restore() {
+            Some(plan) => self.runc_restore(&c, &plan).await?,
+            None => {
+                c.runc.start(id).await?;
+                let pid = c.init.pid();
+                c.init.set_started(pid, c.init.io());
+                pid
+            }
+        };
+        info!(container = id, pid, "started");
+        self.inner.events.send(
+            topics::TASK_START_EVENT_TOPIC,
+            TaskStart { container_id: id.to_string(), pid, ..Default::default() },
+        );
+        Ok(pid)
+    }
+
+    async fn runc_restore(&self, c: &Container, plan: &RestorePlan) -> Result<u32> {
+        let (child, pending) = io::prepare(&c.init.stdio)?;
+        let pid_file = c.bundle.join("init.pid");
+        let console = pending.console_socket().map(Path::to_path_buf);
+        let flags = CriuFlags { shell_job: c.init.stdio.terminal, ..plan.flags.clone() };
+        let res = c
+            .runc
+            .restore(&c.id, &c.bundle, &pid_file, &plan.image_path, plan.work_path.as_deref(), &flags, console.as_deref(), child)
+            .await;
+        if let Err(e) = res {
+            pending.abort().await;
+            let log = plan.work_path.clone().unwrap_or_else(|| plan.image_path.clone()).join("restore.log");
+            return Err(with_criu_log(e, &log).await);
+        }
+        let io = pending.finish().await?;
+        let pid = read_pid(&pid_file).await?;
+        c.init.set_started(pid, io);
+        self.register(pid, &c.id, "");
+        Ok(pid)
+    }
+
+    async fn start_exec(&self, c: &Container, exec_id: &str) -> Result<u32> {
+        let p = c.exec(exec_id)?;
+        if p.started() {
+            return Err(Error::FailedPrecondition(format!("exec {exec_id} already started")));
+        }
+        if c.status() == Status::Stopped {
+            return Err(Error::FailedPrecondition(format!("container {} is stopped", c.id)));
+        }
+        let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
+        tokio::fs::write(&spec_file, p.spec.as_deref().unwrap_or_default())
+            .await
+            .map_err(Error::io("write exec spec"))?;
+        let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
+        let (child, pending) = io::prepare(&p.stdio)?;
+        let console = pending.console_socket().map(Path::to_path_buf);
+        let res = c.runc.exec(&c.id, &spec_file, &pid_file, console.as_deref(), child).await;
+        let _ = tokio::fs::remove_file(&spec_file).await;
+        if let Err(e) = res {
+            pending.abort().await;
+            return Err(e);
+        }
+        let io = pending.finish().await?;
+        let pid = read_pid(&pid_file).await?;
+        let _ = tokio::fs::remove_file(&pid_file).await;
+        p.set_started(pid, io);
+        self.register(pid, &c.id, exec_id);
+        self.inner.events.send(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            TaskExecStarted { container_id: c.id.clone(), exec_id: exec_id.to_string(), pid, ..Default::default() },
+        );
+        Ok(pid)
+    }
+
+    /// Adds an exec process (started later by `start`).
+    pub fn add_exec(&self, id: &str, exec_id: &str, stdio: Stdio, spec: Vec<u8>) -> Result<()> {
+        let c = self.get(id)?;
+        if c.status() == Status::Stopped {
+            return Err(Error::FailedPrecondition(format!("container {id} is stopped")));
+        }
+        c.add_exec(Arc::new(Process::new(exec_id, stdio, Some(spec))))?;
+        self.inner.events.send(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() },
+        );
+        Ok(())
+    }
+
+    /// Signals the init process through runc (all processes with `all`), or an exec directly.
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        if !exec_id.is_empty() {
+            if p.exit().is_some() || p.pid() == 0 {
+                return Err(Error::NotFound(format!("exec {exec_id} is not running")));
+            }
+            let sig = nix::sys::signal::Signal::try_from(signal as i32)
+                .map_err(|_| Error::InvalidArgument(format!("signal {signal}")))?;
+            return nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig)
+                .map_err(Error::nix("kill exec"));
+        }
+        if p.exit().is_some() && !all {
+            return Err(Error::NotFound(format!("container {id} is not running")));
+        }
+        if p.pid() == 0 {
+            // A pending restore has nothing to signal yet.
+            return Err(Error::NotFound(format!("container {id} has no process")));
+        }
+        match c.runc.kill(id, signal, all).await {
+            // `--all` after the init died still finds stragglers; nothing left is fine.
+            Err(Error::Runtime { msg, .. }) if all && (msg.contains("not running") || msg.contains("does not exist")) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes an exec record, or the container (runc delete, unmount, forget).
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exit)> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        if p.started() && p.exit().is_none() {
+            return Err(Error::FailedPrecondition(format!("process {id}/{exec_id} is running")));
+        }
+        let exit = p.exit().unwrap_or(Exit { status: 0, at: SystemTime::now() });
+        if !exec_id.is_empty() {
+            c.remove_exec(exec_id);
+        } else {
+            let _op = c.op.lock().await;
+            if let Err(e) = c.runc.delete(id, true).await {
+                // A container runc never created (pending restore) has nothing to delete.
+                warn!(container = id, error = %e, "runc delete");
+            }
+            p.io().tasks.abort().await;
+            for e in c.execs() {
+                e.io().tasks.abort().await;
+            }
+            unmount(&c).await;
+            lock(&self.inner.map).remove(id);
+            self.unregister(p.pid());
+        }
+        self.inner.events.send(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            TaskDelete {
+                container_id: id.to_string(),
+                id: if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() },
+                pid: p.pid(),
+                exit_status: exit.status,
+                exited_at: Some(exit.at.into()).into(),
+                ..Default::default()
+            },
+        );
+        Ok((p.pid(), exit))
+    }
+
+    /// Freezes the container (runc pause) and publishes /tasks/paused.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        c.runc.pause(id).await?;
+        c.set_paused(true);
+        self.inner.events.send(topics::TASK_PAUSED_EVENT_TOPIC, TaskPaused { container_id: id.to_string(), ..Default::default() });
+        Ok(())
+    }
+
+    /// Thaws the container (runc resume) and publishes /tasks/resumed.
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        c.runc.resume(id).await?;
+        c.set_paused(false);
+        self.inner.events.send(topics::TASK_RESUMED_EVENT_TOPIC, TaskResumed { container_id: id.to_string(), ..Default::default() });
+        Ok(())
+    }
+
+    /// `runc checkpoint` of one container into `args.image_path`. Works on a paused container
+    /// (CRIU leaves an already-frozen cgroup frozen). On failure the error carries the tail of
+    /// CRIU's dump.log, which is also copied to `<bundle>/criu-dump.log`.
+    pub async fn checkpoint(&self, id: &str, args: &CheckpointArgs) -> Result<()> {
+        self.checkpoint_with(id, args, CriuFlags { tcp_established: args.tcp_established, file_locks: args.file_locks, ..Default::default() }).await
+    }
+
+    pub(super) async fn checkpoint_with(&self, id: &str, args: &CheckpointArgs, flags: CriuFlags) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        tokio::fs::create_dir_all(&args.work_path).await.map_err(Error::io("create criu work dir"))?;
+        let res = c.runc.checkpoint(id, &args.image_path, &args.work_path, args.leave_running, &flags).await;
+        if let Err(e) = res {
+            let log = args.work_path.join("dump.log");
+            let _ = tokio::fs::copy(&log, c.bundle.join("criu-dump.log")).await;
+            return Err(with_criu_log(e, &log).await);
+        }
+        self.inner.events.send(
+            topics::TASK_CHECKPOINTED_EVENT_TOPIC,
+            TaskCheckpointed { container_id: id.to_string(), checkpoint: path_str(&args.image_path), ..Default::default() },
+        );
+        Ok(())
+    }
+
+    /// All pids of the container, and which exec each belongs to.
+    pub async fn pids(&self, id: &str) -> Result<Vec<(u32, String)>> {
+        let c = self.get(id)?;
+        let pids = c.runc.ps(id).await?;
+        let execs = c.execs();
+        Ok(pids
+            .into_iter()
+            .map(|pid| {
+                let exec = execs.iter().find(|e| e.pid() == pid).map(|e| e.exec_id.clone()).unwrap_or_default();
+                (pid, exec)
+            })
+            .collect())
+    }
+
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        c.runc.update(id, resources_json).await
+    }
+
+    pub fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.get(id)?.process(exec_id)?.io().tasks.close_input();
+        Ok(())
+    }
+
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let p = self.get(id)?.process(exec_id)?;
+        let io: ProcessIo = p.io();
+        let pty = io.pty.ok_or_else(|| Error::FailedPrecondition(format!("{id}/{exec_id} has no terminal")))?;
+        io::resize(&pty, width, height)
+    }
+
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        Ok((c, p))
+    }
+
+    /// Whether Task.Shutdown may end the shim: not serving a sandbox, and nothing left to run.
+    pub fn may_shutdown(&self) -> bool {
+        !self.is_sandboxed() && self.is_empty()
+    }
+}
+
+async fn unmount(c: &Container) {
+    if !c.mounted_rootfs {
+        return;
+    }
+    let rootfs = c.rootfs.to_string_lossy().into_owned();
+    let res = tokio::task::spawn_blocking(move || containerd_shim::mount::umount_recursive(Some(&rootfs), 0)).await;
+    if let Ok(Err(e)) = res {
+        warn!(container = %c.id, error = %e, "unmount rootfs");
+    }
+}
+
+async fn read_pid(path: &Path) -> Result<u32> {
+    let s = tokio::fs::read_to_string(path).await.map_err(Error::io(format!("read {}", path.display())))?;
+    s.trim().parse().map_err(|_| Error::Other(format!("bad pid in {}: {s:?}", path.display())))
+}
+
+/// Appends the last lines of a CRIU log to a runc error: runc only says "criu failed".
+async fn with_criu_log(e: Error, log: &Path) -> Error {
+    let Ok(text) = tokio::fs::read_to_string(log).await else { return e };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+    match e {
+        Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: format!("{msg}; {}:\n{tail}", log.display()) },
+        other => other,
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn task_io(s: &Stdio) -> TaskIO {
+    TaskIO {
+        stdin: s.stdin.clone(),
+        stdout: s.stdout.clone(),
+        stderr: s.stderr.clone(),
+        terminal: s.terminal,
+        ..Default::default()
+    }
+}

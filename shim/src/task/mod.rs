@@ -1,0 +1,287 @@
+//! The containers this shim runs, and the handle the pod side uses to drive them.
+//!
+//! [`Containers`] is the store: a map of `Arc<Container>` (each with its own operation lock),
+//! the pid table that routes reaped exits to processes, staged restores, and the shim's exit
+//! switch. The Task service ([`service::TaskService`]) is a thin ttrpc adaptor over it, and the
+//! pod services get a clone of the same handle (see `pod::services`).
+
+mod container;
+mod io;
+mod lifecycle;
+mod process;
+pub mod runc;
+pub mod service;
+mod stats;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
+use containerd_shim_protos::{events::task::TaskExit, topics};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub use container::{RestorePlan, Status};
+use container::Container;
+pub use runc::CriuFlags;
+
+use crate::{
+    error::{Error, Result},
+    events::EventSink,
+};
+
+/// A container as the pod side sees it.
+#[derive(Clone, Debug)]
+pub struct ContainerSnapshot {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// Init pid; 0 before `runc create` (e.g. a pending restore).
+    pub pid: u32,
+    pub status: Status,
+    pub annotations: HashMap<String, String>,
+    pub rootfs: PathBuf,
+    /// The overlay `upperdir` of the rootfs mount, when containerd gave an overlay.
+    pub upperdir: Option<PathBuf>,
+    pub created_at: SystemTime,
+}
+
+/// What [`Containers::checkpoint`] dumps and how.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointArgs {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+/// A restore the next `Task.Create` of an id performs instead of a fresh create.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreArgs {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+/// Routes reaped pids to processes. An exit can be reaped before its pid is known (a process
+/// dying right after `runc create`/`exec` returns), so unknown exits wait here briefly.
+#[derive(Default)]
+struct PidTable {
+    owners: HashMap<u32, (String, String)>,
+    early: HashMap<u32, (i32, Instant)>,
+}
+
+/// How long an unclaimed exit is kept; runc's own exits land here too and must not pile up.
+const EARLY_EXIT_TTL: Duration = Duration::from_secs(30);
+
+struct Inner {
+    namespace: String,
+    runc_root: PathBuf,
+    events: EventSink,
+    map: Mutex<HashMap<String, Arc<Container>>>,
+    staged: Mutex<HashMap<String, RestoreArgs>>,
+    pids: Mutex<PidTable>,
+    sandboxed: AtomicBool,
+    exit: CancellationToken,
+}
+
+/// Cheap-to-clone handle to the shim's containers (see the module docs).
+#[derive(Clone)]
+pub struct Containers {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning only means another task panicked mid-update of plain maps; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Containers {
+    /// A store for `namespace` whose runc state lives in `runc_root`. Starts the exit router,
+    /// which must be subscribed before the first container process exists.
+    pub async fn new(namespace: &str, runc_root: PathBuf, events: EventSink) -> Result<Self> {
+        let store = Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                runc_root,
+                events,
+                map: Mutex::default(),
+                staged: Mutex::default(),
+                pids: Mutex::default(),
+                sandboxed: AtomicBool::new(false),
+                exit: CancellationToken::new(),
+            }),
+        };
+        let mut sub = monitor_subscribe(Topic::Pid).await?;
+        let weak = Arc::downgrade(&store.inner);
+        tokio::spawn(async move {
+            while let Some(ev) = sub.rx.recv().await {
+                let Subject::Pid(pid) = ev.subject else { continue };
+                let Some(inner) = weak.upgrade() else { break };
+                Containers { inner }.on_exit(pid as u32, ev.exit_code);
+            }
+        });
+        Ok(store)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The event queue, for pod-side events.
+    pub fn events(&self) -> &EventSink {
+        &self.inner.events
+    }
+
+    // ---- pod-side API ----
+
+    /// Every container, in no particular order.
+    pub fn list(&self) -> Vec<ContainerSnapshot> {
+        let all: Vec<_> = lock(&self.inner.map).values().cloned().collect();
+        all.iter().map(|c| snapshot(c)).collect()
+    }
+
+    /// One container, or `NotFound`.
+    pub fn snapshot(&self, id: &str) -> Result<ContainerSnapshot> {
+        Ok(snapshot(&*self.get(id)?))
+    }
+
+    /// Marks that this shim serves a sandbox: `Task.Shutdown` then never ends the shim; only
+    /// [`Containers::request_exit`] does.
+    pub fn set_sandboxed(&self, sandboxed: bool) {
+        self.inner.sandboxed.store(sandboxed, Ordering::SeqCst);
+    }
+
+    pub fn is_sandboxed(&self) -> bool {
+        self.inner.sandboxed.load(Ordering::SeqCst)
+    }
+
+    /// Makes the shim server stop (after in-flight replies) and the process exit.
+    pub fn request_exit(&self) {
+        self.inner.exit.cancel();
+    }
+
+    /// Fires when the shim is asked to exit.
+    pub fn exit_token(&self) -> CancellationToken {
+        self.inner.exit.clone()
+    }
+
+    /// Makes the next `Task.Create` of `id` a restore from `args` (run at `Task.Start`).
+    pub fn stage_restore(&self, id: &str, args: RestoreArgs) {
+        lock(&self.inner.staged).insert(id.to_string(), args);
+    }
+
+    /// Drops a staged restore; returns it if there was one.
+    pub fn unstage_restore(&self, id: &str) -> Option<RestoreArgs> {
+        lock(&self.inner.staged).remove(id)
+    }
+
+    // ---- internals shared by the lifecycle ----
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.inner.map).is_empty()
+    }
+
+    /// Ties `pid` to a process; an exit reaped before this call is applied now.
+    fn register(&self, pid: u32, container: &str, exec_id: &str) {
+        let early = {
+            let mut t = lock(&self.inner.pids);
+            match t.early.remove(&pid) {
+                Some((code, _)) => Some(code),
+                None => {
+                    t.owners.insert(pid, (container.to_string(), exec_id.to_string()));
+                    None
+                }
+            }
+        };
+        if let Some(code) = early {
+            self.process_exited(container, exec_id, pid, code);
+        }
+    }
+
+    fn on_exit(&self, pid: u32, code: i32) {
+        let owner = {
+            let mut t = lock(&self.inner.pids);
+            let owner = t.owners.remove(&pid);
+            if owner.is_none() {
+                t.early.retain(|_, (_, at)| at.elapsed() < EARLY_EXIT_TTL);
+                t.early.insert(pid, (code, Instant::now()));
+            }
+            owner
+        };
+        if let Some((cid, eid)) = owner {
+            self.process_exited(&cid, &eid, pid, code);
+        }
+    }
+
+    /// Drains the process's output, then records and publishes the exit (output first, so a
+    /// client that stops reading at the exit event has everything).
+    fn process_exited(&self, cid: &str, eid: &str, pid: u32, code: i32) {
+        let Ok(c) = self.get(cid) else { return };
+        let Ok(p) = c.process(eid) else { return };
+        info!(container = cid, exec = eid, pid, code, "process exited");
+        let store = self.clone();
+        let (cid, eid) = (cid.to_string(), eid.to_string());
+        tokio::spawn(async move {
+            if p.exec_id.is_empty() {
+                // An init exit ends the container; execs sharing its pid namespace are already
+                // dead, but ones in the host pid namespace are not.
+                for e in c.execs() {
+                    if e.exit().is_none() && e.pid() > 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(e.pid() as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                c.set_paused(false);
+            }
+            p.io().tasks.shutdown().await;
+            let exit = p.set_exited(code as u32);
+            let id = if eid.is_empty() { cid } else { eid };
+            store.inner.events.send(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                TaskExit {
+                    container_id: c.id.clone(),
+                    id,
+                    pid,
+                    exit_status: exit.status,
+                    exited_at: Some(exit.at.into()).into(),
+                    ..Default::default()
+                },
+            );
+            debug!(container = %c.id, "exit published");
+        });
+    }
+
+    fn unregister(&self, pid: u32) {
+        if pid > 0 {
+            lock(&self.inner.pids).owners.remove(&pid);
+        }
+    }
+}
+
+fn snapshot(c: &Container) -> ContainerSnapshot {
+    ContainerSnapshot {
+        id: c.id.clone(),
+        bundle: c.bundle.clone(),
+        pid: c.init.pid(),
+        status: c.status(),
+        annotations: c.annotations.clone(),
+        rootfs: c.rootfs.clone(),
+        upperdir: c.upperdir.clone(),
+        created_at: c.created_at,
+    }
+}
