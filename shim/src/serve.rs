@@ -50,10 +50,11 @@ pub async fn run(flags: &Flags) -> Result<()> {
         _ = token.cancelled() => info!("exit requested"),
         _ = term.recv() => info!("SIGTERM"),
     }
+    // Unlink first: a `start` for the next container must not find this dying server alive.
+    let _ = std::fs::remove_file(&path);
     // Let the reply to the RPC that asked for the exit leave first.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(&path);
     info!("shim exiting");
     Ok(())
 }

@@ -232,8 +232,13 @@ impl Containers {
         Ok(())
     }
 
+    /// Signals the container's init process through runc (every process with `all`).
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        self.kill_process(id, "", signal, all).await
+    }
+
     /// Signals the init process through runc (all processes with `all`), or an exec directly.
-    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    pub async fn kill_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let c = self.get(id)?;
         let p = c.process(exec_id)?;
         if !exec_id.is_empty() {

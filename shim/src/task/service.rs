@@ -159,7 +159,7 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> R<Empty> {
-        self.store.kill(&req.id, &req.exec_id, req.signal, req.all).await?;
+        self.store.kill_process(&req.id, &req.exec_id, req.signal, req.all).await?;
         Ok(Empty::new())
     }
 
