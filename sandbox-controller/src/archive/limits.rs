@@ -1,0 +1,39 @@
+//! Bounds applied while reading a checkpoint. A checkpoint may come from another node or a
+//! registry, so every size the reader allocates or writes is capped before it is trusted.
+
+/// Caps on what a reader accepts. The defaults follow containerd's pod checkpoint reader
+/// (manifest ≤ 16 MiB, config ≤ 4 MiB, ≤ 100,000 entries, ≤ 1024 containers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest JSON metadata file held in memory: `config.dump`, `spec.dump`, `status.dump`,
+    /// `deleted.files`, `bind.mounts`, `pod.options`, `pod.dump`.
+    pub max_metadata_bytes: u64,
+    /// Largest manifest (`podcr.manifest.json`, `podcr.container.manifest.json`).
+    pub max_manifest_bytes: u64,
+    /// Most entries in a container archive or a pod transport archive.
+    pub max_entries: u64,
+    /// Most entries in a `rootfs-diff.tar` (a writable layer can hold many small files).
+    pub max_rootfs_entries: u64,
+    /// Most bytes written by one extraction (sum of the entry sizes).
+    pub max_total_bytes: u64,
+    /// Most containers in one pod checkpoint.
+    pub max_containers: usize,
+    /// Longest entry path, in bytes.
+    pub max_path_len: usize,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_metadata_bytes: 4 * MIB,
+            max_manifest_bytes: 16 * MIB,
+            max_entries: 100_000,
+            max_rootfs_entries: 5_000_000,
+            max_total_bytes: 1024 * 1024 * MIB, // 1 TiB
+            max_containers: 1024,
+            max_path_len: 4096,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Round trips, hostile inputs, fuzzing and checkpointctl interop.
