@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs everything podcr runs and is tested on, as root on Debian bookworm.
+# Installs everything podcr is built, run and tested with, as root on Debian bookworm (or newer).
 # Idempotent and quiet: when every tool is present at the right version it returns at once.
+#
+#   scripts/setup-host.sh           build + test tools (what scripts/test.sh and scripts/demo.sh need)
+#   scripts/setup-host.sh --bench   also podman (sid), only needed by the benchmarks
 set -euo pipefail
 
 log() { echo "setup-host: $*" >&2; }
@@ -12,19 +15,33 @@ need_root() {
   fi
 }
 
-# True when every tool is present and new enough; keeps reruns fast.
+libc_a_present() {
+  [ -f /usr/lib/"$(uname -m)"-linux-gnu/libc.a ] || [ -f /usr/lib/x86_64-linux-gnu/libc.a ]
+}
+
+# busybox-static, not the dynamic busybox: the test images contain nothing but busybox and our helpers.
+busybox_static_present() {
+  [ -x /bin/busybox ] || return 1
+  ! ldd /bin/busybox >/dev/null 2>&1
+}
+
+# True when every system tool is present and new enough; keeps reruns fast.
 all_present() {
   command -v containerd >/dev/null && containerd --version | grep -Eq ' v?2\.(1|[2-9])' || return 1
   command -v runc >/dev/null && runc --version | grep -Eq 'version 1\.(3|[4-9])' || return 1
   command -v criu >/dev/null && criu --version | grep -Eq 'Version: 4\.([2-9])' || return 1
-  for t in checkpointctl umoci protoc busybox gcc; do command -v "$t" >/dev/null || return 1; done
-  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || return 1
-  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/"$(uname -m)"-linux-gnu/libc.a ] || return 1
+  # protoc: k8s-cri's build script; gcc + libc.a: zstd-sys and the static test helpers.
+  for t in ctr checkpointctl umoci protoc gcc cc ip iptables jq tar curl; do
+    command -v "$t" >/dev/null || return 1
+  done
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
+  libc_a_present || return 1
+  busybox_static_present || return 1
   return 0
 }
 
 add_sources() {
-  # trixie and sid, pinned below bookworm so that nothing else is upgraded behind our back.
+  # trixie and sid, pinned below the release so that nothing else is upgraded behind our back.
   local list=/etc/apt/sources.list.d/podcr-testing.list
   if [ ! -f "$list" ]; then
     cat >"$list" <<'L'
@@ -43,26 +60,61 @@ P
   fi
 }
 
-main() {
-  need_root
-  if all_present; then
-    exit 0
+apt_updated=""
+apt_update() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq >/dev/null
+    apt_updated=1
   fi
-  log "installing containerd, runc, criu and test tools (first run only)"
+}
+
+install_system_tools() {
+  log "installing containerd, runc, criu and build/test tools (first run only)"
   add_sources
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  # criu 4.2 (sid) is needed: trixie's 4.1 cannot dump TCP sockets on 6.x kernels (criu issue 2718).
-  apt-get install -y -qq -t sid containerd runc criu >/dev/null
-  apt-get install -y -qq -t sid checkpointctl >/dev/null
-  apt-get install -y -qq containernetworking-plugins busybox-static umoci protobuf-compiler \
-    gcc libc6-dev iproute2 iptables jq >/dev/null
+  apt_update
+  # containerd 2.1 and runc 1.3 are only in sid. criu 4.2 (sid) is needed too: trixie's 4.1 cannot dump
+  # TCP sockets on 6.x kernels (criu issue 2718).
+  apt-get install -y -qq -o Dpkg::Use-Pty=0 -t sid containerd runc criu checkpointctl >/dev/null
+  apt-get install -y -qq -o Dpkg::Use-Pty=0 containernetworking-plugins busybox-static umoci protobuf-compiler \
+    gcc libc6-dev iproute2 iptables jq tar curl ca-certificates >/dev/null
   if ! all_present; then
     log "install finished but a tool is still missing or too old:"
     containerd --version || true; runc --version || true; criu --version || true
     exit 1
   fi
-  log "done"
+}
+
+# cargo comes from rustup (the machines this runs on have it in ~/.cargo/bin); install it if missing.
+ensure_rust() {
+  if command -v cargo >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    return 0
+  fi
+  log "installing the Rust toolchain with rustup (stable, minimal profile)"
+  curl -sSf --proto '=https' --tlsv1.2 https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null
+}
+
+install_bench_tools() {
+  command -v podman >/dev/null && return 0
+  log "installing podman (sid) for the benchmarks"
+  add_sources
+  export DEBIAN_FRONTEND=noninteractive
+  apt_update
+  apt-get install -y -qq -o Dpkg::Use-Pty=0 -t sid podman >/dev/null
+}
+
+main() {
+  need_root
+  local bench=""
+  for a in "$@"; do
+    case "$a" in
+      --bench) bench=1 ;;
+      *) log "unknown argument $a (use --bench)"; exit 2 ;;
+    esac
+  done
+  all_present || install_system_tools
+  ensure_rust
+  [ -z "$bench" ] || install_bench_tools
 }
 
 main "$@"

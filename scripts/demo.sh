@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# End to end: set up the host, build podcr, start a private containerd with podcr registered, run a
+# container under io.containerd.podcr.v1, show its output, and clean up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-host.sh
+# shellcheck disable=SC1091
+command -v cargo >/dev/null || . "${CARGO_HOME:-$HOME/.cargo}/env"
+
+# Debug profile: the same artifacts scripts/test.sh builds, so running both does not compile twice.
+cargo build -q -p podcr-shim -p podcr-tests --bins
+exec target/debug/podcr-demo "$@"
