@@ -62,11 +62,19 @@ impl Containers {
                 work_path: args.criu_work_path.clone(),
                 flags: CriuFlags::default(),
             }),
-            (None, Some(s)) => Some(RestorePlan {
-                image_path: s.image_path,
-                work_path: s.work_path,
-                flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
-            }),
+            (None, Some(s)) => {
+                if s.rootfs_diff.is_some() {
+                    if let Err(e) = self.apply_rootfs_hook(&rootfs, &s).await {
+                        unmount_path(&args.id, &rootfs, mounted_rootfs).await;
+                        return Err(e);
+                    }
+                }
+                Some(RestorePlan {
+                    image_path: s.image_path,
+                    work_path: s.work_path,
+                    flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                })
+            }
             (None, None) => None,
         };
         let c = Arc::new(Container {
@@ -77,7 +85,7 @@ impl Containers {
             upperdir,
             annotations: container::annotations(&spec),
             created_at: SystemTime::now(),
-            runc: Runc::new(&self.inner.runc_root, &args.bundle),
+            runc: Runc { binary: self.inner.runc_binary.clone(), ..Runc::new(&self.inner.runc_root, &args.bundle) },
             init: Arc::new(Process::new("", args.stdio.clone(), None)),
             execs: Mutex::default(),
             restore: Mutex::new(plan.clone()),
@@ -121,6 +129,16 @@ impl Containers {
             },
         );
         Ok(pid)
+    }
+
+    async fn apply_rootfs_hook(&self, rootfs: &Path, args: &super::RestoreArgs) -> Result<()> {
+        let hook = lock(&self.inner.rootfs_hook)
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("a rootfs diff is staged but no rootfs hook is set".into()))?;
+        let (rootfs, args) = (rootfs.to_path_buf(), args.clone());
+        tokio::task::spawn_blocking(move || hook(&rootfs, &args))
+            .await
+            .map_err(|e| Error::Other(format!("rootfs hook: {e}")))?
     }
 
     async fn runc_create(&self, c: &Container) -> Result<u32> {
@@ -391,13 +409,17 @@ impl Containers {
 }
 
 async fn unmount(c: &Container) {
-    if !c.mounted_rootfs {
+    unmount_path(&c.id, &c.rootfs, c.mounted_rootfs).await
+}
+
+async fn unmount_path(id: &str, rootfs: &Path, mounted: bool) {
+    if !mounted {
         return;
     }
-    let rootfs = c.rootfs.to_string_lossy().into_owned();
+    let rootfs = rootfs.to_string_lossy().into_owned();
     let res = tokio::task::spawn_blocking(move || containerd_shim::mount::umount_recursive(Some(&rootfs), 0)).await;
     if let Ok(Err(e)) = res {
-        warn!(container = %c.id, error = %e, "unmount rootfs");
+        warn!(container = id, error = %e, "unmount rootfs");
     }
 }
 

@@ -69,7 +69,16 @@ pub struct RestoreArgs {
     pub work_path: Option<PathBuf>,
     pub tcp_established: bool,
     pub file_locks: bool,
+    /// A tar of the container's rootfs changes, applied onto the freshly mounted rootfs by the
+    /// [`RootfsHook`] before `runc restore` (CRIU needs the files the process had open).
+    pub rootfs_diff: Option<PathBuf>,
+    /// Paths (relative to the rootfs) the container had deleted; removed by the hook too.
+    pub deleted: Vec<String>,
 }
+
+/// Prepares a restored container's rootfs: called by `Task.Create` with the mounted rootfs
+/// path and the staged [`RestoreArgs`] when `rootfs_diff` is set. Runs on a blocking thread.
+pub type RootfsHook = Arc<dyn Fn(&std::path::Path, &RestoreArgs) -> Result<()> + Send + Sync>;
 
 /// Routes reaped pids to processes. An exit can be reaped before its pid is known (a process
 /// dying right after `runc create`/`exec` returns), so unknown exits wait here briefly.
@@ -85,12 +94,14 @@ const EARLY_EXIT_TTL: Duration = Duration::from_secs(30);
 struct Inner {
     namespace: String,
     runc_root: PathBuf,
+    runc_binary: PathBuf,
     events: EventSink,
     map: Mutex<HashMap<String, Arc<Container>>>,
     staged: Mutex<HashMap<String, RestoreArgs>>,
     pids: Mutex<PidTable>,
     sandboxed: AtomicBool,
     exit: CancellationToken,
+    rootfs_hook: Mutex<Option<RootfsHook>>,
 }
 
 /// Cheap-to-clone handle to the shim's containers (see the module docs).
@@ -108,16 +119,23 @@ impl Containers {
     /// A store for `namespace` whose runc state lives in `runc_root`. Starts the exit router,
     /// which must be subscribed before the first container process exists.
     pub async fn new(namespace: &str, runc_root: PathBuf, events: EventSink) -> Result<Self> {
+        Self::with_runc(namespace, runc_root, "runc".into(), events).await
+    }
+
+    /// Like [`Containers::new`] with another runc binary (unit tests use a fake).
+    pub async fn with_runc(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink) -> Result<Self> {
         let store = Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 runc_root,
+                runc_binary,
                 events,
                 map: Mutex::default(),
                 staged: Mutex::default(),
                 pids: Mutex::default(),
                 sandboxed: AtomicBool::new(false),
                 exit: CancellationToken::new(),
+                rootfs_hook: Mutex::default(),
             }),
         };
         let mut sub = monitor_subscribe(Topic::Pid).await?;
@@ -177,6 +195,11 @@ impl Containers {
     /// Makes the next `Task.Create` of `id` a restore from `args` (run at `Task.Start`).
     pub fn stage_restore(&self, id: &str, args: RestoreArgs) {
         lock(&self.inner.staged).insert(id.to_string(), args);
+    }
+
+    /// Installs the hook that applies a staged restore's rootfs diff (see [`RootfsHook`]).
+    pub fn set_rootfs_hook(&self, hook: RootfsHook) {
+        *lock(&self.inner.rootfs_hook) = Some(hook);
     }
 
     /// Drops a staged restore; returns it if there was one.
@@ -272,6 +295,9 @@ impl Containers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 fn snapshot(c: &Container) -> ContainerSnapshot {
     ContainerSnapshot {
