@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::cmd::{run, run_ok, DEFAULT_TIMEOUT};
 
 /// Bump when the way images are assembled changes, so stale cache entries are not reused.
-const FORMAT: &str = "podcr-test-images-v1";
+const FORMAT: &str = "podcr-test-images-v2";
 
 /// Registry-like prefix of every test image; nothing is ever pulled from it.
 pub const IMAGE_PREFIX: &str = "localhost/podcr-test";
@@ -180,6 +180,9 @@ impl ImageSpec {
         for (h, bin) in self.helpers.iter().zip(helper_bins) {
             std::fs::copy(bin, rootfs.join("usr/local/bin").join(h.name()))?;
         }
+        // Config after repack: repack builds on the manifest the bundle was unpacked from, so config
+        // changes made before it would be lost.
+        run_ok("umoci", ["repack", "--image", &image, &bundle.to_string_lossy()])?;
         let mut cfg = Command::new("umoci");
         cfg.args(["config", "--image", &image, "--config.env", "PATH=/usr/local/bin:/bin"]);
         for e in self.entrypoint {
@@ -189,7 +192,6 @@ impl ImageSpec {
             cfg.args(["--config.cmd", c]);
         }
         run(&mut cfg, DEFAULT_TIMEOUT)?.ok()?;
-        run_ok("umoci", ["repack", "--image", &image, &bundle.to_string_lossy()])?;
         Ok(())
     }
 }
