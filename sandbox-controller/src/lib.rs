@@ -11,6 +11,9 @@ pub mod backend;
 pub mod checkpoint;
 pub mod controller;
 pub mod error;
+#[cfg(test)]
+pub mod fake;
+pub mod restore;
 pub mod state;
 
 pub use controller::SandboxController;

@@ -68,7 +68,7 @@ fn services(store: &Containers) -> HashMap<String, ttrpc::r#async::Service> {
             all.insert(name.to_string(), svc);
         }
     }
-    all.extend(crate::pod::services());
+    all.extend(crate::pod::services(store));
     all
 }
 

@@ -6,33 +6,23 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
-/// Compression of the per-container archives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    Zstd,
+pub use crate::archive::Compression;
+
+/// Parses the `compression` option value.
+pub fn parse_compression(value: &str) -> Result<Compression> {
+    match value {
+        "none" | "" => Ok(Compression::None),
+        "gzip" | "gz" => Ok(Compression::Gzip),
+        "zstd" | "zst" => Ok(Compression::Zstd),
+        other => Err(Error::InvalidArgument(format!("option compression={other}: expected one of none, gzip, zstd"))),
+    }
 }
 
-impl Compression {
-    pub fn parse(value: &str) -> Result<Compression> {
-        match value {
-            "none" | "" => Ok(Compression::None),
-            "gzip" | "gz" => Ok(Compression::Gzip),
-            "zstd" | "zst" => Ok(Compression::Zstd),
-            other => Err(Error::InvalidArgument(format!(
-                "option compression={other}: expected one of none, gzip, zstd"
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
+fn compression_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
     }
 }
 
@@ -57,7 +47,7 @@ impl CheckpointOptions {
                 "leave-running" => out.leave_running = parse_bool(key, value)?,
                 "tcp-established" => out.tcp_established = parse_bool(key, value)?,
                 "file-locks" => out.file_locks = parse_bool(key, value)?,
-                "compression" => out.compression = Compression::parse(value)?,
+                "compression" => out.compression = parse_compression(value)?,
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "unknown checkpoint option {other:?} (supported: {})",
@@ -76,7 +66,7 @@ impl CheckpointOptions {
             ("leave-running".to_string(), self.leave_running.to_string()),
             ("tcp-established".to_string(), self.tcp_established.to_string()),
             ("file-locks".to_string(), self.file_locks.to_string()),
-            ("compression".to_string(), self.compression.as_str().to_string()),
+            ("compression".to_string(), compression_name(self.compression).to_string()),
         ])
     }
 }

@@ -1,14 +1,45 @@
 //! The pod side of the shim: the sandbox ttrpc service, the Checkpoint service, the anchor
-//! ("holder") process and the runc backend of the sandbox controller. (Stub until filled in.)
+//! ("holder") process, the pod's shared files, the freezer, and the runc backend of the sandbox
+//! controller. The Task side ([`crate::task`]) owns the containers; this side drives them through
+//! the same [`Containers`] handle.
 
+mod anchor;
+pub mod backend;
+mod checkpoint_service;
+pub mod convert;
+mod files;
+mod freezer;
 pub mod holder;
+mod sandbox_service;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
+use podcr_protos::checkpoint_ttrpc::create_checkpoint;
+use podcr_sandbox_controller::SandboxController;
 use ttrpc::r#async::Service;
 
-/// Extra ttrpc services the pod side serves on the shim socket, next to the Task service.
-/// `serve` calls this once and registers each entry.
-pub fn services() -> HashMap<String, Service> {
-    HashMap::new()
+pub use self::{checkpoint_service::CheckpointService, sandbox_service::SandboxService};
+use crate::task::Containers;
+
+/// Extra ttrpc services the pod side serves on the shim socket, next to the Task service: the
+/// Sandbox API and the pod Checkpoint service, both over one controller for the shim's one pod.
+pub fn services(store: &Containers) -> HashMap<String, Service> {
+    store.set_rootfs_hook(Arc::new(apply_checkpointed_rootfs));
+    let backend = Arc::new(backend::RuncPodBackend::new(store.clone()));
+    let controller = Arc::new(SandboxController::new(backend));
+    let exit_store = store.clone();
+    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()));
+    let mut all = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(sandbox));
+    all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller))));
+    all
+}
+
+/// Puts a checkpointed container's writable layer back before CRIU restores its processes:
+/// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
+/// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
+fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::error::Result<()> {
+    let Some(diff) = &args.rootfs_diff else { return Ok(()) };
+    podcr_sandbox_controller::archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &podcr_sandbox_controller::archive::Limits::default())
+        .map(|_| ())
+        .map_err(convert::controller_error)
 }

@@ -1,0 +1,252 @@
+//! One pod checkpoint, end to end.
+//!
+//! The order is the point of this module. The peers (CRI-O's and containerd's pod checkpoint PRs)
+//! dump containers one after another and package archives while the pod is frozen. Here the pod
+//! is frozen once, every container is dumped in parallel and its writable layer captured as a
+//! plain tar, the pod is thawed, and only then is anything compressed, hashed or fsynced. So the
+//! freeze window is close to the slowest single dump.
+//!
+//! Every path out of the frozen section thaws the pod, including errors and the deadline, and
+//! any failure removes what was written below `output_path`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use super::{criu_stats::CriuDumpStats, options::CheckpointOptions, package};
+use crate::{
+    backend::{ContainerInfo, DumpOptions, PodBackend, RootfsCapture},
+    controller::SandboxController,
+    error::{Error, Result},
+};
+
+/// Working directory below `output_path` for CRIU images before they are packed; the CRI says
+/// nothing may be written outside `output_path`, so staging lives inside it and goes at the end.
+pub const STAGING_DIR: &str = ".podcr-staging";
+
+/// One container the caller wants in the checkpoint, with what the CRI knows of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSelection {
+    pub id: String,
+    /// CRI container name; falls back to the backend's name for the container.
+    pub name: Option<String>,
+    /// CRI `ContainerConfig` as snake_case JSON.
+    pub config: Option<serde_json::Value>,
+    /// CRI `ContainerStatus` as snake_case JSON (becomes `status.dump`).
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodCheckpointRequest {
+    pub sandbox_id: String,
+    pub output_path: PathBuf,
+    /// The CRI requires callers to bound the call; a checkpoint without one is refused.
+    pub deadline: Option<tokio::time::Instant>,
+    pub options: BTreeMap<String, String>,
+    /// Empty: every container of the pod.
+    pub containers: Vec<ContainerSelection>,
+    /// CRI `PodSandboxConfig` as snake_case JSON (becomes `pod.dump`); defaults to the one the pod
+    /// was created with.
+    pub pod_config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerCheckpointStats {
+    pub id: String,
+    pub name: String,
+    pub criu: CriuDumpStats,
+    pub dump_wall: Duration,
+    pub rootfs_diff_bytes: u64,
+    pub archive_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodCheckpointStats {
+    /// From the first container frozen to the last one thawed.
+    pub freeze_window: Duration,
+    /// Packaging after the thaw: metadata, tar, compression, hashing, fsync.
+    pub write: Duration,
+    pub total: Duration,
+    pub total_bytes: u64,
+    pub containers: Vec<ContainerCheckpointStats>,
+}
+
+/// A container chosen for the checkpoint, with where its files go.
+pub(super) struct Target {
+    pub info: ContainerInfo,
+    pub selection: ContainerSelection,
+    pub name: String,
+    pub staging: PathBuf,
+}
+
+pub(super) struct Dumped {
+    pub dump_wall: Duration,
+    pub rootfs: RootfsCapture,
+}
+
+impl<B: PodBackend> SandboxController<B> {
+    /// Checkpoints the pod: see the module docs for the order of events.
+    pub async fn checkpoint(&self, req: PodCheckpointRequest) -> Result<PodCheckpointStats> {
+        let started = Instant::now();
+        let deadline = req
+            .deadline
+            .ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod checkpoint".into()))?;
+        let options = CheckpointOptions::parse(&req.options)?;
+        let output = crate::archive::check_output_dir(&req.output_path)?;
+        let Ok(_exclusive) = self.exclusive.try_lock() else {
+            return Err(Error::FailedPrecondition(format!(
+                "pod {}: another checkpoint or restore is in progress",
+                req.sandbox_id
+            )));
+        };
+        let (spec, state) = self.snapshot(&req.sandbox_id).await?;
+        state.check_checkpointable()?;
+        let targets = self.select(&req, &output).await?;
+
+        let result = async {
+            let (freeze_window, dumped) = self.freeze_and_dump(&targets, &options, deadline).await?;
+            let write_started = Instant::now();
+            let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
+            let packaged = tokio::time::timeout_at(
+                deadline,
+                package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options),
+            )
+            .await
+            .map_err(|_| Error::DeadlineExceeded("writing the checkpoint".into()))??;
+            Ok::<_, Error>(PodCheckpointStats {
+                freeze_window,
+                write: write_started.elapsed(),
+                total: Duration::ZERO,
+                total_bytes: packaged.iter().map(|c| c.archive_bytes).sum(),
+                containers: packaged,
+            })
+        }
+        .await;
+
+        match result {
+            Ok(mut stats) => {
+                stats.total = started.elapsed();
+                info!(pod = %req.sandbox_id, freeze_ms = stats.freeze_window.as_millis() as u64,
+                      total_ms = stats.total.as_millis() as u64, bytes = stats.total_bytes, "pod checkpointed");
+                Ok(stats)
+            }
+            Err(e) => {
+                // The CRI contract: on error nothing the call wrote remains.
+                if let Err(clean) = crate::archive::clean_dir_contents(&output) {
+                    warn!(pod = %req.sandbox_id, error = %clean, "removing a failed checkpoint's files");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn select(&self, req: &PodCheckpointRequest, output: &Path) -> Result<Vec<Target>> {
+        let live = self.backend.containers().await?;
+        let selections: Vec<ContainerSelection> = if req.containers.is_empty() {
+            live.iter().map(|c| ContainerSelection { id: c.id.clone(), ..Default::default() }).collect()
+        } else {
+            req.containers.clone()
+        };
+        if selections.is_empty() {
+            return Err(Error::FailedPrecondition(format!("pod {} has no containers to checkpoint", req.sandbox_id)));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut targets = Vec::with_capacity(selections.len());
+        for selection in selections {
+            let info = live
+                .iter()
+                .find(|c| c.id == selection.id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("container {} in pod {}", selection.id, req.sandbox_id)))?;
+            if !info.running {
+                return Err(Error::FailedPrecondition(format!("container {} ({}) is not running", info.name, info.id)));
+            }
+            let name = selection.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| info.name.clone());
+            crate::archive::validate_container_name(&name)?;
+            if !names.insert(name.clone()) {
+                return Err(Error::InvalidArgument(format!("two containers are named {name:?}")));
+            }
+            let staging = output.join(STAGING_DIR).join(&name);
+            targets.push(Target { info, selection, name, staging });
+        }
+        Ok(targets)
+    }
+
+    /// The frozen window: freeze all, dump all in parallel, stop or thaw all.
+    async fn freeze_and_dump(
+        &self,
+        targets: &[Target],
+        options: &CheckpointOptions,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Duration, Vec<Dumped>)> {
+        for t in targets {
+            create_private_dir(&t.staging.join(crate::archive::CHECKPOINT_DIR))?;
+        }
+        let ids: Vec<String> = targets.iter().map(|t| t.info.id.clone()).collect();
+        let frozen_at = Instant::now();
+        if let Err(e) = self.backend.freeze(&ids).await {
+            self.thaw_logged(&ids).await;
+            return Err(e);
+        }
+        let dumps = join_all(targets.iter().map(|t| self.dump_one(t, options)));
+        let outcome = match tokio::time::timeout_at(deadline, dumps).await {
+            Ok(results) => results.into_iter().collect::<Result<Vec<_>>>(),
+            Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
+        };
+        if outcome.is_ok() && !options.leave_running {
+            // Kill while still frozen: the signal is delivered on thaw, so nothing runs (or
+            // writes) between the dump and the stop.
+            for id in &ids {
+                if let Err(e) = self.backend.kill(id).await {
+                    warn!(container = %id, error = %e, "stopping a checkpointed container");
+                }
+            }
+        }
+        self.thaw_logged(&ids).await;
+        let window = frozen_at.elapsed();
+        Ok((window, outcome?))
+    }
+
+    async fn dump_one(&self, t: &Target, options: &CheckpointOptions) -> Result<Dumped> {
+        let dump_opts = DumpOptions {
+            image_dir: t.staging.join(crate::archive::CHECKPOINT_DIR),
+            work_dir: t.staging.clone(),
+            tcp_established: options.tcp_established,
+            file_locks: options.file_locks,
+        };
+        let (dump, rootfs) =
+            tokio::join!(self.backend.dump(&t.info.id, &dump_opts), self.backend.capture_rootfs(&t.info.id, &t.staging));
+        let dump = dump.map_err(|e| name_container(e, &t.name))?;
+        let rootfs = rootfs.map_err(|e| name_container(e, &t.name))?;
+        Ok(Dumped { dump_wall: dump.wall, rootfs })
+    }
+
+    async fn thaw_logged(&self, ids: &[String]) {
+        if let Err(e) = self.backend.thaw(ids).await {
+            // Nothing else can be done from here; say it loudly, the pod may be stuck frozen.
+            warn!(error = %e, "THAW FAILED: the pod may remain frozen");
+        }
+    }
+}
+
+/// Errors from one container's dump say which container failed.
+fn name_container(e: Error, name: &str) -> Error {
+    match e {
+        Error::Runtime { op, id, msg } => Error::Runtime { op, id: format!("{id} ({name})"), msg },
+        other => other,
+    }
+}
+
+pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(Error::io(format!("create {}", path.display())))
+}

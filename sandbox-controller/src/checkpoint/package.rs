@@ -1,0 +1,151 @@
+//! After the thaw: turn the staged CRIU images and rootfs tars into the checkpoint layout.
+//!
+//! Runs with the pod already running again, so its cost (metadata, tar, compression, hashing,
+//! fsync) never adds to the freeze window. Container archives are written in parallel on the
+//! blocking pool; the pod manifest is written last, so its presence means the checkpoint is whole.
+
+use std::{collections::BTreeMap, path::Path};
+
+use chrono::Utc;
+use futures::future::try_join_all;
+
+use super::{
+    criu_stats,
+    options::CheckpointOptions,
+    orchestrate::{ContainerCheckpointStats, Dumped, Target, STAGING_DIR},
+};
+use crate::{
+    archive::{
+        self, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
+        PodOptions,
+    },
+    backend::PodSpec,
+    error::{Error, Result},
+};
+
+pub const ENGINE: &str = "podcr";
+pub const RUNTIME: &str = "runc";
+
+pub(super) async fn package_pod(
+    output: &Path,
+    spec: &PodSpec,
+    pod_config: Option<serde_json::Value>,
+    targets: &[Target],
+    dumped: &[Dumped],
+    options: &CheckpointOptions,
+) -> Result<Vec<ContainerCheckpointStats>> {
+    let checkpointed = Utc::now();
+    let writes = targets.iter().zip(dumped).map(|(t, d)| {
+        let meta = container_meta(spec, t, d, checkpointed)?;
+        let archive_name = container_archive_name(&t.name, options.compression)?;
+        let staging = t.staging.clone();
+        let dest = output.join(&archive_name);
+        let compression = options.compression;
+        let stats = ContainerCheckpointStats {
+            id: t.info.id.clone(),
+            name: t.name.clone(),
+            criu: criu_stats::read_dump_stats(&staging.join(archive::STATS_DUMP)).unwrap_or_default(),
+            dump_wall: d.dump_wall,
+            rootfs_diff_bytes: d.rootfs.bytes,
+            archive_bytes: 0,
+        };
+        let manifest_entry = ManifestContainer {
+            id: t.info.id.clone(),
+            name: t.name.clone(),
+            archive: archive_name.clone(),
+            image: t.info.image.clone(),
+            compression,
+        };
+        Ok::<_, Error>(async move {
+            let written = tokio::task::spawn_blocking(move || archive::write_container_archive(&staging, &meta, &dest, compression))
+                .await
+                .map_err(|e| Error::Io { context: "archive writer task".into(), source: std::io::Error::other(e) })??;
+            Ok::<_, Error>((ContainerCheckpointStats { archive_bytes: written.bytes, ..stats }, manifest_entry, written.digest(), archive_name))
+        })
+    });
+    let written = try_join_all(writes.collect::<Result<Vec<_>>>()?).await?;
+
+    let staging_root = output.join(STAGING_DIR);
+    std::fs::remove_dir_all(&staging_root).map_err(Error::io(format!("remove {}", staging_root.display())))?;
+
+    let mut known: BTreeMap<String, FileDigest> = BTreeMap::new();
+    let mut containers = Vec::new();
+    let mut stats = Vec::new();
+    let mut names = BTreeMap::new();
+    for (s, entry, digest, archive_name) in written {
+        names.insert(entry.name.clone(), archive_name.clone());
+        known.insert(archive_name, digest);
+        containers.push(entry);
+        stats.push(s);
+    }
+    let identity = identity(spec);
+    let mut pod_options = PodOptions::podcr(names, &identity);
+    crate::restore::record_dump_flags(&mut pod_options.annotations, options);
+    let output_owned = output.to_path_buf();
+    let info = PodManifestInfo {
+        sandbox_id: spec.id.clone(),
+        engine: format!("{ENGINE} {}", env!("CARGO_PKG_VERSION")),
+        arch: std::env::consts::ARCH.to_string(),
+        runtime: RUNTIME.to_string(),
+        criu_version: Some(identity.criu_version.clone()).filter(|v| !v.is_empty()),
+        created: checkpointed,
+        containers,
+    };
+    let pod_config = pod_config.unwrap_or(serde_json::Value::Null);
+    tokio::task::spawn_blocking(move || {
+        archive::write_pod_files(&output_owned, &pod_options, &pod_config)?;
+        archive::finish_pod_manifest(&output_owned, &info, &known)
+    })
+    .await
+    .map_err(|e| Error::Io { context: "pod manifest task".into(), source: std::io::Error::other(e) })??;
+    Ok(stats)
+}
+
+fn container_meta(spec: &PodSpec, t: &Target, d: &Dumped, checkpointed: chrono::DateTime<Utc>) -> Result<ContainerArchiveMeta> {
+    let spec_path = t.info.bundle.join("config.json");
+    let oci_spec: serde_json::Value = {
+        let data = std::fs::read(&spec_path).map_err(Error::io(format!("read {}", spec_path.display())))?;
+        serde_json::from_slice(&data).map_err(|source| Error::Json { path: spec_path.clone(), source })?
+    };
+    let image_ref = t.selection.status.as_ref().and_then(|s| s["image_ref"].as_str()).map(str::to_string);
+    Ok(ContainerArchiveMeta {
+        id: t.info.id.clone(),
+        name: t.name.clone(),
+        image_name: t.info.image.clone(),
+        image_ref: image_ref.clone(),
+        image_id: image_ref,
+        created: t.info.created_at,
+        checkpointed,
+        spec: oci_spec,
+        status: t.selection.status.clone(),
+        sandbox_name: Some(spec.name.clone()).filter(|s| !s.is_empty()),
+        sandbox_namespace: Some(spec.namespace.clone()).filter(|s| !s.is_empty()),
+        deleted_files: d.rootfs.deleted.clone(),
+        bind_mounts: Vec::new(),
+    })
+}
+
+fn identity(spec: &PodSpec) -> PodIdentity {
+    PodIdentity {
+        pod_name: spec.name.clone(),
+        pod_id: spec.id.clone(),
+        pod_namespace: spec.namespace.clone(),
+        pod_uid: spec.uid.clone(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        host_arch: std::env::consts::ARCH.to_string(),
+        criu_version: criu_version(),
+        cgroup_version: if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" }.to_string(),
+        runtime_version: String::new(),
+    }
+}
+
+/// CRIU's version as `criu --version` prints it ("Version: 4.2.1"); empty if CRIU is missing.
+fn criu_version() -> String {
+    std::process::Command::new("criu")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())))
+        .unwrap_or_default()
+}

@@ -1,0 +1,216 @@
+//! Controller-level checkpoint and restore tests over the fake backend: the ordering rules
+//! (freeze before any dump, thaw on every path, kill while frozen) and the CRI contract (errors
+//! leave `output_path` empty, bad requests touch nothing).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use super::orchestrate::{ContainerSelection, PodCheckpointRequest};
+use crate::{
+    archive::{self, Limits},
+    backend::PodSpec,
+    error::Error,
+    fake::FakeBackend,
+    restore::{PodRestoreRequest, RestoreSelection},
+    SandboxController,
+};
+
+async fn ready_pod(names: &[&str]) -> (Arc<FakeBackend>, SandboxController<FakeBackend>, tempfile::TempDir) {
+    let fake = Arc::new(FakeBackend::with_containers(names));
+    let ctl = SandboxController::new(fake.clone());
+    let bundle = tempfile::tempdir().unwrap();
+    let spec = PodSpec {
+        id: "pod1".into(),
+        bundle: bundle.path().to_path_buf(),
+        name: "web".into(),
+        namespace: "default".into(),
+        raw_config: Some(serde_json::json!({"metadata": {"name": "web", "namespace": "default"}})),
+        ..Default::default()
+    };
+    ctl.create(spec).await.unwrap();
+    ctl.start("pod1").await.unwrap();
+    // The fake's containers need real bundles with a config.json for spec.dump.
+    for c in fake.containers.lock().unwrap().iter_mut() {
+        let dir = bundle.path().join(&c.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"ociVersion":"1.2.0","annotations":{}}"#).unwrap();
+        c.bundle = dir;
+    }
+    (fake, ctl, bundle)
+}
+
+fn request(out: &std::path::Path, options: &[(&str, &str)]) -> PodCheckpointRequest {
+    PodCheckpointRequest {
+        sandbox_id: "pod1".into(),
+        output_path: out.to_path_buf(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+fn index_of(calls: &[String], step: &str) -> usize {
+    calls.iter().position(|c| c == step).unwrap_or_else(|| panic!("{step} not in {calls:?}"))
+}
+
+fn dir_entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    let out = tempfile::tempdir().unwrap();
+    let stats = ctl.checkpoint(request(out.path(), &[("leave-running", "true"), ("compression", "zstd")])).await.unwrap();
+
+    let calls = fake.calls();
+    let freeze = index_of(&calls, "freeze");
+    let thaw = index_of(&calls, "thaw");
+    for step in ["dump:id-app", "dump:id-sidecar", "capture:id-app", "capture:id-sidecar"] {
+        let i = index_of(&calls, step);
+        assert!(freeze < i && i < thaw, "{step} outside the frozen window: {calls:?}");
+    }
+    assert_eq!(calls.iter().filter(|c| *c == "freeze").count(), 1, "one freeze for the whole pod");
+    assert!(!calls.iter().any(|c| c.starts_with("kill:")), "leave-running must not stop containers");
+    assert!(fake.frozen.lock().unwrap().is_empty());
+    assert_eq!(stats.containers.len(), 2);
+    assert!(stats.total_bytes > 0);
+
+    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "sidecar.tar.zst"]);
+    let ckpt = archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    assert_eq!(ckpt.manifest.containers.len(), 2);
+    assert_eq!(ckpt.pod_config["metadata"]["name"], "web");
+}
+
+#[tokio::test]
+async fn default_checkpoint_stops_containers_while_still_frozen() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(out.path(), &[])).await.unwrap();
+    let calls = fake.calls();
+    assert!(index_of(&calls, "dump:id-app") < index_of(&calls, "kill:id-app"));
+    assert!(index_of(&calls, "kill:id-app") < index_of(&calls, "thaw"), "kill must be queued before thaw: {calls:?}");
+}
+
+#[tokio::test]
+async fn one_failed_dump_thaws_everything_and_leaves_output_empty() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    fake.fail_at("dump:id-sidecar");
+    let out = tempfile::tempdir().unwrap();
+    let err = ctl.checkpoint(request(out.path(), &[])).await.unwrap_err();
+    assert!(err.to_string().contains("sidecar"), "error must name the container: {err}");
+    let calls = fake.calls();
+    assert!(calls.contains(&"thaw".to_string()));
+    assert!(!calls.iter().any(|c| c.starts_with("kill:")), "a failed checkpoint must not stop anything");
+    assert!(fake.frozen.lock().unwrap().is_empty());
+    assert!(dir_entries(out.path()).is_empty(), "partial files left: {:?}", dir_entries(out.path()));
+}
+
+#[tokio::test]
+async fn deadline_during_dump_thaws_and_cleans_up() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    *fake.dump_delay.lock().unwrap() = Duration::from_secs(5);
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(out.path(), &[]);
+    req.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+    let err = ctl.checkpoint(req).await.unwrap_err();
+    assert!(matches!(err, Error::DeadlineExceeded(_)), "{err}");
+    assert!(fake.calls().contains(&"thaw".to_string()));
+    assert!(dir_entries(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_frozen() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+
+    let mut no_deadline = request(out.path(), &[]);
+    no_deadline.deadline = None;
+    assert!(matches!(ctl.checkpoint(no_deadline).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(ctl.checkpoint(request(out.path(), &[("leaveRunning", "true")])).await, Err(Error::InvalidArgument(_))));
+
+    std::fs::write(out.path().join("keep-me"), b"user data").unwrap();
+    assert!(matches!(ctl.checkpoint(request(out.path(), &[])).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(std::fs::read(out.path().join("keep-me")).unwrap(), b"user data");
+
+    let missing = out.path().join("does-not-exist");
+    assert!(ctl.checkpoint(request(&missing, &[])).await.is_err());
+    assert!(!missing.exists());
+
+    let mut unknown = request(tempfile::tempdir().unwrap().path(), &[]);
+    unknown.containers = vec![ContainerSelection { id: "nope".into(), ..Default::default() }];
+    assert!(ctl.checkpoint(unknown).await.is_err());
+
+    assert!(!fake.calls().iter().any(|c| c == "freeze"), "nothing may be frozen: {:?}", fake.calls());
+}
+
+#[tokio::test]
+async fn a_second_checkpoint_of_the_same_pod_is_refused_while_one_runs() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    *fake.dump_delay.lock().unwrap() = Duration::from_millis(300);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, second) = tokio::join!(
+        ctl.checkpoint(request(a.path(), &[("leave-running", "true")])),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ctl.checkpoint(request(b.path(), &[("leave-running", "true")])).await
+        }
+    );
+    assert!(first.is_ok());
+    assert!(matches!(second, Err(Error::FailedPrecondition(_))), "{second:?}");
+    assert!(dir_entries(b.path()).is_empty());
+}
+
+#[tokio::test]
+async fn restore_stages_each_container_from_a_verified_checkpoint() {
+    let (_fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(out.path(), &[("leave-running", "true"), ("tcp-established", "true")])).await.unwrap();
+
+    let (fake2, ctl2, _b2) = ready_pod(&[]).await;
+    let restored = ctl2
+        .restore(PodRestoreRequest {
+            sandbox_id: "pod1".into(),
+            checkpoint_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(restored[0].original_id, "id-app");
+    let staged = fake2.staged.lock().unwrap();
+    let stage = staged.get("new-app").unwrap();
+    assert!(stage.tcp_established, "restore must use the dump's TCP mode");
+    assert!(stage.image_dir.join("pages-1.img").is_file());
+    assert_eq!(std::fs::read_to_string(stage.image_dir.join("pages-1.img")).unwrap(), "memory of id-app");
+    assert_eq!(stage.deleted, vec!["/etc/motd".to_string()]);
+}
+
+#[tokio::test]
+async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
+    let (_fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(out.path(), &[("leave-running", "true")])).await.unwrap();
+    let archive = out.path().join("app.tar");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+
+    let (fake2, ctl2, bundle2) = ready_pod(&[]).await;
+    let err = ctl2
+        .restore(PodRestoreRequest {
+            sandbox_id: "pod1".into(),
+            checkpoint_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Archive(_)), "{err}");
+    assert!(fake2.staged.lock().unwrap().is_empty());
+    assert!(!bundle2.path().join(crate::restore::RESTORE_DIR).exists(), "staging must be removed");
+}

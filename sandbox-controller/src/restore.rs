@@ -1,0 +1,205 @@
+//! Pod restore, the runtime's half (containerd PR 13822 `Checkpoint.Restore`).
+//!
+//! By the time this runs the caller (containerd's CRI, or `podcr restore` today) has created the
+//! new pod and its containers, so their ids are known. Restore validates the checkpoint without
+//! modifying it, extracts each chosen container's archive into a private staging directory of
+//! the new pod, and stages it with the backend: when containerd then creates the container's task,
+//! the backend restores it with CRIU instead of starting it fresh. Nothing travels through
+//! containerd's content store. Any failure unstages and removes everything staged so far.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    archive::{self, Limits, PodCheckpoint},
+    backend::{PodBackend, RestoreStage},
+    checkpoint::options::{parse_bool, CheckpointOptions},
+    controller::SandboxController,
+    error::{Error, Result},
+};
+
+/// Staging directory for extracted checkpoints below the pod's bundle work dir (on disk, not the
+/// tmpfs bundle: CRIU images can be as large as the pod's memory).
+pub const RESTORE_DIR: &str = "podcr-restore";
+
+/// Annotation keys in `pod.options` recording the CRIU options of the dump; restore must use the
+/// same ones (a dump with established TCP connections needs a restore with them).
+pub const ANNOTATION_TCP: &str = "io.podcr.checkpoint.tcp-established";
+pub const ANNOTATION_FILE_LOCKS: &str = "io.podcr.checkpoint.file-locks";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSelection {
+    /// The new container's id (already created by the caller).
+    pub id: String,
+    /// Its CRI name, which selects the container in the checkpoint.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodRestoreRequest {
+    pub sandbox_id: String,
+    pub checkpoint_path: PathBuf,
+    pub deadline: Option<tokio::time::Instant>,
+    pub options: BTreeMap<String, String>,
+    pub containers: Vec<RestoreSelection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredContainer {
+    pub id: String,
+    pub name: String,
+    /// The container's id when it was checkpointed.
+    pub original_id: String,
+}
+
+/// The CRIU flags a checkpoint was dumped with, read back from `pod.options`.
+pub fn dump_flags(ckpt: &PodCheckpoint) -> (bool, bool) {
+    let flag = |key: &str| ckpt.options.annotations.get(key).is_some_and(|v| parse_bool(key, v).unwrap_or(false));
+    (flag(ANNOTATION_TCP), flag(ANNOTATION_FILE_LOCKS))
+}
+
+/// Records the dump's CRIU flags where [`dump_flags`] finds them.
+pub fn record_dump_flags(annotations: &mut BTreeMap<String, String>, options: &CheckpointOptions) {
+    annotations.insert(ANNOTATION_TCP.into(), options.tcp_established.to_string());
+    annotations.insert(ANNOTATION_FILE_LOCKS.into(), options.file_locks.to_string());
+}
+
+struct Staged {
+    selection: RestoreSelection,
+    original_id: String,
+    stage: RestoreStage,
+}
+
+impl<B: PodBackend> SandboxController<B> {
+    pub async fn restore(&self, req: PodRestoreRequest) -> Result<Vec<RestoredContainer>> {
+        let deadline = req
+            .deadline
+            .ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod restore".into()))?;
+        if let Some(key) = req.options.keys().next() {
+            return Err(Error::InvalidArgument(format!("unknown restore option {key:?} (none are supported)")));
+        }
+        if req.containers.is_empty() {
+            return Err(Error::InvalidArgument("restore needs the containers created for it".into()));
+        }
+        let Ok(_exclusive) = self.exclusive.try_lock() else {
+            return Err(Error::FailedPrecondition(format!("pod {}: another checkpoint or restore is in progress", req.sandbox_id)));
+        };
+        let (spec, _state) = self.snapshot(&req.sandbox_id).await?;
+        let staging_root = staging_root(&spec.bundle);
+        let checkpoint = req.checkpoint_path.clone();
+        let selections = req.containers.clone();
+        let root = staging_root.clone();
+        let extracted = tokio::time::timeout_at(
+            deadline,
+            tokio::task::spawn_blocking(move || extract_all(&checkpoint, &selections, &root)),
+        )
+        .await;
+        let staged = match extracted {
+            Ok(Ok(Ok(staged))) => staged,
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(join)) => return Err(Error::Io { context: "restore extraction task".into(), source: std::io::Error::other(join) }),
+            Err(_) => {
+                remove_staging(&staging_root);
+                return Err(Error::DeadlineExceeded("validating and extracting the checkpoint".into()));
+            }
+        };
+
+        let mut done: Vec<String> = Vec::new();
+        for s in &staged {
+            if let Err(e) = self.backend.stage_restore(&s.selection.id, s.stage.clone()).await {
+                for id in &done {
+                    if let Err(u) = self.backend.unstage_restore(id).await {
+                        warn!(container = %id, error = %u, "unstage after a failed restore");
+                    }
+                }
+                remove_staging(&staging_root);
+                return Err(e);
+            }
+            done.push(s.selection.id.clone());
+        }
+        info!(pod = %req.sandbox_id, containers = staged.len(), "pod restore staged");
+        Ok(staged
+            .into_iter()
+            .map(|s| RestoredContainer { id: s.selection.id, name: s.selection.name, original_id: s.original_id })
+            .collect())
+    }
+}
+
+fn staging_root(bundle: &Path) -> PathBuf {
+    let work = bundle.join("work");
+    let base = if work.is_dir() { work } else { bundle.to_path_buf() };
+    base.join(RESTORE_DIR)
+}
+
+fn remove_staging(root: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(root) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(dir = %root.display(), error = %e, "remove restore staging");
+        }
+    }
+}
+
+/// Validates the checkpoint and extracts every selected container; on error removes all of it.
+fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) -> Result<Vec<Staged>> {
+    let result = (|| {
+        let limits = Limits::default();
+        let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
+        check_compatible(&ckpt)?;
+        let (tcp_established, file_locks) = dump_flags(&ckpt);
+        crate::checkpoint::orchestrate::create_private_dir(root)?;
+        let mut staged = Vec::new();
+        for selection in selections {
+            let entry = ckpt.manifest.containers.iter().find(|c| c.name == selection.name).ok_or_else(|| {
+                let known: Vec<&str> = ckpt.manifest.containers.iter().map(|c| c.name.as_str()).collect();
+                Error::NotFound(format!("container {:?} is not in the checkpoint (it has {known:?})", selection.name))
+            })?;
+            let digest = ckpt
+                .manifest
+                .files
+                .get(&entry.archive)
+                .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
+            let dest = root.join(&selection.name);
+            let extracted = archive::extract_container_archive_verified(&ckpt.dir.join(&entry.archive), digest, &dest, &limits)?;
+            staged.push(Staged {
+                selection: selection.clone(),
+                original_id: entry.id.clone(),
+                stage: RestoreStage {
+                    image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
+                    work_dir: extracted.dir.clone(),
+                    rootfs_diff: extracted.rootfs_diff.clone(),
+                    deleted: extracted.deleted_files.clone(),
+                    tcp_established,
+                    file_locks,
+                },
+            });
+        }
+        Ok(staged)
+    })();
+    if result.is_err() {
+        remove_staging(root);
+    }
+    result
+}
+
+/// A checkpoint is only as portable as CRIU images are: same CPU architecture, same runtime.
+fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
+    let arch = std::env::consts::ARCH;
+    if ckpt.manifest.arch != arch {
+        return Err(Error::FailedPrecondition(format!(
+            "checkpoint was made on {} and cannot be restored on {arch}",
+            ckpt.manifest.arch
+        )));
+    }
+    if ckpt.manifest.runtime != crate::checkpoint::package::RUNTIME {
+        return Err(Error::FailedPrecondition(format!(
+            "checkpoint was made for runtime {:?}; podcr restores {:?} checkpoints",
+            ckpt.manifest.runtime,
+            crate::checkpoint::package::RUNTIME
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The runc + CRIU implementation of the controller's [`PodBackend`].
+//!
+//! Pod resources (files, holder) are this module's own; containers are the Task service's
+//! ([`Containers`]), driven through its store handle so that a checkpointed or restored container
+//! is the same object containerd manages, with the same events.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use podcr_sandbox_controller::{
+    archive,
+    backend::{ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    Error as CtlError, Result as CtlResult,
+};
+use tracing::{info, warn};
+
+use super::{
+    anchor::Holder,
+    files::PodFiles,
+    freezer::{self, Freezer},
+    holder::HolderConfig,
+};
+use crate::{
+    error::Error,
+    task::{CheckpointArgs, Containers, RestoreArgs, Status},
+};
+
+const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+const SIGKILL: u32 = 9;
+/// What the CRI's pause path sets in every pod with its own network namespace.
+const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] =
+    [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
+
+#[derive(Default)]
+struct PodResources {
+    files: Option<PodFiles>,
+    holder: Option<Holder>,
+    /// Freezers of the containers frozen by the running checkpoint, so thaw reaches exactly
+    /// those even if a container died meanwhile.
+    frozen: HashMap<String, Freezer>,
+}
+
+pub struct RuncPodBackend {
+    store: Containers,
+    pod: Mutex<PodResources>,
+}
+
+impl RuncPodBackend {
+    pub fn new(store: Containers) -> Self {
+        RuncPodBackend { store, pod: Mutex::new(PodResources::default()) }
+    }
+
+    fn pod(&self) -> std::sync::MutexGuard<'_, PodResources> {
+        // Poisoning means a panic mid-update of plain data; keep going with what is there.
+        self.pod.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn ctl(e: Error) -> CtlError {
+    match e {
+        Error::NotFound(m) => CtlError::NotFound(m),
+        Error::AlreadyExists(m) => CtlError::AlreadyExists(m),
+        Error::InvalidArgument(m) => CtlError::InvalidArgument(m),
+        Error::FailedPrecondition(m) => CtlError::FailedPrecondition(m),
+        Error::Unimplemented(m) => CtlError::Unimplemented(m),
+        Error::Runtime { op, id, msg } => CtlError::Runtime { op, id, msg },
+        Error::Io { context, source } => CtlError::Io { context, source },
+        other => CtlError::runtime("runc", "", other.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::error::Result<T> + Send + 'static) -> CtlResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| CtlError::runtime("task", "", e.to_string()))?.map_err(ctl)
+}
+
+fn holder_config(spec: &PodSpec) -> HolderConfig {
+    let own_netns = spec.netns_path.is_some();
+    let mut sysctls: Vec<(String, String)> = Vec::new();
+    if own_netns {
+        sysctls.extend(DEFAULT_POD_SYSCTLS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+    // Only namespaced keys of namespaces the pod owns: anything else would change the host.
+    for (k, v) in &spec.sysctls {
+        let owned = (own_netns && k.starts_with("net."))
+            || (!spec.host_ipc && (k.starts_with("kernel.shm") || k.starts_with("kernel.msg") || k == "kernel.sem" || k.starts_with("fs.mqueue.")));
+        if owned {
+            sysctls.retain(|(key, _)| key != k);
+            sysctls.push((k.clone(), v.clone()));
+        } else {
+            warn!(sysctl = %k, "not a namespaced sysctl of this pod; ignored");
+        }
+    }
+    HolderConfig {
+        netns: spec.netns_path.clone(),
+        // hostNetwork pods share the host's UTS namespace, as with the CRI's pause container.
+        hostname: own_netns.then(|| if spec.hostname.is_empty() { spec.id.chars().take(12).collect() } else { spec.hostname.clone() }),
+        new_ipc: !spec.host_ipc,
+        new_pid: spec.share_pid && !spec.host_pid,
+        sysctls,
+    }
+}
+
+#[async_trait]
+impl PodBackend for RuncPodBackend {
+    async fn create_pod(&self, spec: &PodSpec) -> CtlResult<()> {
+        // From now on Task.Shutdown for a container must not end the shim: the pod owns it.
+        self.store.set_sandboxed(true);
+        let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(ctl)?;
+        self.pod().files = Some(files.clone());
+        let spec = spec.clone();
+        blocking(move || files.create(&spec)).await
+    }
+
+    async fn start_pod(&self, spec: &PodSpec) -> CtlResult<PodAnchor> {
+        let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(ctl)?;
+        info!(pod = %spec.id, pid = holder.pid, "pod holder ready");
+        self.pod().holder = Some(holder);
+        Ok(PodAnchor { pid: holder.pid, exit })
+    }
+
+    async fn stop_pod(&self, spec: &PodSpec, timeout: Duration) -> CtlResult<()> {
+        let live: Vec<String> = self.store.list().into_iter().filter(|c| c.pid != 0 && c.status != Status::Stopped).map(|c| c.id).collect();
+        for id in &live {
+            if let Err(e) = self.store.kill(id, SIGKILL, true).await {
+                warn!(pod = %spec.id, container = %id, error = %e, "kill on pod stop");
+            }
+        }
+        // Containers die quickly after SIGKILL; bound the wait so a stuck one cannot hang stop.
+        let until = Instant::now() + timeout.max(Duration::from_secs(5));
+        while Instant::now() < until
+            && self.store.list().iter().any(|c| live.contains(&c.id) && c.status != Status::Stopped)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(holder) = self.pod().holder.take() {
+            holder.kill();
+        }
+        Ok(())
+    }
+
+    async fn destroy_pod(&self, _spec: &PodSpec) -> CtlResult<()> {
+        let (files, holder) = {
+            let mut pod = self.pod();
+            (pod.files.take(), pod.holder.take())
+        };
+        if let Some(holder) = holder {
+            holder.kill();
+        }
+        match files {
+            Some(files) => blocking(move || files.remove()).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn containers(&self) -> CtlResult<Vec<ContainerInfo>> {
+        Ok(self
+            .store
+            .list()
+            .into_iter()
+            .map(|c| ContainerInfo {
+                name: c.annotations.get(CRI_CONTAINER_NAME).cloned().unwrap_or_else(|| c.id.clone()),
+                image: c.annotations.get(CRI_IMAGE_NAME).cloned(),
+                running: matches!(c.status, Status::Running | Status::Paused),
+                created_at: DateTime::<Utc>::from(c.created_at),
+                id: c.id,
+                pid: c.pid,
+                bundle: c.bundle,
+            })
+            .collect())
+    }
+
+    async fn freeze(&self, ids: &[String]) -> CtlResult<()> {
+        let mut freezers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let c = self.store.snapshot(id).map_err(ctl)?;
+            freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(ctl)?));
+        }
+        let all: Vec<Freezer> = freezers.iter().map(|(_, f)| f.clone()).collect();
+        blocking(move || freezer::freeze_all(&all)).await?;
+        self.pod().frozen.extend(freezers);
+        Ok(())
+    }
+
+    async fn thaw(&self, ids: &[String]) -> CtlResult<()> {
+        let freezers: Vec<Freezer> = {
+            let mut pod = self.pod();
+            ids.iter().filter_map(|id| pod.frozen.remove(id)).collect()
+        };
+        blocking(move || freezer::thaw_all(&freezers)).await
+    }
+
+    async fn dump(&self, id: &str, opts: &DumpOptions) -> CtlResult<DumpOutcome> {
+        let started = Instant::now();
+        let args = CheckpointArgs {
+            image_path: opts.image_dir.clone(),
+            work_path: opts.work_dir.clone(),
+            // Always: the controller stops the pod only once every container dumped.
+            leave_running: true,
+            tcp_established: opts.tcp_established,
+            file_locks: opts.file_locks,
+        };
+        self.store.checkpoint(id, &args).await.map_err(ctl)?;
+        Ok(DumpOutcome { wall: started.elapsed() })
+    }
+
+    async fn capture_rootfs(&self, id: &str, dest_dir: &Path) -> CtlResult<RootfsCapture> {
+        let c = self.store.snapshot(id).map_err(ctl)?;
+        let diff_tar = dest_dir.join(archive::ROOTFS_DIFF_TAR);
+        let Some(upperdir) = c.upperdir else {
+            // No overlay (e.g. a bind-mounted rootfs): there is no writable layer to capture.
+            warn!(container = %id, "rootfs is not an overlay; its changes are not captured");
+            return Ok(RootfsCapture { diff_tar, deleted: Vec::new(), bytes: 0 });
+        };
+        let tar = diff_tar.clone();
+        let stats = tokio::task::spawn_blocking(move || archive::capture_overlay_upperdir(&upperdir, &tar))
+            .await
+            .map_err(|e| CtlError::runtime("capture rootfs", id, e.to_string()))??;
+        Ok(RootfsCapture { diff_tar, deleted: stats.deleted, bytes: stats.bytes })
+    }
+
+    async fn kill(&self, id: &str) -> CtlResult<()> {
+        self.store.kill(id, SIGKILL, true).await.map_err(ctl)
+    }
+
+    async fn stage_restore(&self, id: &str, stage: RestoreStage) -> CtlResult<()> {
+        self.store.stage_restore(
+            id,
+            RestoreArgs {
+                image_path: stage.image_dir,
+                work_path: Some(stage.work_dir),
+                tcp_established: stage.tcp_established,
+                file_locks: stage.file_locks,
+                rootfs_diff: stage.rootfs_diff,
+                deleted: stage.deleted,
+            },
+        );
+        Ok(())
+    }
+
+    async fn unstage_restore(&self, id: &str) -> CtlResult<()> {
+        self.store.unstage_restore(id);
+        Ok(())
+    }
+}
+

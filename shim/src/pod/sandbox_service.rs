@@ -1,0 +1,124 @@
+//! `containerd.runtime.sandbox.v1.Sandbox` over the pod controller. Each method converts the
+//! request, calls the controller and converts the reply; the logic lives in the controller.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use containerd_shim_protos::{
+    sandbox_api::{
+        CreateSandboxRequest, CreateSandboxResponse, PingRequest, PingResponse, PlatformRequest, PlatformResponse,
+        SandboxMetricsRequest, SandboxMetricsResponse, SandboxStatusRequest, SandboxStatusResponse,
+        ShutdownSandboxRequest, ShutdownSandboxResponse, StartSandboxRequest, StartSandboxResponse,
+        StopSandboxRequest, StopSandboxResponse, WaitSandboxRequest, WaitSandboxResponse,
+    },
+    sandbox_async::Sandbox,
+    types::platform::Platform,
+};
+use podcr_sandbox_controller::{backend::PodBackend, SandboxController};
+use tracing::info;
+use ttrpc::r#async::TtrpcContext;
+
+use super::convert::{self, controller_error};
+use crate::error::Error;
+
+/// Called once the pod is shut down and the reply is on its way: ends the shim process.
+pub type OnShutdown = Arc<dyn Fn() + Send + Sync>;
+
+pub struct SandboxService<B: PodBackend> {
+    controller: Arc<SandboxController<B>>,
+    on_shutdown: OnShutdown,
+}
+
+impl<B: PodBackend> SandboxService<B> {
+    pub fn new(controller: Arc<SandboxController<B>>, on_shutdown: OnShutdown) -> Self {
+        SandboxService { controller, on_shutdown }
+    }
+}
+
+type RpcResult<T> = ttrpc::Result<T>;
+
+fn wire(e: podcr_sandbox_controller::Error) -> ttrpc::Error {
+    controller_error(e).into()
+}
+
+/// Go's GOARCH names, which containerd compares image platforms against.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+#[async_trait]
+impl<B: PodBackend> Sandbox for SandboxService<B> {
+    async fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> RpcResult<CreateSandboxResponse> {
+        info!(sandbox = %req.sandbox_id, netns = %req.netns_path, "create sandbox");
+        let config = convert::pod_config(req.options.as_ref())?;
+        let spec = convert::pod_spec(&req.sandbox_id, &req.bundle_path, &req.netns_path, config.as_ref())?;
+        self.controller.create(spec).await.map_err(wire)?;
+        Ok(CreateSandboxResponse::new())
+    }
+
+    async fn start_sandbox(&self, _ctx: &TtrpcContext, req: StartSandboxRequest) -> RpcResult<StartSandboxResponse> {
+        let instance = self.controller.start(&req.sandbox_id).await.map_err(wire)?;
+        let mut resp = StartSandboxResponse::new();
+        resp.pid = instance.pid;
+        resp.created_at = Some(convert::timestamp(instance.created_at)).into();
+        Ok(resp)
+    }
+
+    async fn platform(&self, _ctx: &TtrpcContext, _req: PlatformRequest) -> RpcResult<PlatformResponse> {
+        let mut platform = Platform::new();
+        platform.os = "linux".into();
+        platform.architecture = go_arch().into();
+        let mut resp = PlatformResponse::new();
+        resp.platform = Some(platform).into();
+        Ok(resp)
+    }
+
+    async fn stop_sandbox(&self, _ctx: &TtrpcContext, req: StopSandboxRequest) -> RpcResult<StopSandboxResponse> {
+        let timeout = Duration::from_secs(u64::from(req.timeout_secs));
+        self.controller.stop(&req.sandbox_id, timeout).await.map_err(wire)?;
+        Ok(StopSandboxResponse::new())
+    }
+
+    async fn wait_sandbox(&self, _ctx: &TtrpcContext, req: WaitSandboxRequest) -> RpcResult<WaitSandboxResponse> {
+        let exit = self.controller.wait(&req.sandbox_id).await.map_err(wire)?;
+        let mut resp = WaitSandboxResponse::new();
+        resp.exit_status = exit.code;
+        resp.exited_at = Some(convert::timestamp(exit.at)).into();
+        Ok(resp)
+    }
+
+    async fn sandbox_status(&self, _ctx: &TtrpcContext, req: SandboxStatusRequest) -> RpcResult<SandboxStatusResponse> {
+        let status = self.controller.status(&req.sandbox_id).await.map_err(wire)?;
+        let mut resp = SandboxStatusResponse::new();
+        resp.sandbox_id = status.id;
+        resp.pid = status.pid;
+        resp.state = status.state.cri_name().into();
+        resp.created_at = status.created_at.map(convert::timestamp).into();
+        resp.exited_at = status.exited_at.map(convert::timestamp).into();
+        Ok(resp)
+    }
+
+    async fn ping_sandbox(&self, _ctx: &TtrpcContext, req: PingRequest) -> RpcResult<PingResponse> {
+        self.controller.status(&req.sandbox_id).await.map_err(wire)?;
+        Ok(PingResponse::new())
+    }
+
+    async fn shutdown_sandbox(&self, _ctx: &TtrpcContext, req: ShutdownSandboxRequest) -> RpcResult<ShutdownSandboxResponse> {
+        self.controller.shutdown(&req.sandbox_id).await.map_err(wire)?;
+        // The server lets this reply leave before it stops (see `serve`): containerd treats a
+        // connection closed before the reply as a failed shutdown.
+        (self.on_shutdown)();
+        Ok(ShutdownSandboxResponse::new())
+    }
+
+    async fn sandbox_metrics(&self, _ctx: &TtrpcContext, req: SandboxMetricsRequest) -> RpcResult<SandboxMetricsResponse> {
+        // containerd 2.1's CRI reads the pod cgroup itself and never calls this (it first does
+        // in 2.4); say so rather than return an empty metric the CRI would reject.
+        Err(Error::Unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
+    }
+}
