@@ -1,1 +1,5 @@
 //! Round trips, hostile inputs, fuzzing and checkpointctl interop.
+
+mod hostile;
+mod roundtrip;
+mod support;
