@@ -1,0 +1,254 @@
+//! `podcr checkpoint`: builds the request containerd's CRI layer builds in PR 13822 and sends
+//! it to the pod's shim.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use k8s_cri::v1::{ContainerConfig, ContainerState, PodSandboxConfig, PodSandboxState};
+use podcr_protos::{
+    checkpoint::{CheckpointContainer, CheckpointRequest},
+    protobuf::{well_known_types::any::Any, MessageField},
+};
+use prost::Message;
+use tracing::{debug, info};
+
+use crate::{
+    containerd::{Containerd, SHIM_SANDBOXER},
+    cri::{config_from_info, Cri},
+    error::{unique_match, LookupError},
+    output, sandbox, shim,
+};
+
+pub const CONTAINER_CONFIG_TYPE: &str = "runtime.v1.ContainerConfig";
+pub const CONTAINER_STATUS_TYPE: &str = "runtime.v1.ContainerStatus";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckpointArgs {
+    /// Sandbox id (or a unique prefix), or the pod name with --pod-namespace.
+    pub pod: String,
+    /// Output directory: created (0700) if missing, must be empty otherwise.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Treat POD as a CRI pod name in this Kubernetes namespace.
+    #[arg(long)]
+    pub pod_namespace: Option<String>,
+    /// Keep the pod running afterwards (the CRI default stops it).
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Checkpoint established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Checkpoint file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Compression of the per-container archives.
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// Also pack the checkpoint directory into this single file (.tar, or .tar.zst for zstd).
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+}
+
+impl CheckpointArgs {
+    /// The options map, with only the options the user set, as the CRI passes them on.
+    pub fn options(&self) -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        for (key, set) in [
+            ("leave-running", self.leave_running),
+            ("tcp-established", self.tcp_established),
+            ("file-locks", self.file_locks),
+        ] {
+            if set {
+                map.insert(key.to_string(), "true".to_string());
+            }
+        }
+        if let Some(c) = self.compression {
+            let value = match c {
+                CompressionArg::None => "none",
+                CompressionArg::Gzip => "gzip",
+                CompressionArg::Zstd => "zstd",
+            };
+            map.insert("compression".into(), value.into());
+        }
+        map
+    }
+}
+
+/// One container as the request carries it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerInput {
+    pub id: String,
+    pub name: String,
+    pub config: Option<ContainerConfig>,
+    pub status: Option<k8s_cri::v1::ContainerStatus>,
+}
+
+fn any<M: Message>(type_url: &str, msg: &M) -> MessageField<Any> {
+    let mut a = Any::new();
+    a.type_url = type_url.to_string();
+    a.value = msg.encode_to_vec();
+    MessageField::some(a)
+}
+
+pub fn build_request(
+    sandbox_id: &str,
+    output: &Path,
+    pod_config: Option<&PodSandboxConfig>,
+    containers: &[ContainerInput],
+    options: HashMap<String, String>,
+) -> CheckpointRequest {
+    let mut req = CheckpointRequest::new();
+    req.sandbox_id = sandbox_id.to_string();
+    req.output_path = output.to_string_lossy().into_owned();
+    if let Some(cfg) = pod_config {
+        req.sandbox_config = any(sandbox::POD_SANDBOX_CONFIG_TYPE, cfg);
+    }
+    req.containers = containers
+        .iter()
+        .map(|c| {
+            let mut w = CheckpointContainer::new();
+            w.id = c.id.clone();
+            w.name = c.name.clone();
+            if let Some(cfg) = &c.config {
+                w.config = any(CONTAINER_CONFIG_TYPE, cfg);
+            }
+            if let Some(st) = &c.status {
+                w.status = any(CONTAINER_STATUS_TYPE, st);
+            }
+            w
+        })
+        .collect();
+    req.options = options;
+    req
+}
+
+/// Makes `dir` absolute and ready: created with mode 0700 when missing; an existing one must
+/// be an empty directory (the shim checks again, but this gives the user a plainer message).
+pub fn prepare_output(dir: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(dir).with_context(|| format!("resolve {}", dir.display()))?;
+    match std::fs::symlink_metadata(&abs) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o700).create(&abs).with_context(|| format!("create {}", abs.display()))?;
+            // The umask may have narrowed the mode; make it exactly 0700.
+            std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("stat {}", abs.display())),
+        Ok(m) if !m.is_dir() => anyhow::bail!("{} exists and is not a directory", abs.display()),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(&abs).with_context(|| format!("read {}", abs.display()))?;
+            anyhow::ensure!(entries.next().is_none(), "output directory {} is not empty", abs.display());
+        }
+    }
+    Ok(abs)
+}
+
+/// A pod resolved to a sandbox id, and whether the CRI knows it.
+struct Target {
+    sandbox_id: String,
+    cri: Option<Cri>,
+}
+
+async fn resolve(cd: &Containerd, address: &Path, args: &CheckpointArgs) -> Result<Target> {
+    // The CRI is only there for pods in its namespace; elsewhere the pod is a plain sandbox.
+    let cri = if cd.namespace_name == crate::CRI_NAMESPACE { Cri::connect(address).await.ok() } else { None };
+    if let Some(ns) = &args.pod_namespace {
+        let cri = cri.context("a pod name with --pod-namespace needs the CRI (namespace k8s.io)")?;
+        let pods = cri.list_pods().await?;
+        let id = pod_by_name(&pods, &args.pod, ns)?;
+        return Ok(Target { sandbox_id: id, cri: Some(cri) });
+    }
+    let records = cd.store_list().await?;
+    let id = unique_match(&args.pod, records.iter().map(|r| r.sandbox_id.as_str()))?;
+    if let Some(r) = records.iter().find(|r| r.sandbox_id == id) {
+        if r.sandboxer != SHIM_SANDBOXER {
+            return Err(LookupError::NotShimSandbox(id, r.sandboxer.clone()).into());
+        }
+    }
+    let cri = match cri {
+        Some(c) if c.list_pods().await.map(|p| p.iter().any(|p| p.id == id)).unwrap_or(false) => Some(c),
+        _ => None,
+    };
+    Ok(Target { sandbox_id: id, cri })
+}
+
+/// The ready pod with this name in this namespace (an older, stopped attempt may share it).
+pub fn pod_by_name(pods: &[k8s_cri::v1::PodSandbox], name: &str, namespace: &str) -> Result<String, LookupError> {
+    let matching: Vec<&k8s_cri::v1::PodSandbox> = pods
+        .iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name && m.namespace == namespace))
+        .collect();
+    let ready: Vec<&k8s_cri::v1::PodSandbox> =
+        matching.iter().copied().filter(|p| p.state == PodSandboxState::SandboxReady as i32).collect();
+    let pick = if ready.is_empty() { matching } else { ready };
+    match pick.as_slice() {
+        [] => Err(LookupError::NotFound(format!("{namespace}/{name}"))),
+        [one] => Ok(one.id.clone()),
+        many => Err(LookupError::Ambiguous {
+            query: format!("{namespace}/{name}"),
+            candidates: many.iter().map(|p| p.id.clone()).collect(),
+        }),
+    }
+}
+
+/// The running containers of the pod with their CRI config and status, or, for a pod outside
+/// the CRI, containerd's containers of the sandbox, named by id.
+async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandboxConfig>, Vec<ContainerInput>)> {
+    let Some(cri) = &target.cri else {
+        let list = cd.containers_in(&target.sandbox_id).await?;
+        let inputs = list.into_iter().map(|c| ContainerInput { name: c.id.clone(), id: c.id, ..Default::default() }).collect();
+        return Ok((None, inputs));
+    };
+    let pod_config = cri.pod_config(&target.sandbox_id).await.unwrap_or_else(|e| {
+        debug!(error = %format!("{e:#}"), "no pod config from the CRI; the shim has its own");
+        None
+    });
+    let mut inputs = Vec::new();
+    for c in cri.containers_of(&target.sandbox_id).await? {
+        if c.state != ContainerState::ContainerRunning as i32 {
+            info!(id = %c.id, state = c.state, "skipping a container that is not running");
+            continue;
+        }
+        let resp = cri.container_status(&c.id).await?;
+        let config: Option<ContainerConfig> = config_from_info(&resp.info);
+        let name = c.metadata.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.id.clone());
+        inputs.push(ContainerInput { id: c.id, name, config, status: resp.status });
+    }
+    Ok((pod_config, inputs))
+}
+
+pub async fn run(cd: &Containerd, address: &Path, args: &CheckpointArgs, timeout: Duration) -> Result<()> {
+    let target = resolve(cd, address, args).await?;
+    let (pod_config, inputs) = containers(cd, &target).await?;
+    anyhow::ensure!(!inputs.is_empty(), "pod {} has no running containers to checkpoint", target.sandbox_id);
+    let output = prepare_output(&args.output)?;
+    let req = build_request(&target.sandbox_id, &output, pod_config.as_ref(), &inputs, args.options());
+    let shim = shim::Shim::connect(&shim::address_of(cd, &target.sandbox_id).await?).await?;
+
+    let progress = output::Progress::start(&format!("checkpointing pod {}", target.sandbox_id));
+    let result = shim.checkpoint(&req, timeout).await;
+    let elapsed = progress.finish().await;
+    let resp = result?;
+    eprintln!("checkpointed pod {} ({} containers) into {} in {:.2}s", target.sandbox_id, inputs.len(), output.display(), elapsed.as_secs_f64());
+    if let Some(stats) = resp.podcr_stats.as_ref() {
+        print!("{}", output::stats_report(stats));
+    }
+    if let Some(archive) = &args.archive {
+        crate::transport::pack(&output, archive)?;
+        eprintln!("packed into {}", archive.display());
+    }
+    Ok(())
+}
+

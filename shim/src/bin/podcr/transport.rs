@@ -1,0 +1,78 @@
+//! The single-file form of a pod checkpoint, for moving it between nodes: thin wrappers over the
+//! archive module's packer and hardened unpacker.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use podcr_sandbox_controller::archive::{self, Compression, Limits, PodCheckpoint};
+
+/// Compression chosen by the file name: `.zst`/`.tzst` zstd, `.gz`/`.tgz` gzip, else plain tar.
+pub fn compression_for(file: &Path) -> Compression {
+    let name = file.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".zst") || name.ends_with(".tzst") {
+        Compression::Zstd
+    } else if name.ends_with(".gz") || name.ends_with(".tgz") {
+        Compression::Gzip
+    } else {
+        Compression::None
+    }
+}
+
+/// Packs a finished checkpoint directory into `file`, atomically (the packer writes a
+/// temporary file and renames it).
+pub fn pack(dir: &Path, file: &Path) -> Result<()> {
+    let stats = archive::pack_pod_dir(dir, file, compression_for(file))
+        .with_context(|| format!("pack {} into {}", dir.display(), file.display()))?;
+    tracing::info!(bytes = stats.bytes, sha256 = %stats.sha256, "packed the checkpoint");
+    Ok(())
+}
+
+/// A verified checkpoint directory, and the private temporary directory holding it when it came
+/// from an archive (removed when dropped).
+pub struct Source {
+    pub checkpoint: PodCheckpoint,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Opens `path` for restore: a directory is verified in place and never modified; a file is
+/// unpacked into a fresh private directory and verified there.
+pub fn open(path: &Path) -> Result<Source> {
+    let limits = Limits::default();
+    let meta = std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
+    if meta.is_dir() {
+        let dir = std::fs::canonicalize(path).with_context(|| format!("resolve {}", path.display()))?;
+        let checkpoint =
+            archive::verify_pod_dir(&dir, &limits).with_context(|| format!("verify checkpoint {}", dir.display()))?;
+        return Ok(Source { checkpoint, dir, _tmp: None });
+    }
+    // tempfile creates the directory with mode 0700; the unpacker wants to create `dest` itself.
+    let tmp = tempfile::Builder::new().prefix("podcr-restore-").tempdir().context("create a temporary directory")?;
+    let dir = tmp.path().join("checkpoint");
+    let checkpoint = archive::unpack_pod_archive(path, &dir, &limits)
+        .with_context(|| format!("unpack checkpoint archive {}", path.display()))?;
+    Ok(Source { checkpoint, dir, _tmp: Some(tmp) })
+}
+
+/// A scratch directory next to the checkpoint's metadata reads (removed when dropped).
+pub fn scratch() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("podcr-meta-").tempdir().context("create a temporary directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_from_name() {
+        assert_eq!(compression_for(Path::new("/x/pod.tar.zst")), Compression::Zstd);
+        assert_eq!(compression_for(Path::new("pod.TAR.GZ")), Compression::Gzip);
+        assert_eq!(compression_for(Path::new("pod.tar")), Compression::None);
+        assert_eq!(compression_for(Path::new("pod")), Compression::None);
+    }
+
+    #[test]
+    fn missing_source_is_an_error() {
+        assert!(open(Path::new("/nonexistent/podcr-checkpoint")).is_err());
+    }
+}
