@@ -95,6 +95,9 @@ pub fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8], l
     let mut h = Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(0o644);
+    h.set_uid(nix::unistd::geteuid().as_raw() as u64);
+    h.set_gid(nix::unistd::getegid().as_raw() as u64);
+    h.set_mtime(0);
     h.set_size(claimed.unwrap_or(data.len() as u64));
     {
         let old = h.as_old_mut();
