@@ -1,10 +1,7 @@
 //! Builders for test checkpoints: a staging dir like the orchestrator makes, and raw tar bytes
 //! with whatever hostile header a test needs (the tar crate's safe setters refuse most of them).
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use tar::{EntryType, Header};
@@ -115,12 +112,6 @@ pub fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8], l
 
 pub fn end(out: &mut Vec<u8>) {
     out.extend(std::iter::repeat_n(0u8, 1024));
-}
-
-pub fn compress(data: &[u8], c: Compression) -> Vec<u8> {
-    let mut e = crate::archive::codec::Encoder::new(Vec::new(), c).unwrap();
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// Names in a directory, sorted.
