@@ -1,5 +1,6 @@
 //! Round trips, hostile inputs, fuzzing and checkpointctl interop.
 
+mod criu;
 mod fuzz;
 mod hostile;
 mod roundtrip;
