@@ -13,6 +13,8 @@ pub struct Proc {
     pub ppid: u32,
     /// The one-letter state from /proc/<pid>/stat: R, S, D, Z (zombie), T, ...
     pub state: char,
+    /// The kernel's short name (/proc/<pid>/stat field 2, at most 15 bytes); kept for zombies too.
+    pub comm: String,
     /// argv, split on NUL. Empty for zombies and kernel threads.
     pub argv: Vec<String>,
 }
@@ -32,6 +34,7 @@ impl Proc {
 pub fn proc(pid: u32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm is in parentheses and may itself contain spaces or ')': fields resume after the last ')'.
+    let comm = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
     let state = f.next()?.chars().next()?;
@@ -41,7 +44,7 @@ pub fn proc(pid: u32) -> Option<Proc> {
             b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
         })
         .unwrap_or_default();
-    Some(Proc { pid, ppid, state, argv })
+    Some(Proc { pid, ppid, state, comm, argv })
 }
 
 /// Every process on the host.
