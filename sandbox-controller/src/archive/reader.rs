@@ -65,10 +65,8 @@ fn check_container_entry(path: &str, is_dir: bool, size: u64, limits: &Limits) -
         return Err(Error::Archive(format!("unexpected entry {path:?} in a container archive")));
     }
     let max = if path == CONTAINER_MANIFEST_FILE { limits.max_manifest_bytes } else { limits.max_metadata_bytes };
-    if SMALL.contains(&path) || path == CONTAINER_MANIFEST_FILE {
-        if size > max {
-            return Err(Error::Archive(format!("{path} claims {size} bytes, more than the limit of {max}")));
-        }
+    if (SMALL.contains(&path) || path == CONTAINER_MANIFEST_FILE) && size > max {
+        return Err(Error::Archive(format!("{path} claims {size} bytes, more than the limit of {max}")));
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ pub fn delete_rootfs_paths(rootfs: &Path, deleted: &[String]) -> Result<()> {
     let root = open_dir_nofollow(rootfs)?;
     for path in deleted {
         check_deleted_path(path)?;
-        let comps = split_relative(path[1..].as_bytes(), 4096)?;
+        let comps = split_relative(&path.as_bytes()[1..], 4096)?;
         let parent = match walk_parent(&root, &comps, None) {
             Ok(p) => p,
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,

@@ -41,9 +41,9 @@ fn real_criu_dump_is_readable_by_checkpointctl() {
     let log = std::fs::read_to_string(staging.join("dump.log")).unwrap_or_default();
     assert!(out.status.success(), "criu dump failed: {}\n{}", String::from_utf8_lossy(&out.stderr), log);
     // CRIU puts stats-dump next to the images; checkpointctl wants it at the archive's top.
-    if images.join(STATS_DUMP).exists() {
-        std::fs::rename(images.join(STATS_DUMP), staging.join(STATS_DUMP)).unwrap();
-    }
+    // CRIU writes stats-dump into its work dir (-W, runc's --work-path), which is exactly where
+    // the writer expects it: the staging dir's top level.
+    assert!(staging.join(STATS_DUMP).exists() && !images.join(STATS_DUMP).exists());
     let dest = tmp.path().join("sleep.tar.zst");
     let stats = write_container_archive(&staging, &meta("sleep"), &dest, Compression::Zstd).unwrap();
 

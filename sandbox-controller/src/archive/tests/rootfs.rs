@@ -102,7 +102,9 @@ fn capture_refuses_layers_that_need_the_lower_dirs() {
 }
 
 /// Applies a raw diff to a fresh rootfs next to an `outside` dir; the outside must not change.
-fn apply_raw(entries: &[(&[u8], EntryType, &[u8], Option<&[u8]>)], deleted: &[&str]) -> crate::error::Result<()> {
+type Raw<'a> = (&'a [u8], EntryType, &'a [u8], Option<&'a [u8]>);
+
+fn apply_raw(entries: &[Raw], deleted: &[&str]) -> crate::error::Result<()> {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -128,7 +130,7 @@ fn apply_raw(entries: &[(&[u8], EntryType, &[u8], Option<&[u8]>)], deleted: &[&s
 
 #[test]
 fn hostile_diffs_never_write_outside_the_rootfs() {
-    let cases: Vec<(&str, Vec<(&[u8], EntryType, &[u8], Option<&[u8]>)>)> = vec![
+    let cases: Vec<(&str, Vec<Raw>)> = vec![
         ("dot-dot", vec![(b"../outside/x", EntryType::Regular, b"x", None)]),
         ("absolute", vec![(b"/outside/x", EntryType::Regular, b"x", None)]),
         ("through existing symlink", vec![(b"escape/x", EntryType::Regular, b"x", None)]),
