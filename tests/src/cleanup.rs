@@ -62,15 +62,27 @@ pub fn teardown(rec: &RunRecord, keep_dir: bool) -> Result<()> {
     note("runc state", remove_runc_state(&rec.prefix()));
     note("bridge", delete_link(&rec.bridge));
     if let Some(v) = &rec.ip_forward_before {
-        note("ip_forward", std::fs::write("/proc/sys/net/ipv4/ip_forward", v).map_err(Into::into));
+        note(
+            "ip_forward",
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", v).map_err(Into::into),
+        );
     }
     if !keep_dir {
-        note("remove run dir", std::fs::remove_dir_all(&rec.dir).or_else(ignore_missing).map_err(Into::into));
+        note(
+            "remove run dir",
+            std::fs::remove_dir_all(&rec.dir)
+                .or_else(ignore_missing)
+                .map_err(Into::into),
+        );
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("cleanup of run {} incomplete:\n  {}", rec.run_id, errors.join("\n  "))
+        anyhow::bail!(
+            "cleanup of run {} incomplete:\n  {}",
+            rec.run_id,
+            errors.join("\n  ")
+        )
     }
 }
 
@@ -85,21 +97,31 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 /// containerd gets SIGTERM and time to shut down; then SIGKILL. Only the pid recorded for this run, and
 /// only if it still is a containerd using this run's directory (pids get reused).
 fn stop_containerd(rec: &RunRecord) -> Result<()> {
-    let Some(pid) = rec.containerd_pid else { return Ok(()) };
+    let Some(pid) = rec.containerd_pid else {
+        return Ok(());
+    };
     let ours = |pid| {
         procs::proc(pid).is_some_and(|p| {
             !p.is_zombie()
                 && p.argv.first().is_some_and(|a| a.ends_with("containerd"))
-                && p.argv.iter().any(|a| a.starts_with(&*rec.dir.to_string_lossy()))
+                && p.argv
+                    .iter()
+                    .any(|a| a.starts_with(&*rec.dir.to_string_lossy()))
         })
     };
     if !ours(pid) {
         return Ok(());
     }
     procs::signal(pid, Signal::SIGTERM)?;
-    if wait_until("containerd to exit", Duration::from_secs(10), || Ok(!ours(pid))).is_err() {
+    if wait_until("containerd to exit", Duration::from_secs(10), || {
+        Ok(!ours(pid))
+    })
+    .is_err()
+    {
         procs::signal(pid, Signal::SIGKILL)?;
-        wait_until("containerd to die", Duration::from_secs(5), || Ok(!ours(pid)))?;
+        wait_until("containerd to die", Duration::from_secs(5), || {
+            Ok(!ours(pid))
+        })?;
     }
     Ok(())
 }
@@ -110,7 +132,9 @@ fn kill_shims(socket: &Path) -> Result<()> {
     for s in &shims {
         procs::signal(s.pid, Signal::SIGKILL)?;
     }
-    wait_until("shims to die", Duration::from_secs(5), || Ok(shims.iter().all(|s| !procs::alive(s.pid))))
+    wait_until("shims to die", Duration::from_secs(5), || {
+        Ok(shims.iter().all(|s| !procs::alive(s.pid)))
+    })
 }
 
 /// Roots of the cgroup hierarchies: each v1 controller mount, or the single v2 mount.
@@ -164,9 +188,11 @@ pub fn remove_cgroups(prefix: &str) -> Result<()> {
     for pid in pids(&dirs) {
         procs::signal(pid, Signal::SIGKILL)?;
     }
-    wait_until("processes in test cgroups to die", Duration::from_secs(10), || {
-        Ok(pids(&dirs).iter().all(|p| !procs::alive(*p)))
-    })?;
+    wait_until(
+        "processes in test cgroups to die",
+        Duration::from_secs(10),
+        || Ok(pids(&dirs).iter().all(|p| !procs::alive(*p))),
+    )?;
     let mut last = Ok(());
     for d in &dirs {
         // rmdir children before parents.
@@ -175,9 +201,11 @@ pub fn remove_cgroups(prefix: &str) -> Result<()> {
         all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for sub in all {
             // The kernel may need a moment after the last process is reaped before rmdir succeeds.
-            let r = wait_until(&format!("rmdir {}", sub.display()), Duration::from_secs(5), || {
-                Ok(std::fs::remove_dir(&sub).or_else(ignore_missing).is_ok())
-            });
+            let r = wait_until(
+                &format!("rmdir {}", sub.display()),
+                Duration::from_secs(5),
+                || Ok(std::fs::remove_dir(&sub).or_else(ignore_missing).is_ok()),
+            );
             if r.is_err() {
                 last = r;
             }
@@ -204,7 +232,13 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         // mountinfo escapes space, tab, newline and backslash as octal.
-        .map(|m| PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")))
+        .map(|m| {
+            PathBuf::from(
+                m.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\134", "\\"),
+            )
+        })
         .filter(|m| m.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -232,10 +266,13 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
 /// runc.v2 keeps container state in /run/containerd/runc/<namespace>, outside containerd's state dir.
 fn remove_runc_state(prefix: &str) -> Result<()> {
     let root = Path::new("/run/containerd/runc");
-    let Ok(rd) = std::fs::read_dir(root) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
     for e in rd.flatten() {
         if e.file_name().to_string_lossy().starts_with(prefix) {
-            std::fs::remove_dir_all(e.path()).with_context(|| format!("remove {}", e.path().display()))?;
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("remove {}", e.path().display()))?;
         }
     }
     Ok(())
@@ -251,10 +288,16 @@ fn delete_link(name: &str) -> Result<()> {
 
 /// Tears down runs under `base` whose test process is gone (killed before it could clean up).
 pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(base) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return Ok(());
+    };
     for e in rd.flatten() {
-        let Ok(data) = std::fs::read(RunRecord::path(&e.path())) else { continue };
-        let Ok(rec) = serde_json::from_slice::<RunRecord>(&data) else { continue };
+        let Ok(data) = std::fs::read(RunRecord::path(&e.path())) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<RunRecord>(&data) else {
+            continue;
+        };
         if procs::alive(rec.owner_pid) && rec.owner_pid != std::process::id() {
             continue;
         }

@@ -112,7 +112,12 @@ impl Running {
     pub fn new(mut child: Child, line: String) -> Running {
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
-        Running { child, line, out, err }
+        Running {
+            child,
+            line,
+            out,
+            err,
+        }
     }
 
     /// Spawns `cmd` in the background with stdin closed and stdout/stderr collected.
@@ -155,8 +160,15 @@ impl Running {
     }
 
     fn collect(&mut self, code: i32) -> Output {
-        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        Output { cmdline: self.line.clone(), code, stdout: join(self.out.take()), stderr: join(self.err.take()) }
+        let join = |h: Option<JoinHandle<String>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        Output {
+            cmdline: self.line.clone(),
+            code,
+            stdout: join(self.out.take()),
+            stderr: join(self.err.take()),
+        }
     }
 }
 
@@ -178,7 +190,9 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let pty = nix::pty::openpty(None, None).context("openpty")?;
     let slave_fd = pty.slave.as_raw_fd();
     let dup = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    cmd.stdin(dup(&pty.slave)?).stdout(dup(&pty.slave)?).stderr(dup(&pty.slave)?);
+    cmd.stdin(dup(&pty.slave)?)
+        .stdout(dup(&pty.slave)?)
+        .stderr(dup(&pty.slave)?);
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -188,10 +202,14 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             Ok(())
         });
     }
-    let spawned = cmd.spawn().with_context(|| format!("spawn `{line}` in a pty"));
+    let spawned = cmd
+        .spawn()
+        .with_context(|| format!("spawn `{line}` in a pty"));
     // Close our copies of the slave (the Command holds three) so reading the master sees EIO once the
     // child's side is gone.
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     drop(pty.slave);
     let mut child = spawned?;
     let mut master = std::fs::File::from(pty.master);
@@ -224,6 +242,15 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     while !reader.is_finished() && Instant::now() < out_deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stdout = if reader.is_finished() { reader.join().unwrap_or_default() } else { String::new() };
-    Ok(Output { cmdline: line, code: exit_code(status), stdout, stderr: String::new() })
+    let stdout = if reader.is_finished() {
+        reader.join().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Output {
+        cmdline: line,
+        code: exit_code(status),
+        stdout,
+        stderr: String::new(),
+    })
 }

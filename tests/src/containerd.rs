@@ -68,7 +68,9 @@ pub struct Containerd {
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
 /// short enough paths for unix sockets (108 bytes).
 pub fn runs_base() -> PathBuf {
-    std::env::var_os("PODCR_TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/podcr-tests"))
+    std::env::var_os("PODCR_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/podcr-tests"))
 }
 
 static SHARED: OnceLock<std::result::Result<Containerd, String>> = OnceLock::new();
@@ -92,14 +94,28 @@ impl Containerd {
             unsafe { libc::atexit(stop_shared_at_exit) };
             Ok(c)
         });
-        r.as_ref().map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
+        r.as_ref()
+            .map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
     }
 
     /// Starts a private containerd. Fails loudly if a tool or the podcr shim binary is missing.
     pub fn start() -> Result<Containerd> {
-        anyhow::ensure!(nix::unistd::geteuid().is_root(), "the integration tests need root (containerd, runc, CRIU)");
-        for tool in ["containerd", "ctr", "runc", "umoci", "gcc", "ip", "tar"] {
-            which(tool).with_context(|| format!("`{tool}` not found: run scripts/setup-host.sh"))?;
+        anyhow::ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the integration tests need root (containerd, runc, CRIU)"
+        );
+        for tool in [
+            "containerd",
+            "ctr",
+            "runc",
+            "criu",
+            "umoci",
+            "gcc",
+            "ip",
+            "tar",
+        ] {
+            which(tool)
+                .with_context(|| format!("`{tool}` not found: run scripts/setup-host.sh"))?;
         }
         let base = runs_base();
         std::fs::create_dir_all(&base)?;
@@ -146,12 +162,19 @@ impl Containerd {
 
         let subnet = pick_subnet()?;
         std::fs::create_dir_all(dir.join("cni"))?;
-        std::fs::write(dir.join("cni/10-podcr-test.conflist"), cni_conflist(&self.rec, &subnet))?;
+        std::fs::write(
+            dir.join("cni/10-podcr-test.conflist"),
+            cni_conflist(&self.rec, &subnet),
+        )?;
         let config = dir.join("config.toml");
         std::fs::write(&config, containerd_config(&self.rec))?;
 
+        std::fs::create_dir_all(dir.join("tmp"))?;
         let log = File::create(dir.join("containerd.log"))?;
-        let path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            bin.display()
+        );
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
@@ -164,18 +187,30 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("spawn containerd")?;
-        std::fs::create_dir_all(dir.join("tmp"))?;
         self.rec.containerd_pid = Some(child.id());
         self.rec.save()?;
         *self.child.lock().unwrap() = Some(child);
 
         let ctr = self.ctr("default");
-        wait_for("containerd to serve its socket", Duration::from_secs(30), || {
-            if let Some(code) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("containerd exited ({code}) during start-up:\n{}", self.log_tail(30));
-            }
-            Ok(ctr.run(["version"])?.success().then_some(()))
-        })?;
+        wait_for(
+            "containerd to serve its socket",
+            Duration::from_secs(30),
+            || {
+                if let Some(code) = self
+                    .child
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    bail!(
+                        "containerd exited ({code}) during start-up:\n{}",
+                        self.log_tail(30)
+                    );
+                }
+                Ok(ctr.run(["version"])?.success().then_some(()))
+            },
+        )?;
         // The CRI's runc podsandbox needs its pause image locally; pinned to our own in the config.
         self.import(CRI_NAMESPACE, &PAUSE)?;
         Ok(())
@@ -215,17 +250,37 @@ impl Containerd {
 
     /// A `ctr -a <socket> -n <ns>` runner.
     pub fn ctr(&self, namespace: &str) -> Ctr {
-        Ctr { socket: self.rec.socket.clone(), namespace: namespace.to_string(), timeout: DEFAULT_TIMEOUT }
+        Ctr {
+            socket: self.rec.socket.clone(),
+            namespace: namespace.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 
     /// A fresh containerd namespace for one test, removed (with its tasks, containers and images) when
     /// the guard drops, pass or fail.
     pub fn namespace(&self, test: &str) -> TestNs<'_> {
         let n = self.ns_counter.fetch_add(1, Ordering::Relaxed);
-        let clean: String =
-            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
-        let clean = clean.trim_matches('-').split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
-        TestNs { cd: self, name: format!("{}-{n}-{clean}", self.prefix()) }
+        let clean: String = test
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let clean = clean
+            .trim_matches('-')
+            .split('-')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        TestNs {
+            cd: self,
+            name: format!("{}-{n}-{clean}", self.prefix()),
+        }
     }
 
     /// Imports `image` into `namespace` once per run; returns its reference.
@@ -237,7 +292,13 @@ impl Containerd {
         }
         let tar = image.tarball()?;
         let base = format!("{IMAGE_PREFIX}/{}", image.name);
-        self.ctr(namespace).ok(["image", "import", "--base-name", &base, &tar.to_string_lossy()])?;
+        self.ctr(namespace).ok([
+            "image",
+            "import",
+            "--base-name",
+            &base,
+            &tar.to_string_lossy(),
+        ])?;
         self.imported.lock().unwrap().insert(key);
         Ok(reference)
     }
@@ -281,7 +342,10 @@ fn keep_log(rec: &RunRecord) {
     if std::fs::create_dir_all(&logs).is_err() {
         return;
     }
-    let _ = std::fs::copy(rec.dir.join("containerd.log"), logs.join(format!("{}-containerd.log", rec.run_id)));
+    let _ = std::fs::copy(
+        rec.dir.join("containerd.log"),
+        logs.join(format!("{}-containerd.log", rec.run_id)),
+    );
     // Keep the newest 10 logs only.
     if let Ok(rd) = std::fs::read_dir(&logs) {
         let mut files: Vec<_> = rd
@@ -297,7 +361,10 @@ fn keep_log(rec: &RunRecord) {
 
 /// Short, unique enough: it is also part of the bridge name, which Linux limits to 15 bytes.
 fn new_run_id() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     let mix = nanos ^ ((std::process::id() as u64) << 32) ^ (nanos >> 29);
     format!("{:06x}", mix & 0xff_ffff)
 }
@@ -431,7 +498,11 @@ impl Ctr {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace).args(args);
+        c.arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args);
         c
     }
 
@@ -479,7 +550,11 @@ impl Ctr {
             .skip(1)
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                Some(TaskInfo { id: f.first()?.to_string(), pid: f.get(1)?.parse().ok()?, status: f.get(2)?.to_string() })
+                Some(TaskInfo {
+                    id: f.first()?.to_string(),
+                    pid: f.get(1)?.parse().ok()?,
+                    status: f.get(2)?.to_string(),
+                })
             })
             .collect())
     }
@@ -497,7 +572,12 @@ impl Ctr {
 
     /// Container ids of the namespace.
     pub fn containers(&self) -> Result<Vec<String>> {
-        Ok(self.ok(["container", "ls", "-q"])?.lines().map(str::to_string).filter(|s| !s.is_empty()).collect())
+        Ok(self
+            .ok(["container", "ls", "-q"])?
+            .lines()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect())
     }
 }
 
@@ -547,11 +627,19 @@ impl TestNs<'_> {
         }
         // The namespace can only go once content GC has run; containerd's own teardown gets it otherwise.
         let _ = wait_until("namespace removal", Duration::from_secs(5), || {
-            Ok(self.cd.ctr("default").run(["namespace", "rm", &self.name])?.success())
+            Ok(self
+                .cd
+                .ctr("default")
+                .run(["namespace", "rm", &self.name])?
+                .success())
         });
         cleanup::remove_cgroups(&self.name)?;
         let left = ctr.containers().unwrap_or_default();
-        anyhow::ensure!(left.is_empty(), "containers left in {}: {left:?}", self.name);
+        anyhow::ensure!(
+            left.is_empty(),
+            "containers left in {}: {left:?}",
+            self.name
+        );
         Ok(())
     }
 }

@@ -19,7 +19,10 @@ fn demo() -> Result<()> {
     step("building and importing the busybox test image");
     let image = ns.import(&images::BUSYBOX)?;
     println!("    {image}");
-    step(&format!("ctr run --runtime {} {image} demo ...", Runtime::Podcr.runtime_type()));
+    step(&format!(
+        "ctr run --runtime {} {image} demo ...",
+        Runtime::Podcr.runtime_type()
+    ));
     let out = ns.ctr().run([
         "run",
         "--rm",
@@ -34,7 +37,11 @@ fn demo() -> Result<()> {
     for line in out.stdout.lines() {
         println!("    | {line}");
     }
-    ensure!(out.code == 7, "unexpected result: {out:?}\ncontainerd log:\n{}", cd.log_tail(30));
+    ensure!(
+        out.code == 7,
+        "unexpected result: {out:?}\ncontainerd log:\n{}",
+        cd.log_tail(30)
+    );
     println!("    exit status {} (as asked)", out.code);
     step("cleaning up");
     drop(ns);
