@@ -203,18 +203,38 @@ pub fn pod_by_name(pods: &[k8s_cri::v1::PodSandbox], name: &str, namespace: &str
     }
 }
 
+/// A CRI-shaped status for a container outside the CRI, so the checkpoint still records its
+/// image (restore needs it) and labels, as `status.dump` does for CRI containers.
+pub fn status_of(c: &containerd_client::services::v1::Container) -> k8s_cri::v1::ContainerStatus {
+    let created_at = c.created_at.as_ref().map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))).unwrap_or(0);
+    k8s_cri::v1::ContainerStatus {
+        id: c.id.clone(),
+        metadata: Some(k8s_cri::v1::ContainerMetadata { name: c.id.clone(), attempt: 0 }),
+        state: ContainerState::ContainerRunning as i32,
+        created_at,
+        image: Some(k8s_cri::v1::ImageSpec { image: c.image.clone(), ..Default::default() }),
+        image_ref: c.image.clone(),
+        labels: c.labels.clone(),
+        ..Default::default()
+    }
+}
+
 /// The running containers of the pod with their CRI config and status, or, for a pod outside
 /// the CRI, containerd's containers of the sandbox, named by id.
 async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandboxConfig>, Vec<ContainerInput>)> {
     let Some(cri) = &target.cri else {
         let list = cd.containers_in(&target.sandbox_id).await?;
-        let inputs = list.into_iter().map(|c| ContainerInput { name: c.id.clone(), id: c.id, ..Default::default() }).collect();
+        let inputs = list
+            .into_iter()
+            .map(|c| ContainerInput { name: c.id.clone(), id: c.id.clone(), config: None, status: Some(status_of(&c)) })
+            .collect();
         return Ok((None, inputs));
     };
     let pod_config = cri.pod_config(&target.sandbox_id).await.unwrap_or_else(|e| {
         debug!(error = %format!("{e:#}"), "no pod config from the CRI; the shim has its own");
         None
     });
+    debug!(has_pod_config = pod_config.is_some(), "pod from the CRI");
     let mut inputs = Vec::new();
     for c in cri.containers_of(&target.sandbox_id).await? {
         if c.state != ContainerState::ContainerRunning as i32 {
@@ -223,19 +243,20 @@ async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandb
         }
         let resp = cri.container_status(&c.id).await?;
         let config: Option<ContainerConfig> = config_from_info(&resp.info);
+        debug!(id = %c.id, has_config = config.is_some(), "container from the CRI");
         let name = c.metadata.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.id.clone());
         inputs.push(ContainerInput { id: c.id, name, config, status: resp.status });
     }
     Ok((pod_config, inputs))
 }
 
-pub async fn run(cd: &Containerd, address: &Path, args: &CheckpointArgs, timeout: Duration) -> Result<()> {
+pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &CheckpointArgs, timeout: Duration) -> Result<()> {
     let target = resolve(cd, address, args).await?;
     let (pod_config, inputs) = containers(cd, &target).await?;
     anyhow::ensure!(!inputs.is_empty(), "pod {} has no running containers to checkpoint", target.sandbox_id);
     let output = prepare_output(&args.output)?;
     let req = build_request(&target.sandbox_id, &output, pod_config.as_ref(), &inputs, args.options());
-    let shim = shim::Shim::connect(&shim::address_of(cd, &target.sandbox_id).await?).await?;
+    let shim = shim::Shim::connect(&shim::address_of(cd, &target.sandbox_id, state).await?).await?;
 
     let progress = output::Progress::start(&format!("checkpointing pod {}", target.sandbox_id));
     let result = shim.checkpoint(&req, timeout).await;
@@ -252,3 +273,83 @@ pub async fn run(cd: &Containerd, address: &Path, args: &CheckpointArgs, timeout
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use k8s_cri::v1::{PodSandbox, PodSandboxMetadata};
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> CheckpointArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: CheckpointArgs,
+        }
+        let mut argv = vec!["t", "pod", "-o", "/x"];
+        argv.extend_from_slice(extra);
+        T::parse_from(argv).a
+    }
+
+    #[test]
+    fn only_set_options_are_sent() {
+        assert!(args(&[]).options().is_empty());
+        let o = args(&["--leave-running", "--file-locks", "--compression", "zstd"]).options();
+        assert_eq!(o.len(), 3);
+        assert_eq!((o["leave-running"].as_str(), o["file-locks"].as_str(), o["compression"].as_str()), ("true", "true", "zstd"));
+    }
+
+    #[test]
+    fn request_carries_cri_messages_as_any() {
+        let cfg = ContainerConfig { command: vec!["sh".into()], ..Default::default() };
+        let st = k8s_cri::v1::ContainerStatus { id: "c1".into(), ..Default::default() };
+        let pod = PodSandboxConfig { hostname: "h".into(), ..Default::default() };
+        let inputs = [
+            ContainerInput { id: "c1".into(), name: "app".into(), config: Some(cfg.clone()), status: Some(st.clone()) },
+            ContainerInput { id: "c2".into(), name: "c2".into(), ..Default::default() },
+        ];
+        let req = build_request("sb", Path::new("/out"), Some(&pod), &inputs, HashMap::new());
+        assert_eq!((req.sandbox_id.as_str(), req.output_path.as_str()), ("sb", "/out"));
+        assert_eq!(req.sandbox_config.type_url, "runtime.v1.PodSandboxConfig");
+        assert_eq!(PodSandboxConfig::decode(req.sandbox_config.value.as_slice()).unwrap(), pod);
+        let c = &req.containers[0];
+        assert_eq!(c.config.type_url, CONTAINER_CONFIG_TYPE);
+        assert_eq!(ContainerConfig::decode(c.config.value.as_slice()).unwrap(), cfg);
+        assert_eq!(k8s_cri::v1::ContainerStatus::decode(c.status.value.as_slice()).unwrap(), st);
+        assert!(req.containers[1].config.is_none() && req.containers[1].status.is_none());
+        let bare = build_request("sb", Path::new("/out"), None, &[], HashMap::new());
+        assert!(bare.sandbox_config.is_none());
+    }
+
+    #[test]
+    fn pods_by_name_prefer_the_ready_one() {
+        let pod = |id: &str, name: &str, state: PodSandboxState| PodSandbox {
+            id: id.into(),
+            metadata: Some(PodSandboxMetadata { name: name.into(), namespace: "ns".into(), ..Default::default() }),
+            state: state as i32,
+            ..Default::default()
+        };
+        let pods = [
+            pod("old", "web", PodSandboxState::SandboxNotready),
+            pod("new", "web", PodSandboxState::SandboxReady),
+            pod("db1", "db", PodSandboxState::SandboxNotready),
+            pod("db2", "db", PodSandboxState::SandboxNotready),
+        ];
+        assert_eq!(pod_by_name(&pods, "web", "ns").unwrap(), "new");
+        assert!(matches!(pod_by_name(&pods, "db", "ns"), Err(LookupError::Ambiguous { .. })));
+        assert!(matches!(pod_by_name(&pods, "web", "other"), Err(LookupError::NotFound(_))));
+    }
+
+    #[test]
+    fn output_dir_is_created_private_and_must_be_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let abs = prepare_output(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&abs).unwrap().permissions().mode() & 0o777, 0o700);
+        prepare_output(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        assert!(prepare_output(&dir).is_err());
+        assert!(prepare_output(&dir.join("f")).is_err());
+    }
+}

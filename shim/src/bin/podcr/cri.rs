@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, Container,
     ContainerConfig, ContainerFilter, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
-    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
+    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox,
+    StatusRequest, PodSandboxConfig,
     PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopPodSandboxRequest,
 };
@@ -24,6 +25,15 @@ impl Cri {
     pub async fn connect(socket: &Path) -> Result<Cri> {
         let channel = unix_channel(socket).await?;
         Ok(Cri { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) })
+    }
+
+    /// containerd's state directory, from the CRI plugin's own state dir (`<state>/io.containerd.grpc.v1.cri`)
+    /// that the verbose runtime status reports.
+    pub async fn containerd_state_dir(&self) -> Option<std::path::PathBuf> {
+        let resp = self.runtime.clone().status(StatusRequest { verbose: true }).await.ok()?.into_inner();
+        let doc: serde_json::Value = serde_json::from_str(resp.info.get("config")?).ok()?;
+        let cri_state = std::path::Path::new(doc.get("stateDir")?.as_str()?);
+        cri_state.parent().map(std::path::Path::to_path_buf)
     }
 
     pub async fn list_pods(&self) -> Result<Vec<PodSandbox>> {

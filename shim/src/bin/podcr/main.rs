@@ -38,6 +38,9 @@ struct Cli {
     /// containerd namespace [default: `default` for `sandbox`, `k8s.io` otherwise].
     #[arg(long, short = 'n', global = true)]
     namespace: Option<String>,
+    /// containerd's state directory [default: asked from the CRI, else /run/containerd].
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
     /// Deadline of a checkpoint or restore, e.g. 90s, 5m, 1h.
     #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
@@ -123,30 +126,44 @@ fn init_logging(debug: bool) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// The state dir holds the shim addresses containerd 2.1 does not report over its API.
+async fn state_dir(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.state {
+        return s.clone();
+    }
+    if let Ok(cri) = cri::Cri::connect(&cli.address).await {
+        if let Some(s) = cri.containerd_state_dir().await {
+            return s;
+        }
+    }
+    PathBuf::from(shim::DEFAULT_STATE)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let ns = |default: &str| cli.namespace.clone().unwrap_or_else(|| default.to_string());
-    match cli.command {
+    match &cli.command {
         Command::Sandbox(cmd) => {
             let cd = containerd::Containerd::connect(&cli.address, &ns(DEFAULT_NAMESPACE)).await?;
             match cmd {
                 SandboxCommand::Run(a) => {
                     let opts = sandbox::RunOptions {
-                        id: a.id,
-                        runtime: a.runtime,
-                        netns: a.netns,
-                        hostname: a.hostname,
-                        name: a.name,
-                        pod_namespace: a.pod_namespace,
+                        id: a.id.clone(),
+                        runtime: a.runtime.clone(),
+                        netns: a.netns.clone(),
+                        hostname: a.hostname.clone(),
+                        name: a.name.clone(),
+                        pod_namespace: a.pod_namespace.clone(),
                     };
                     sandbox::run(&cd, &opts).await
                 }
                 SandboxCommand::Ls => sandbox::ls(&cd).await,
-                SandboxCommand::Rm { force, ids } => sandbox::rm(&cd, &ids, force).await,
+                SandboxCommand::Rm { force, ids } => sandbox::rm(&cd, ids, *force).await,
             }
         }
         Command::Checkpoint(args) => {
             let cd = containerd::Containerd::connect(&cli.address, &ns(CRI_NAMESPACE)).await?;
-            checkpoint::run(&cd, &cli.address, &args, cli.timeout).await
+            let state = state_dir(&cli).await;
+            checkpoint::run(&cd, &cli.address, &state, args, cli.timeout).await
         }
         Command::Restore(args) => {
             let namespace = ns(CRI_NAMESPACE);
@@ -154,7 +171,8 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("restore creates a CRI pod, which lives in containerd's {CRI_NAMESPACE} namespace");
             }
             let cd = containerd::Containerd::connect(&cli.address, &namespace).await?;
-            restore::run(&cd, &cli.address, &args, cli.timeout).await
+            let state = state_dir(&cli).await;
+            restore::run(&cd, &cli.address, &state, args, cli.timeout).await
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct RestoreArgs {
     /// Kubernetes namespace of the new pod (default: the checkpointed pod's).
     #[arg(long)]
     pub pod_namespace: Option<String>,
+    /// Give a hostNetwork pod its own network namespace instead: containerd 2.1's CRI crashes
+    /// (nil spec in NewBundle) when it creates a hostNetwork pod with a shim sandboxer.
+    #[arg(long)]
+    pub pod_network: bool,
     /// Leave the restored containers created, not started (as CRI RestorePod does).
     #[arg(long)]
     pub created_only: bool,
@@ -48,6 +52,22 @@ pub fn pod_config(dump: Value, name: Option<&str>, namespace: Option<&str>, uid:
     });
     anyhow::ensure!(!cfg.metadata.as_ref().is_some_and(|m| m.name.is_empty()), "the checkpoint has no pod name; pass --name");
     Ok(cfg)
+}
+
+/// CRI `NamespaceMode::NODE`.
+const NS_NODE: i32 = 2;
+
+/// Refuses hostNetwork pods (see `--pod-network`), or moves them into a pod network.
+pub fn check_network(cfg: &mut PodSandboxConfig, pod_network: bool) -> Result<()> {
+    let ns = cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut());
+    let Some(ns) = ns.filter(|ns| ns.network == NS_NODE) else { return Ok(()) };
+    anyhow::ensure!(
+        pod_network,
+        "the checkpointed pod uses the host network, and containerd 2.1's CRI crashes creating such a pod with a \
+         shim sandboxer; pass --pod-network to restore it into its own network namespace"
+    );
+    ns.network = 0;
+    Ok(())
 }
 
 /// A CRI ContainerConfig rebuilt from the container's OCI spec when the checkpoint carries no
@@ -124,7 +144,7 @@ fn new_uid() -> Result<String> {
     Ok(raw.trim().to_string())
 }
 
-pub async fn run(cd: &Containerd, address: &Path, args: &RestoreArgs, timeout: Duration) -> Result<()> {
+pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreArgs, timeout: Duration) -> Result<()> {
     let path = args.checkpoint.clone();
     let (src, containers) = tokio::task::spawn_blocking(move || -> Result<_> {
         let src = transport::open(&path)?;
@@ -133,7 +153,8 @@ pub async fn run(cd: &Containerd, address: &Path, args: &RestoreArgs, timeout: D
     })
     .await
     .context("checkpoint reader task")??;
-    let pod = pod_config(src.checkpoint.pod_config.clone(), args.name.as_deref(), args.pod_namespace.as_deref(), &new_uid()?)?;
+    let mut pod = pod_config(src.checkpoint.pod_config.clone(), args.name.as_deref(), args.pod_namespace.as_deref(), &new_uid()?)?;
+    check_network(&mut pod, args.pod_network)?;
 
     let cri = Cri::connect(address).await?;
     for (name, cfg) in &containers {
@@ -144,7 +165,7 @@ pub async fn run(cd: &Containerd, address: &Path, args: &RestoreArgs, timeout: D
     }
 
     let pod_id = cri.run_pod(pod.clone(), HANDLER).await?;
-    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, args.created_only, timeout).await;
+    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
             println!("{pod_id}");
@@ -174,6 +195,7 @@ async fn restore_into(
     pod: &PodSandboxConfig,
     containers: &[(String, ContainerConfig)],
     checkpoint: &Path,
+    state: &Path,
     created_only: bool,
     timeout: Duration,
 ) -> Result<Vec<(String, String)>> {
@@ -182,7 +204,7 @@ async fn restore_into(
         ids.push((name.clone(), cri.create_container(pod_id, cfg.clone(), pod.clone()).await?));
     }
     let req = restore_request(pod_id, checkpoint, &ids);
-    let shim = shim::Shim::connect(&shim::address_of(cd, pod_id).await?).await?;
+    let shim = shim::Shim::connect(&shim::address_of(cd, pod_id, state).await?).await?;
     let progress = output::Progress::start(&format!("restoring pod {pod_id}"));
     let result = shim.restore(&req, timeout).await;
     progress.finish().await;
@@ -234,6 +256,26 @@ mod tests {
         assert_eq!((m.name.as_str(), m.namespace.as_str()), ("web2", "dev"));
         assert!(pod_config(json!({}), None, None, "u").is_err());
         assert!(pod_config(json!({}), Some("x"), None, "u").is_ok());
+    }
+
+    #[test]
+    fn host_network_needs_consent() {
+        use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption};
+        let host = || PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption { network: NS_NODE, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_network(&mut host(), false).is_err());
+        let mut cfg = host();
+        check_network(&mut cfg, true).unwrap();
+        assert_eq!(cfg.linux.unwrap().security_context.unwrap().namespace_options.unwrap().network, 0);
+        check_network(&mut PodSandboxConfig::default(), false).unwrap();
     }
 
     #[test]

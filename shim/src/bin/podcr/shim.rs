@@ -1,7 +1,10 @@
 //! The shim's Checkpoint ttrpc service (containerd PR 13822), dialled directly: containerd 2.1
 //! has no API that forwards to it yet.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use podcr_protos::{
@@ -24,14 +27,36 @@ pub fn ttrpc_address(address: &str) -> Result<String> {
     anyhow::bail!("unsupported shim address {address:?} (podcr speaks ttrpc over unix sockets)")
 }
 
-/// Where the pod's shim listens, as containerd knows it.
-pub async fn address_of(cd: &Containerd, sandbox_id: &str) -> Result<String> {
+/// containerd's default state directory.
+pub const DEFAULT_STATE: &str = "/run/containerd";
+/// Where containerd's shim sandbox controller keeps each sandbox's bootstrap files.
+const SHIM_CONTROLLER_DIR: &str = "io.containerd.sandbox.controller.v1.shim";
+
+/// Where the pod's shim listens. containerd 2.1's Controller/Status leaves `address` empty
+/// (later versions fill it in), so fall back to the `address` file containerd writes into the
+/// sandbox's bootstrap directory under its state dir.
+pub async fn address_of(cd: &Containerd, sandbox_id: &str, state_dir: &Path) -> Result<String> {
     let status = cd.controller_status(sandbox_id, SHIM_SANDBOXER).await?;
-    anyhow::ensure!(
-        !status.address.is_empty(),
-        "containerd knows no shim address for sandbox {sandbox_id} (is it running?)"
-    );
-    ttrpc_address(&status.address)
+    if !status.address.is_empty() {
+        return ttrpc_address(&status.address);
+    }
+    let file = address_file(state_dir, &cd.namespace_name, sandbox_id)?;
+    let raw = std::fs::read_to_string(&file).with_context(|| {
+        format!("containerd reports no shim address for sandbox {sandbox_id} and {} is unreadable (wrong --state?)", file.display())
+    })?;
+    ttrpc_address(raw.trim())
+}
+
+/// `<state>/io.containerd.sandbox.controller.v1.shim/<namespace>/<id>/address`, refusing ids and
+/// namespaces that would leave that directory.
+pub fn address_file(state_dir: &Path, namespace: &str, sandbox_id: &str) -> Result<PathBuf> {
+    for part in [namespace, sandbox_id] {
+        anyhow::ensure!(
+            !part.is_empty() && part != "." && part != ".." && !part.contains('/'),
+            "invalid namespace or sandbox id {part:?}"
+        );
+    }
+    Ok(state_dir.join(SHIM_CONTROLLER_DIR).join(namespace).join(sandbox_id).join("address"))
 }
 
 pub struct Shim {
@@ -95,5 +120,11 @@ mod tests {
         assert_eq!(ttrpc_address("/run/x.sock").unwrap(), "unix:///run/x.sock");
         assert!(ttrpc_address("grpc+vsock://3:1024").is_err());
         assert_eq!(nanos(Duration::from_secs(2)), 2_000_000_000);
+        assert_eq!(
+            address_file(Path::new("/run/containerd"), "k8s.io", "abc").unwrap(),
+            Path::new("/run/containerd/io.containerd.sandbox.controller.v1.shim/k8s.io/abc/address")
+        );
+        assert!(address_file(Path::new("/s"), "default", "../x").is_err());
+        assert!(address_file(Path::new("/s"), "..", "x").is_err());
     }
 }
