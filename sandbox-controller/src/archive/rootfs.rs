@@ -28,7 +28,7 @@ use tar::EntryType;
 
 use super::{
     capture::PAX_XATTR_PREFIX,
-    fsutil::{open_dir_nofollow, open_subdir, walk_parent},
+    fsutil::{open_dir_nofollow, open_regular_nofollow, open_subdir, walk_parent},
     layout::split_relative,
     limits::Limits,
 };
@@ -107,7 +107,7 @@ pub struct RootfsApplyStats {
 pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String], limits: &Limits) -> Result<RootfsApplyStats> {
     delete_rootfs_paths(rootfs, deleted_files)?;
     let root = open_dir_nofollow(rootfs)?;
-    let file = File::open(diff_tar).map_err(Error::io(format!("open {}", diff_tar.display())))?;
+    let file = open_regular_nofollow(diff_tar)?;
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
     let mut stats = RootfsApplyStats { deleted: deleted_files.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();

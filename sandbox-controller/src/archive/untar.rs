@@ -23,7 +23,7 @@ use tar::EntryType;
 
 use super::{
     codec::Decoder,
-    fsutil::{open_dir_nofollow, walk_parent, Hashing},
+    fsutil::{open_dir_nofollow, open_regular_nofollow, walk_parent, Hashing},
     layout::{split_relative, Compression, DIR_MODE, FILE_MODE},
     limits::Limits,
     metadata::FileDigest,
@@ -86,7 +86,8 @@ fn canonical_path(raw: &[u8], is_dir: bool, limits: &Limits) -> Result<String> {
 /// Extracts the archive at `archive` into `root_dir` (already created, empty) strictly; `check`
 /// sees every entry's path, kind and claimed size before any byte of it is written.
 pub fn extract_strict(archive: &Path, root_dir: &Path, limits: &Limits, check: EntryCheck) -> Result<StrictOutput> {
-    let raw = File::open(archive).map_err(Error::io(format!("open {}", archive.display())))?;
+    // Never a FIFO or a symlink: either would let the archive's location decide what is read.
+    let raw = open_regular_nofollow(archive)?;
     let (compression, decoder) = Decoder::detect(Hashing::new(raw))?;
     let root = open_dir_nofollow(root_dir)?;
     let mut tar = tar::Archive::new(decoder);
