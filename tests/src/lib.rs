@@ -18,6 +18,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod pods;
 pub mod procs;
 pub mod wait;
 

@@ -22,6 +22,9 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const CONFIG_DUMP: &str = "config.dump";
 pub const SPEC_DUMP: &str = "spec.dump";
 pub const STATUS_DUMP: &str = "status.dump";
+/// The CRI `ContainerConfig` the container was created with (snake_case JSON), so a restore can
+/// create the container again exactly as the kubelet asked; podcr's addition to the layout.
+pub const CONTAINER_CONFIG_DUMP: &str = "container-config.dump";
 pub const STATS_DUMP: &str = "stats-dump";
 pub const DUMP_LOG: &str = "dump.log";
 pub const ROOTFS_DIFF_TAR: &str = "rootfs-diff.tar";

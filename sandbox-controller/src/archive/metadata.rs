@@ -194,6 +194,8 @@ pub struct ContainerArchiveMeta {
     pub spec: serde_json::Value,
     /// CRI `ContainerStatus` as snake_case JSON, stored as `status.dump` when present.
     pub status: Option<serde_json::Value>,
+    /// CRI `ContainerConfig` as snake_case JSON, stored as `container-config.dump` when present.
+    pub cri_config: Option<serde_json::Value>,
     /// Pod name and namespace, added to the spec's annotations when missing so checkpointctl
     /// reports them.
     pub sandbox_name: Option<String>,
@@ -256,6 +258,7 @@ mod tests {
             image_id: None,
             created: t,
             checkpointed: t,
+            cri_config: None,
             spec: serde_json::json!({"annotations": {"io.kubernetes.cri.sandbox-name": "keep"}}),
             status: None,
             sandbox_name: Some("pod".into()),

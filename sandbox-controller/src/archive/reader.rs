@@ -24,6 +24,8 @@ pub struct ExtractedContainer {
     pub spec: serde_json::Value,
     /// `status.dump`, when the archive has one.
     pub status: Option<serde_json::Value>,
+    /// `container-config.dump` (the CRI `ContainerConfig`), when the archive has one.
+    pub cri_config: Option<serde_json::Value>,
     /// `deleted.files`, each a checked absolute path without `..`.
     pub deleted_files: Vec<String>,
     pub bind_mounts: Vec<BindMount>,
@@ -42,10 +44,11 @@ impl ExtractedContainer {
 }
 
 /// Top-level entries a container archive may have besides the `checkpoint/` tree.
-const TOP_LEVEL: [&str; 9] = [
+const TOP_LEVEL: [&str; 10] = [
     CONFIG_DUMP,
     SPEC_DUMP,
     STATUS_DUMP,
+    CONTAINER_CONFIG_DUMP,
     STATS_DUMP,
     DUMP_LOG,
     ROOTFS_DIFF_TAR,
@@ -55,7 +58,7 @@ const TOP_LEVEL: [&str; 9] = [
 ];
 
 /// Metadata documents loaded into memory, so bounded by [`Limits::max_metadata_bytes`].
-const SMALL: [&str; 6] = [CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, STATS_DUMP, DELETED_FILES, BIND_MOUNTS];
+const SMALL: [&str; 7] = [CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, CONTAINER_CONFIG_DUMP, STATS_DUMP, DELETED_FILES, BIND_MOUNTS];
 
 fn check_container_entry(path: &str, is_dir: bool, size: u64, limits: &Limits) -> Result<()> {
     if path == CHECKPOINT_DIR || path.starts_with("checkpoint/") {
@@ -134,6 +137,7 @@ fn extract_into(archive: &Path, dest: &Path, limits: &Limits) -> Result<Extracte
     let config: ContainerConfig = parse(dest, CONFIG_DUMP, max)?;
     let spec: serde_json::Value = parse(dest, SPEC_DUMP, max)?;
     let status = if has(STATUS_DUMP) { Some(parse(dest, STATUS_DUMP, max)?) } else { None };
+    let cri_config = if has(CONTAINER_CONFIG_DUMP) { Some(parse(dest, CONTAINER_CONFIG_DUMP, max)?) } else { None };
     let deleted_files: Vec<String> = if has(DELETED_FILES) { parse(dest, DELETED_FILES, max)? } else { Vec::new() };
     for p in &deleted_files {
         check_deleted_path(p)?;
@@ -150,6 +154,7 @@ fn extract_into(archive: &Path, dest: &Path, limits: &Limits) -> Result<Extracte
         config,
         spec,
         status,
+        cri_config,
         deleted_files,
         bind_mounts,
         rootfs_diff,

@@ -72,6 +72,9 @@ pub fn write_container_archive(
     if let Some(status) = &meta.status {
         tar.add_bytes(STATUS_DUMP, FILE_MODE, &to_json(status)?)?;
     }
+    if let Some(cri_config) = &meta.cri_config {
+        tar.add_bytes(CONTAINER_CONFIG_DUMP, FILE_MODE, &to_json(cri_config)?)?;
+    }
     for name in STAGED_FILES.iter().filter(|n| present.iter().any(|p| p == *n)) {
         tar.add_file(name, FILE_MODE, &staging_dir.join(name))?;
     }

@@ -118,6 +118,7 @@ fn container_meta(spec: &PodSpec, t: &Target, d: &Dumped, checkpointed: chrono::
         checkpointed,
         spec: oci_spec,
         status: t.selection.status.clone(),
+        cri_config: t.selection.config.clone(),
         sandbox_name: Some(spec.name.clone()).filter(|s| !s.is_empty()),
         sandbox_namespace: Some(spec.namespace.clone()).filter(|s| !s.is_empty()),
         deleted_files: d.rootfs.deleted.clone(),

@@ -98,18 +98,18 @@ pub fn pod_spec(id: &str, bundle: &str, netns_path: &str, config: Option<&PodSan
     if let Some(linux) = &config.linux {
         spec.cgroup_parent = (!linux.cgroup_parent.is_empty()).then(|| linux.cgroup_parent.clone());
         spec.sysctls = linux.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>();
-        let ns = linux.security_context.as_ref().and_then(|s| s.namespace_options.as_ref());
-        if let Some(ns) = ns {
-            if ns.userns_options.as_ref().is_some_and(|u| u.mode == NS_POD) {
-                return Err(Error::Unimplemented("pods with a user namespace are not supported by podcr yet".into()));
-            }
-            spec.host_ipc = ns.ipc == NS_NODE;
-            spec.host_pid = ns.pid == NS_NODE;
-            spec.share_pid = ns.pid == NS_POD;
-            if ns.network == NS_NODE {
-                spec.netns_path = None;
-            }
-        }
+    }
+    // Absent options mean mode POD everywhere: that is how containerd's CRI reads them
+    // (`GetNamespaceOptions().GetPid()` of nil is POD) when it builds each container's spec.
+    let ns = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+    if ns.userns_options.as_ref().is_some_and(|u| u.mode == NS_POD) {
+        return Err(Error::Unimplemented("pods with a user namespace are not supported by podcr yet".into()));
+    }
+    spec.host_ipc = ns.ipc == NS_NODE;
+    spec.host_pid = ns.pid == NS_NODE;
+    spec.share_pid = ns.pid == NS_POD;
+    if ns.network == NS_NODE {
+        spec.netns_path = None;
     }
     spec.raw_config = Some(serde_json::to_value(config)?);
     Ok(spec)
@@ -163,5 +163,12 @@ mod tests {
         assert!(pod_config(Some(&other)).unwrap().is_none());
         let bad = Any { type_url: POD_SANDBOX_CONFIG_TYPE.into(), value: vec![0xff, 0xff], ..Default::default() };
         assert!(matches!(pod_config(Some(&bad)), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn absent_namespace_options_mean_a_shared_pod_pid_namespace() {
+        let cfg = PodSandboxConfig { hostname: "h".into(), ..Default::default() };
+        let spec = pod_spec("abc", "/b", "/var/run/netns/x", Some(&cfg)).unwrap();
+        assert!(spec.share_pid && !spec.host_pid && !spec.host_ipc);
     }
 }

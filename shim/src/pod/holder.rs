@@ -94,6 +94,11 @@ impl HolderConfig {
 
 /// Entry point of the holder mode. Returns the process exit code.
 pub fn main() -> i32 {
+    // The holder exists for its shim: if the shim dies (SIGKILL, crash), so does the holder,
+    // instead of pinning the pod's namespaces forever as an orphan. The shim spawns it from a
+    // runtime worker thread, which lives as long as the shim.
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let args: Vec<String> = std::env::args().skip(2).collect();
     let result = HolderConfig::parse(&args).and_then(|cfg| enter_namespaces(&cfg).map(|()| cfg));
     let cfg = match result {
@@ -161,7 +166,11 @@ fn run_with_pid_namespace() -> i32 {
     // SAFETY: the process is single-threaded here (main dispatches to the holder before any
     // runtime starts), so fork is safe.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => hold(),
+        Ok(ForkResult::Child) => {
+            // SAFETY: as above; the pod's PID 1 goes with the holder that mirrors it.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            hold()
+        }
         Ok(ForkResult::Parent { child }) => {
             report_ready(child.as_raw() as u32);
             wait_child(child)

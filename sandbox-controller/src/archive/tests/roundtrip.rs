@@ -39,6 +39,7 @@ fn container_archive_round_trip_all_compressions() {
                 "config.dump",
                 "spec.dump",
                 "status.dump",
+                "container-config.dump",
                 "stats-dump",
                 "dump.log",
                 "rootfs-diff.tar",
@@ -58,6 +59,7 @@ fn container_archive_round_trip_all_compressions() {
         assert_eq!(got.spec["annotations"]["io.kubernetes.cri.container-name"], "app");
         assert_eq!(got.spec["annotations"]["io.kubernetes.cri.sandbox-namespace"], "default");
         assert_eq!(got.status.as_ref().unwrap()["state"], "CONTAINER_RUNNING");
+        assert_eq!(got.cri_config.as_ref().unwrap()["log_path"], "app.log");
         assert_eq!(got.deleted_files, vec!["/etc/motd".to_string()]);
         assert_eq!(got.bind_mounts, meta("app").bind_mounts);
         assert_eq!(std::fs::read(got.image_dir().join("pages-1.img")).unwrap(), vec![7u8; 70_000]);

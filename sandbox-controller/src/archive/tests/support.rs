@@ -20,6 +20,7 @@ pub fn meta(name: &str) -> ContainerArchiveMeta {
         checkpointed: t,
         spec: serde_json::json!({"ociVersion": "1.2.0", "annotations": {}}),
         status: Some(serde_json::json!({"id": format!("{name}-id"), "state": "CONTAINER_RUNNING"})),
+        cri_config: Some(serde_json::json!({"metadata": {"name": name}, "log_path": format!("{name}.log")})),
         sandbox_name: Some("pod".into()),
         sandbox_namespace: Some("default".into()),
         deleted_files: vec!["/etc/motd".into()],

@@ -1,0 +1,294 @@
+//! Pod checkpoint and restore through the real stack: CRI pods on containerd 2.1 with the podcr
+//! handler, `podcr checkpoint` / `podcr restore`, runc and CRIU.
+//!
+//! The workload is `counter`, which keeps its count only in memory: a restored counter that goes
+//! on from the checkpointed value, and not from 1, proves its memory came back.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use k8s_cri::v1::{ContainerState, ExecSyncRequest, StopContainerRequest};
+use podcr_tests::{
+    images,
+    pods::{self, Cri},
+    Containerd, Runtime, CRI_NAMESPACE,
+};
+
+const T: Duration = Duration::from_secs(60);
+const POD_NS: &str = "podcr-test";
+/// Writes a file, deletes one from the image, starts a child process, then counts.
+const APP: &[&str] = &[
+    "sh",
+    "-c",
+    "echo hello > /data.txt && rm /usr/local/bin/memhog && { /usr/local/bin/counter /child-count 100 >/dev/null & } && exec /usr/local/bin/counter /count 100",
+];
+const SIDECAR: &[&str] = &["/usr/local/bin/counter", "/count", "100"];
+
+async fn import(cd: &'static Containerd) -> Result<String> {
+    Ok(tokio::task::spawn_blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await??)
+}
+
+async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
+    let r = rs
+        .exec_sync(ExecSyncRequest { container_id: container.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 })
+        .await?
+        .into_inner();
+    Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
+}
+
+async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
+    let (code, out) = exec(rs, container, &["cat", file]).await?;
+    ensure!(code == 0, "cat {file} failed in {container}");
+    out.parse().with_context(|| format!("{file} holds {out:?}"))
+}
+
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> impl std::future::Future<Output = Result<T>> {
+    async move { tokio::task::spawn_blocking(f).await? }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = import(cd).await?;
+    let mut rs = cd.cri_runtime().await?;
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-live", &image, &[("app", APP), ("sidecar", SIDECAR)]).await?;
+    let (app_log, side_log) = (pod.log("app"), pod.log("sidecar"));
+    {
+        let (a, s) = (app_log.clone(), side_log.clone());
+        blocking(move || {
+            pods::wait_count(&a, 10, T)?;
+            pods::wait_count(&s, 10, T)
+        })
+        .await?;
+    }
+    let before = pods::last_count(&app_log).context("app printed nothing")?;
+
+    let dir = cd.dir().join("ckpt-live");
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["checkpoint", "--leave-running", "--pod-namespace", POD_NS, "ckpt-live", "-o"].iter().map(|s| s.to_string()).chain([dir.display().to_string()]))
+    })
+    .await?;
+    pods::ensure_success("podcr checkpoint", &out)?;
+    ensure!(out.stdout.to_lowercase().contains("freeze"), "the freeze window is not reported:\n{}", out.stdout);
+    let after = pods::last_count(&app_log).context("app log")?;
+
+    // leave-running: both counters go on.
+    {
+        let (a, s) = (app_log.clone(), side_log.clone());
+        let side_after = pods::last_count(&s).unwrap_or(0);
+        blocking(move || {
+            pods::wait_advances(&a, after, T)?;
+            pods::wait_advances(&s, side_after, T)
+        })
+        .await?;
+    }
+    ensure!(pods::all_running(&mut rs, &pod.id).await?, "containers stopped after a leave-running checkpoint");
+
+    // checkpointctl reads every container archive as a containerd checkpoint of this pod.
+    for name in ["app", "sidecar"] {
+        let archive = dir.join(format!("{name}.tar"));
+        let show = podcr_tests::cmd::run_ok("checkpointctl", ["show".as_ref(), archive.as_os_str()])?;
+        ensure!(show.stdout.contains(name) && show.stdout.contains("ckpt-live"), "checkpointctl show {name}:\n{}", show.stdout);
+        let inspect = podcr_tests::cmd::run_ok("checkpointctl", ["inspect".as_ref(), archive.as_os_str()])?;
+        ensure!(inspect.stdout.contains("containerd"), "checkpointctl inspect {name}:\n{}", inspect.stdout);
+    }
+
+    // The original goes away entirely; its logs too, so the restored counters write fresh ones.
+    pods::remove_pod(&mut rs, &pod.id).await?;
+    std::fs::remove_file(&app_log)?;
+    std::fs::remove_file(&side_log)?;
+
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["restore".to_string(), dir.display().to_string(), "--name".into(), "ckpt-live-restored".into(), "--pod-namespace".into(), POD_NS.into()])
+    })
+    .await?;
+    pods::ensure_success("podcr restore", &out)?;
+    let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
+    ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+
+    let first = {
+        let a = app_log.clone();
+        blocking(move || podcr_tests::wait_for("restored app output", T, || Ok(pods::counts(&a).first().copied()))).await?
+    };
+    ensure!(
+        first > before && first <= after + 1,
+        "restored counter starts at {first}; the checkpoint was taken between {before} and {after}"
+    );
+    {
+        let a = app_log.clone();
+        blocking(move || pods::wait_advances(&a, first, T).map(|_| ())).await?;
+    }
+
+    let states = pods::container_states(&mut rs, &restored).await?;
+    let ids = k8s_ids(&mut rs, &restored).await?;
+    let app = ids.iter().find(|(n, _)| n == "app").map(|(_, id)| id.clone()).context("no app")?;
+    ensure!(exec(&mut rs, &app, &["cat", "/data.txt"]).await?.1 == "hello", "file written before the checkpoint is gone");
+    ensure!(exec(&mut rs, &app, &["test", "!", "-e", "/usr/local/bin/memhog"]).await?.0 == 0, "a deleted file came back");
+    let child = read_number(&mut rs, &app, "/child-count").await?;
+    ensure!(child + 20 >= before, "the child process restarted instead of being restored (child at {child}, app was at {before})");
+    let child_later = {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        read_number(&mut rs, &app, "/child-count").await?
+    };
+    ensure!(child_later > child, "the restored child process is not running ({child} -> {child_later})");
+
+    // The restored containers' exits reach containerd: counter exits 42 on SIGTERM.
+    rs.stop_container(StopContainerRequest { container_id: app.clone(), timeout: 10 }).await?;
+    let (state, code) = pods::exit_code(&mut rs, &app).await?;
+    ensure!(state == ContainerState::ContainerExited as i32 && code == 42, "restored app exit: state {state} code {code} ({states:?})");
+    pods::remove_pod(&mut rs, &restored).await?;
+    Ok(())
+}
+
+async fn k8s_ids(rs: &mut Cri, pod: &str) -> Result<Vec<(String, String)>> {
+    let items = rs
+        .list_containers(k8s_cri::v1::ListContainersRequest {
+            filter: Some(k8s_cri::v1::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    Ok(items.into_iter().map(|c| (c.metadata.map(|m| m.name).unwrap_or_default(), c.id)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_without_leave_running_stops_the_containers() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = import(cd).await?;
+    let mut rs = cd.cri_runtime().await?;
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-stop", &image, &[("a", SIDECAR), ("b", SIDECAR)]).await?;
+    {
+        let (a, b) = (pod.log("a"), pod.log("b"));
+        blocking(move || {
+            pods::wait_count(&a, 5, T)?;
+            pods::wait_count(&b, 5, T)
+        })
+        .await?;
+    }
+    let dir = cd.dir().join("ckpt-stop");
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "ckpt-stop".into(), "-o".into(), dir.display().to_string()])
+    })
+    .await?;
+    pods::ensure_success("podcr checkpoint", &out)?;
+    ensure!(dir.join("podcr.manifest.json").is_file(), "no manifest: {:?}", pods::dir_entries(&dir)?);
+    for _ in 0..100 {
+        let states = pods::container_states(&mut rs, &pod.id).await?;
+        if states.iter().all(|(_, s)| *s == ContainerState::ContainerExited as i32) {
+            let a = pod.log("a");
+            let last = pods::last_count(&a).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            ensure!(pods::last_count(&a).unwrap_or(0) == last, "a stopped container still counts");
+            pods::remove_pod(&mut rs, &pod.id).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("containers still running after a checkpoint without leave-running: {:?}", pods::container_states(&mut rs, &pod.id).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_criu_cannot_dump_fails_the_checkpoint_and_leaves_all_running() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = import(cd).await?;
+    let mut rs = cd.cri_runtime().await?;
+    // An established TCP connection cannot be dumped without tcp-established.
+    let tcp: &[&str] = &["sh", "-c", "/usr/local/bin/tcp_echo 7777 >/dev/null & sleep 0.3; exec /usr/local/bin/tcp_peer 127.0.0.1 7777 /peer"];
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-fail", &image, &[("counter", SIDECAR), ("tcp", tcp)]).await?;
+    let log = pod.log("counter");
+    {
+        let l = log.clone();
+        blocking(move || pods::wait_count(&l, 5, T).map(|_| ())).await?;
+    }
+    let tcp_id = pod.container("tcp")?.to_string();
+    let mut peer_ok = false;
+    for _ in 0..50 {
+        if exec(&mut rs, &tcp_id, &["cat", "/peer"]).await?.1.starts_with("ok") {
+            peer_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(peer_ok, "the TCP peer never connected");
+
+    let dir = cd.dir().join("ckpt-fail");
+    std::fs::create_dir(&dir)?;
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["checkpoint".to_string(), "--leave-running".into(), "--pod-namespace".into(), POD_NS.into(), "ckpt-fail".into(), "-o".into(), dir.display().to_string()])
+    })
+    .await?;
+    ensure!(!out.success(), "checkpoint of an established TCP connection succeeded without tcp-established");
+    ensure!(out.stderr.contains("tcp"), "the error does not name the container:\n{}", out.stderr);
+    ensure!(out.stderr.to_lowercase().contains("tcp socket") || out.stderr.contains("dump.log") || out.stderr.contains("Error ("), "the error does not quote CRIU:\n{}", out.stderr);
+    ensure!(pods::dir_entries(&dir)?.is_empty(), "partial files left: {:?}", pods::dir_entries(&dir)?);
+
+    let last = pods::last_count(&log).unwrap_or(0);
+    blocking(move || pods::wait_advances(&log, last, T).map(|_| ())).await?;
+    ensure!(pods::all_running(&mut rs, &pod.id).await?, "a container stopped after a failed checkpoint");
+    let p1 = exec(&mut rs, &tcp_id, &["cat", "/peer"]).await?.1;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p2 = exec(&mut rs, &tcp_id, &["cat", "/peer"]).await?.1;
+    ensure!(p1 != p2 && p2.starts_with("ok"), "the TCP peer is frozen or broken after a failed checkpoint: {p1:?} -> {p2:?}");
+    pods::remove_pod(&mut rs, &pod.id).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = import(cd).await?;
+    let mut rs = cd.cri_runtime().await?;
+    let server: &[&str] = &["/usr/local/bin/tcp_echo", "7778"];
+    let client: &[&str] = &["sh", "-c", "sleep 0.5; exec /usr/local/bin/tcp_peer 127.0.0.1 7778 /peer"];
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-tcp", &image, &[("server", server), ("client", client)]).await?;
+    let client_id = pod.container("client")?.to_string();
+    let peer = |rs: &mut Cri, id: String| {
+        let mut rs = rs.clone();
+        async move { exec(&mut rs, &id, &["cat", "/peer"]).await.map(|r| r.1) }
+    };
+    let mut seq = 0u64;
+    for _ in 0..50 {
+        if let Some(n) = peer(&mut rs, client_id.clone()).await?.strip_prefix("ok ").and_then(|n| n.parse().ok()) {
+            seq = n;
+            if seq > 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(seq > 3, "the in-pod TCP connection never got going");
+
+    let dir = cd.dir().join("ckpt-tcp");
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["checkpoint".to_string(), "--tcp-established".into(), "--pod-namespace".into(), POD_NS.into(), "ckpt-tcp".into(), "-o".into(), dir.display().to_string()])
+    })
+    .await?;
+    pods::ensure_success("podcr checkpoint --tcp-established", &out)?;
+    pods::remove_pod(&mut rs, &pod.id).await?;
+
+    let out = blocking({
+        let dir = dir.clone();
+        move || pods::podcr(cd, ["restore".to_string(), dir.display().to_string(), "--name".into(), "ckpt-tcp-restored".into()])
+    })
+    .await?;
+    pods::ensure_success("podcr restore", &out)?;
+    let restored = pods::find_pod(&mut rs, "ckpt-tcp-restored").await?.context("restored pod not listed")?;
+    let ids = k8s_ids(&mut rs, &restored).await?;
+    let client = ids.iter().find(|(n, _)| n == "client").map(|(_, id)| id.clone()).context("no client")?;
+    let first = peer(&mut rs, client.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = peer(&mut rs, client.clone()).await?;
+    let n = |s: &str| s.strip_prefix("ok ").and_then(|n| n.parse::<u64>().ok());
+    ensure!(
+        matches!((n(&first), n(&later)), (Some(a), Some(b)) if b > a && a + 5 >= seq),
+        "the connection did not survive: before {seq}, after restore {first:?} then {later:?}"
+    );
+    pods::remove_pod(&mut rs, &restored).await?;
+    Ok(())
+}
+
