@@ -254,3 +254,43 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         stderr: String::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_reports_exit_code_and_both_streams() {
+        let out = run(
+            Command::new("sh").args(["-c", "echo o; echo e >&2; exit 3"]),
+            DEFAULT_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (3, "o\n", "e\n")
+        );
+    }
+
+    #[test]
+    fn run_kills_at_the_deadline() {
+        let started = Instant::now();
+        let err = run(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(format!("{err}").contains("timed out"), "{err}");
+    }
+
+    #[test]
+    fn pty_gives_a_controlling_terminal() {
+        let out = run_in_pty(
+            Command::new("sh").args(["-c", "tty; exec 3</dev/tty && echo ctty; exit 4"]),
+            DEFAULT_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(out.code, 4);
+        assert!(
+            out.stdout.contains("/dev/pts/") && out.stdout.contains("ctty"),
+            "{out:?}"
+        );
+    }
+}

@@ -158,6 +158,7 @@ impl Containerd {
             "{} not built: run `cargo build -p podcr-shim` (scripts/test.sh does) first",
             shim.display()
         );
+        warn_if_stale(&shim);
         std::os::unix::fs::symlink(&shim, bin.join(Runtime::Podcr.shim_binary()))?;
 
         let subnet = pick_subnet()?;
@@ -454,6 +455,41 @@ temp = '{d}/tmp'
 "#,
         pause = PAUSE.reference(),
     )
+}
+
+/// `cargo test -p podcr-tests` does not rebuild the shim (another package's binary); say so when its
+/// sources are newer than the binary the tests are about to use.
+fn warn_if_stale(shim: &Path) {
+    let Ok(built) = std::fs::metadata(shim).and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest = None;
+    for dir in ["shim/src", "sandbox-controller/src", "protos"] {
+        newest_mtime(&root.join(dir), &mut newest);
+    }
+    if newest.is_some_and(|n| n > built) {
+        eprintln!(
+            "podcr-tests: WARNING {} is older than its sources: run `cargo build -p podcr-shim`",
+            shim.display()
+        );
+    }
+}
+
+fn newest_mtime(dir: &Path, newest: &mut Option<SystemTime>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            newest_mtime(&e.path(), newest);
+        } else if let Ok(t) = m.modified() {
+            if newest.is_none_or(|n| t > n) {
+                *newest = Some(t);
+            }
+        }
+    }
 }
 
 fn which(tool: &str) -> Result<PathBuf> {

@@ -41,3 +41,31 @@ pub fn wait_until(
 ) -> Result<()> {
     wait_for(what, timeout, || Ok(check()?.then_some(())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_the_value_once_ready() {
+        let mut n = 0;
+        let v = wait_for("n to reach 3", Duration::from_secs(5), || {
+            n += 1;
+            Ok((n >= 3).then_some(n))
+        });
+        assert_eq!(v.unwrap(), 3);
+    }
+
+    #[test]
+    fn times_out_with_the_last_error() {
+        let err = wait_for::<()>("never", Duration::from_millis(120), || {
+            anyhow::bail!("boom")
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("waiting for never") && msg.contains("boom"),
+            "{msg}"
+        );
+    }
+}
