@@ -194,7 +194,9 @@ impl Containers {
         if let Err(e) = res {
             pending.abort().await;
             let log = plan.work_path.clone().unwrap_or_else(|| plan.image_path.clone()).join("restore.log");
-            return Err(with_criu_log(e, &log).await);
+            let kept = c.bundle.join("criu-restore.log");
+            let _ = tokio::fs::copy(&log, &kept).await;
+            return Err(with_criu_log(e, &log, &kept).await);
         }
         let io = pending.finish().await?;
         let pid = read_pid(&pid_file).await?;
@@ -341,8 +343,8 @@ impl Containers {
     }
 
     /// `runc checkpoint` of one container into `args.image_path`. Works on a paused container
-    /// (CRIU leaves an already-frozen cgroup frozen). On failure the error carries the tail of
-    /// CRIU's dump.log, which is also copied to `<bundle>/criu-dump.log`.
+    /// (CRIU leaves an already-frozen cgroup frozen). On failure the error quotes CRIU's reason
+    /// from dump.log, which is also kept as `<bundle>/criu-dump.log`.
     pub async fn checkpoint(&self, id: &str, args: &CheckpointArgs) -> Result<()> {
         self.checkpoint_with(id, args, CriuFlags { tcp_established: args.tcp_established, file_locks: args.file_locks, ..Default::default() }).await
     }
@@ -354,8 +356,9 @@ impl Containers {
         let res = c.runc.checkpoint(id, &args.image_path, &args.work_path, args.leave_running, &flags).await;
         if let Err(e) = res {
             let log = args.work_path.join("dump.log");
-            let _ = tokio::fs::copy(&log, c.bundle.join("criu-dump.log")).await;
-            return Err(with_criu_log(e, &log).await);
+            let kept = c.bundle.join("criu-dump.log");
+            let _ = tokio::fs::copy(&log, &kept).await;
+            return Err(with_criu_log(e, &log, &kept).await);
         }
         self.inner.events.send(
             topics::TASK_CHECKPOINTED_EVENT_TOPIC,
@@ -428,15 +431,27 @@ async fn read_pid(path: &Path) -> Result<u32> {
     s.trim().parse().map_err(|_| Error::Other(format!("bad pid in {}: {s:?}", path.display())))
 }
 
-/// Appends the last lines of a CRIU log to a runc error: runc only says "criu failed".
-async fn with_criu_log(e: Error, log: &Path) -> Error {
+/// Adds CRIU's own reason to a runc error, which only says "criu failed". CRIU logs its failure
+/// as `Error (file:line): ...` lines well before the log's end (the tail is the unwinding), so
+/// those are quoted, with the last lines for context; `kept` is where the full log stays.
+async fn with_criu_log(e: Error, log: &Path, kept: &Path) -> Error {
     let Ok(text) = tokio::fs::read_to_string(log).await else { return e };
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+    let quoted = criu_reason(&text);
     match e {
-        Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: format!("{msg}; {}:\n{tail}", log.display()) },
+        Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: format!("{msg}; CRIU says:\n{quoted}\n(full log: {})", kept.display()) },
         other => other,
     }
+}
+
+/// The lines of a CRIU log that say why it failed: its `Error (...)` lines (at most 8), or the
+/// last 10 lines when there are none.
+pub(super) fn criu_reason(log: &str) -> String {
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error (")).take(8).collect();
+    if errors.is_empty() {
+        let lines: Vec<&str> = log.lines().collect();
+        return lines[lines.len().saturating_sub(10)..].join("\n");
+    }
+    errors.join("\n")
 }
 
 fn path_str(p: &Path) -> String {
@@ -450,5 +465,19 @@ fn task_io(s: &Stdio) -> TaskIO {
         stderr: s.stderr.clone(),
         terminal: s.terminal,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod criu_log_tests {
+    use super::criu_reason;
+
+    #[test]
+    fn quotes_criu_error_lines_not_the_unwinding_tail() {
+        let log = "(00.01) Dumping processes\n(00.04) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.05) Unlock network\n(00.16) Unfreezing tasks into 1\n(00.17) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
+        let reason = criu_reason(log);
+        assert!(reason.contains("Connected TCP socket"));
+        assert!(!reason.contains("Unfreezing"));
+        assert_eq!(criu_reason("a\nb\n"), "a\nb");
     }
 }
