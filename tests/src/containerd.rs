@@ -1,7 +1,6 @@
 //! A private containerd per test run: own config, root, state, socket, CNI network and runtimes.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::cleanup::{self, RunRecord};
 use crate::cmd::{self, run, Output, Running, DEFAULT_TIMEOUT};
 use crate::images::{ImageSpec, IMAGE_PREFIX, PAUSE};
+use crate::procs;
 use crate::wait::{wait_for, wait_until};
 
 /// The containerd namespace the CRI plugin uses.
@@ -57,7 +57,9 @@ impl Runtime {
 
 /// A running private containerd. `stop()` (also run on drop) tears down everything the run created.
 pub struct Containerd {
+    /// The run's record; `containerd_pid` in it is only the first daemon's: see `child`.
     rec: RunRecord,
+    /// The current containerd process (replaced by `restart`).
     child: Mutex<Option<Child>>,
     /// (namespace, image reference) pairs already imported.
     imported: Mutex<HashSet<(String, String)>>,
@@ -134,7 +136,7 @@ impl Containerd {
             ip_forward_before: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
         };
         rec.save()?;
-        let mut cd = Containerd {
+        let cd = Containerd {
             rec,
             child: Mutex::new(None),
             imported: Mutex::new(HashSet::new()),
@@ -142,16 +144,20 @@ impl Containerd {
             stopped: Mutex::new(false),
         };
         // From here on, a failure tears the partial run down through Drop.
-        cd.launch()?;
+        cd.prepare()?;
+        cd.spawn_daemon()?;
+        // The CRI's runc podsandbox needs its pause image locally; pinned to our own in the config.
+        cd.import(CRI_NAMESPACE, &PAUSE)?;
         Ok(cd)
     }
 
-    fn launch(&mut self) -> Result<()> {
+    /// Writes the run's config, CNI network and shim PATH dir.
+    fn prepare(&self) -> Result<()> {
         let dir = self.rec.dir.clone();
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin)?;
-        // containerd finds `containerd-shim-podcr-v1` on its PATH; link just that binary so nothing else
-        // from the target dir shadows system tools.
+        // containerd finds `containerd-shim-podcr-v1` on its PATH; put just that binary there so nothing
+        // else from the target dir shadows system tools.
         let shim = crate::target_profile_dir()?.join(Runtime::Podcr.shim_binary());
         anyhow::ensure!(
             shim.exists(),
@@ -159,7 +165,12 @@ impl Containerd {
             shim.display()
         );
         warn_if_stale(&shim);
-        std::os::unix::fs::symlink(&shim, bin.join(Runtime::Podcr.shim_binary()))?;
+        // A hard link (a copy across filesystems), not a symlink: the run keeps one consistent shim even
+        // if cargo relinks target/debug while the tests run.
+        let linked = bin.join(Runtime::Podcr.shim_binary());
+        if std::fs::hard_link(&shim, &linked).is_err() {
+            std::fs::copy(&shim, &linked)?;
+        }
 
         let subnet = pick_subnet()?;
         std::fs::create_dir_all(dir.join("cni"))?;
@@ -169,9 +180,20 @@ impl Containerd {
         )?;
         let config = dir.join("config.toml");
         std::fs::write(&config, containerd_config(&self.rec))?;
-
         std::fs::create_dir_all(dir.join("tmp"))?;
-        let log = File::create(dir.join("containerd.log"))?;
+        Ok(())
+    }
+
+    /// Starts the containerd process and waits until it answers on its socket.
+    fn spawn_daemon(&self) -> Result<()> {
+        let dir = &self.rec.dir;
+        let bin = dir.join("bin");
+        let config = dir.join("config.toml");
+        // Append: a restarted containerd's log follows the previous one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))?;
         let path = format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             bin.display()
@@ -188,8 +210,10 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("spawn containerd")?;
-        self.rec.containerd_pid = Some(child.id());
-        self.rec.save()?;
+        // Recorded for the next run's stale cleanup, in case this process is killed.
+        let mut rec = self.rec.clone();
+        rec.containerd_pid = Some(child.id());
+        rec.save()?;
         *self.child.lock().unwrap() = Some(child);
 
         let ctr = self.ctr("default");
@@ -212,9 +236,23 @@ impl Containerd {
                 Ok(ctr.run(["version"])?.success().then_some(()))
             },
         )?;
-        // The CRI's runc podsandbox needs its pause image locally; pinned to our own in the config.
-        self.import(CRI_NAMESPACE, &PAUSE)?;
         Ok(())
+    }
+
+    /// Restarts containerd with the same config, root and state, leaving shims and tasks running (as a
+    /// node's containerd upgrade or crash would): exercises the shim's reconnect path.
+    pub fn restart(&self) -> Result<()> {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            procs::signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while c.try_wait()?.is_none() {
+                if std::time::Instant::now() >= deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(crate::wait::POLL);
+            }
+        }
+        self.spawn_daemon()
     }
 
     pub fn run_id(&self) -> &str {
@@ -240,8 +278,9 @@ impl Containerd {
         self.rec.dir.join("state")
     }
 
+    /// The current containerd process.
     pub fn pid(&self) -> Option<u32> {
-        self.rec.containerd_pid
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
     }
 
     /// Prefix of every namespace and cgroup this run creates (cleanup finds them by it).
@@ -320,7 +359,9 @@ impl Containerd {
         }
         *stopped = true;
         keep_log(&self.rec);
-        let r = cleanup::teardown(&self.rec, std::env::var_os("PODCR_TEST_KEEP").is_some());
+        let mut rec = self.rec.clone();
+        rec.containerd_pid = self.pid();
+        let r = cleanup::teardown(&rec, std::env::var_os("PODCR_TEST_KEEP").is_some());
         // teardown signalled containerd by pid; reap our child so it does not linger as a zombie.
         if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = c.kill();
