@@ -56,17 +56,12 @@ pub fn teardown(rec: &RunRecord, keep_dir: bool) -> Result<()> {
         }
     };
     note("stop containerd", stop_containerd(rec));
-    note("kill shims", kill_shims(&rec.socket));
+    note("kill shims and their processes", kill_run_processes(rec));
     note("remove cgroups", remove_cgroups(&rec.prefix()));
     note("unmount", unmount_under(&rec.dir));
     note("runc state", remove_runc_state(&rec.prefix()));
     note("bridge", delete_link(&rec.bridge));
-    if let Some(v) = &rec.ip_forward_before {
-        note(
-            "ip_forward",
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", v).map_err(Into::into),
-        );
-    }
+    note("ip_forward", restore_ip_forward(rec));
     if !keep_dir {
         note(
             "remove run dir",
@@ -126,15 +121,85 @@ fn stop_containerd(rec: &RunRecord) -> Result<()> {
     Ok(())
 }
 
-/// Shims outlive containerd by design; these are the ones started with this run's socket.
-fn kill_shims(socket: &Path) -> Result<()> {
-    let shims = procs::shims_of(socket)?;
-    for s in &shims {
-        procs::signal(s.pid, Signal::SIGKILL)?;
+/// Shims outlive containerd by design, and a shim's own helpers (podcr's pod holder, which keeps the
+/// pod's netns and so its veth alive) outlive a killed shim. Kills the shims started with this run's
+/// socket, everything below them, and anything else naming the run dir in its argv.
+fn kill_run_processes(rec: &RunRecord) -> Result<()> {
+    let all = procs::all()?;
+    let dir = format!("{}/", rec.dir.display());
+    let mut doomed: Vec<u32> = procs::shims_of(&rec.socket)?
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    doomed.extend(
+        all.iter()
+            .filter(|p| p.argv.iter().any(|a| a.contains(&dir)))
+            .map(|p| p.pid),
+    );
+    // Descendants, to a fixed point (the list is small).
+    loop {
+        let before = doomed.len();
+        for p in &all {
+            if doomed.contains(&p.ppid) && !doomed.contains(&p.pid) {
+                doomed.push(p.pid);
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
     }
-    wait_until("shims to die", Duration::from_secs(5), || {
-        Ok(shims.iter().all(|s| !procs::alive(s.pid)))
-    })
+    doomed.retain(|p| *p != std::process::id());
+    for pid in &doomed {
+        procs::signal(*pid, Signal::SIGKILL)?;
+    }
+    wait_until(
+        "the run's shims and their processes to die",
+        Duration::from_secs(5),
+        || Ok(doomed.iter().all(|p| !procs::alive(*p))),
+    )
+}
+
+/// Runs under `base` other than this process's whose test process is alive.
+fn other_live_runs(base: &Path) -> Vec<RunRecord> {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read(RunRecord::path(&e.path())).ok())
+        .filter_map(|d| serde_json::from_slice::<RunRecord>(&d).ok())
+        .filter(|r| r.owner_pid != std::process::id() && procs::alive(r.owner_pid))
+        .collect()
+}
+
+/// The host's ip_forward from before the first of any overlapping runs. Runs of this suite may
+/// overlap (tests starting their own containerd, two suites at once): the first records the host's
+/// value in `<base>/ip_forward.orig`, the last one out restores it.
+pub fn record_ip_forward(base: &Path) -> Result<()> {
+    let orig = base.join("ip_forward.orig");
+    if other_live_runs(base).is_empty() || !orig.exists() {
+        std::fs::write(orig, std::fs::read_to_string(IP_FORWARD)?)?;
+    }
+    Ok(())
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn restore_ip_forward(rec: &RunRecord) -> Result<()> {
+    let Some(base) = rec.dir.parent() else {
+        return Ok(());
+    };
+    if !other_live_runs(base).is_empty() {
+        return Ok(());
+    }
+    let orig = base.join("ip_forward.orig");
+    let value = std::fs::read_to_string(&orig)
+        .ok()
+        .or_else(|| rec.ip_forward_before.clone());
+    if let Some(v) = value {
+        std::fs::write(IP_FORWARD, v)?;
+    }
+    std::fs::remove_file(orig).or_else(ignore_missing)?;
+    Ok(())
 }
 
 /// Roots of the cgroup hierarchies: each v1 controller mount, or the single v2 mount.
@@ -286,7 +351,9 @@ fn delete_link(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tears down runs under `base` whose test process is gone (killed before it could clean up).
+/// Tears down runs under `base` whose test process is gone (killed before it could clean up), and
+/// kills processes still naming the dir of a run that no longer exists (e.g. a pod holder that
+/// outlived a teardown).
 pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(base) else {
         return Ok(());
@@ -303,6 +370,25 @@ pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
         }
         if let Err(err) = teardown(&rec, false) {
             eprintln!("podcr-tests: stale run {}: {err:#}", rec.run_id);
+        }
+    }
+    let prefix = format!("{}/", base.display());
+    for p in procs::all()? {
+        let orphan = p.argv.iter().any(|a| {
+            a.find(&prefix).is_some_and(|i| {
+                let rest = &a[i + prefix.len()..];
+                let run = rest.split('/').next().unwrap_or_default();
+                !run.is_empty()
+                    && rest.len() > run.len()
+                    && !base.join(run).join("run.json").exists()
+            })
+        });
+        if orphan && p.pid != std::process::id() {
+            eprintln!(
+                "podcr-tests: killing orphan of a finished run: {} {:?}",
+                p.pid, p.argv
+            );
+            procs::signal(p.pid, Signal::SIGKILL)?;
         }
     }
     Ok(())

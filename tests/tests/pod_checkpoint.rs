@@ -293,3 +293,79 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
     Ok(())
 }
 
+
+/// Migration: the checkpoint travels as one zstd archive to a second containerd (its own root,
+/// state and socket: another node), is restored there twice as two pods after the original is
+/// gone, and a restored pod can itself be checkpointed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = import(cd).await?;
+    let mut rs = cd.cri_runtime().await?;
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "migrate", &image, &[("app", SIDECAR)]).await?;
+    let log = pod.log("app");
+    {
+        let l = log.clone();
+        blocking(move || pods::wait_count(&l, 10, T).map(|_| ())).await?;
+    }
+    let dir = cd.dir().join("migrate");
+    let archive = cd.dir().join("migrate.tar.zst");
+    let out = blocking({
+        let (dir, archive) = (dir.clone(), archive.clone());
+        move || {
+            pods::podcr(cd, [
+                "checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "migrate".into(),
+                "--compression".into(), "zstd".into(), "-o".into(), dir.display().to_string(), "--archive".into(), archive.display().to_string(),
+            ])
+        }
+    })
+    .await?;
+    pods::ensure_success("podcr checkpoint --archive", &out)?;
+    let at_checkpoint = pods::last_count(&log).context("no count")?;
+    pods::remove_pod(&mut rs, &pod.id).await?;
+
+    // The second node: a separate containerd with its own root, state and socket.
+    let node2: &'static Containerd = Box::leak(Box::new(blocking(Containerd::start).await?));
+    let result = async {
+        let image2 = import(node2).await?;
+        ensure!(image2 == image, "the image reference differs between nodes: {image2} vs {image}");
+        let mut rs2 = node2.cri_runtime().await?;
+        let mut restored = Vec::new();
+        for name in ["migrated-1", "migrated-2"] {
+            let out = blocking({
+                let archive = archive.clone();
+                move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), name.into()])
+            })
+            .await?;
+            pods::ensure_success(&format!("podcr restore {name} on node 2"), &out)?;
+            let id = pods::find_pod(&mut rs2, name).await?.with_context(|| format!("{name} not listed on node 2"))?;
+            ensure!(pods::all_running(&mut rs2, &id).await?, "{name}: containers not running");
+            restored.push(id);
+        }
+        // Both copies came from the same memory image: each continues from the checkpoint.
+        for id in &restored {
+            let ids = k8s_ids(&mut rs2, id).await?;
+            let app = ids.iter().find(|(n, _)| n == "app").map(|(_, c)| c.clone()).context("no app")?;
+            let first = read_number(&mut rs2, &app, "/count").await?;
+            ensure!(first >= at_checkpoint.saturating_sub(2), "restored copy at {first}, checkpoint at {at_checkpoint}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ensure!(read_number(&mut rs2, &app, "/count").await? > first, "restored copy does not count");
+        }
+
+        // A restored pod checkpoints again (a second hop of a migration).
+        let again = node2.dir().join("migrate-again");
+        let out = blocking({
+            let again = again.clone();
+            move || pods::podcr(node2, ["checkpoint".to_string(), "--leave-running".into(), "--pod-namespace".into(), POD_NS.into(), "migrated-1".into(), "-o".into(), again.display().to_string()])
+        })
+        .await?;
+        pods::ensure_success("podcr checkpoint of a restored pod", &out)?;
+        for id in restored {
+            pods::remove_pod(&mut rs2, &id).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let stopped = blocking(move || node2.stop()).await;
+    result.and(stopped)
+}
