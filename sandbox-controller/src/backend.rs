@@ -139,6 +139,17 @@ pub trait PodBackend: Send + Sync + 'static {
     /// The containers currently in the pod.
     async fn containers(&self) -> Result<Vec<ContainerInfo>>;
 
+    /// A checkpoint writing into `output` starts. A backend may record this durably, so that if
+    /// the runtime dies mid-checkpoint its clean-up (a shim's `delete`) can thaw what was frozen
+    /// and remove the partial output: nothing in this process survives to do it. An error
+    /// refuses the checkpoint before anything is frozen.
+    async fn checkpoint_begin(&self, _output: &std::path::Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// The checkpoint ended (either way) and cleaned up after itself: forget the record.
+    async fn checkpoint_end(&self) {}
+
     /// Freezes the given containers as close to one instant as the runtime allows.
     async fn freeze(&self, ids: &[String]) -> Result<()>;
 

@@ -17,6 +17,8 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>> {
     } else {
         PathBuf::from(&flags.bundle)
     };
+    // A shim killed mid-checkpoint left the pod frozen and a partial output: undo that first.
+    crate::pod::recovery::recover(&bundle);
     let root = default_root(&flags.namespace);
     // No reaper in this short-lived process, so a plain wait is right here.
     let out = Command::new("runc")

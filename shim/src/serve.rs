@@ -26,9 +26,17 @@ pub async fn run(flags: &Flags) -> Result<()> {
     }
     let path = flags.socket.trim_start_matches("unix://").to_string();
     if let Some(dir) = Path::new(&path).parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("create socket dir"))?;
+        // Root-only, as containerd's own shims make it: whoever can connect drives the pod.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(Error::io("create socket dir"))?;
     }
     let listener = tokio::net::UnixListener::bind(&path).map_err(Error::io(format!("bind {path}")))?;
+    // bind() honours the umask (usually leaving 0755); connecting needs write permission, so
+    // 0600 keeps everyone but root off the shim's API.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(Error::io(format!("chmod {path}")))?;
 
     let events = match std::env::var("TTRPC_ADDRESS") {
         Ok(addr) => EventSink::remote(&addr, &flags.namespace).await?,

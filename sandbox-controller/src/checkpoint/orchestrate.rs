@@ -107,6 +107,7 @@ impl<B: PodBackend> SandboxController<B> {
         let (spec, state) = self.snapshot(&req.sandbox_id).await?;
         state.check_checkpointable()?;
         let targets = self.select(&req, &output).await?;
+        self.backend.checkpoint_begin(&output).await?;
 
         let result = async {
             let (freeze_window, dumped) = self.freeze_and_dump(&targets, &options, deadline).await?;
@@ -128,7 +129,7 @@ impl<B: PodBackend> SandboxController<B> {
         }
         .await;
 
-        match result {
+        let result = match result {
             Ok(mut stats) => {
                 stats.total = started.elapsed();
                 info!(pod = %req.sandbox_id, freeze_ms = stats.freeze_window.as_millis() as u64,
@@ -142,7 +143,10 @@ impl<B: PodBackend> SandboxController<B> {
                 }
                 Err(e)
             }
-        }
+        };
+        // Only now: until the output is whole or cleaned, a crash must still be recoverable.
+        self.backend.checkpoint_end().await;
+        result
     }
 
     async fn select(&self, req: &PodCheckpointRequest, output: &Path) -> Result<Vec<Target>> {

@@ -25,6 +25,7 @@ use super::{
     files::PodFiles,
     freezer::{self, Freezer},
     holder::HolderConfig,
+    recovery::{self, Marker},
 };
 use crate::{
     error::Error,
@@ -45,6 +46,10 @@ struct PodResources {
     /// Freezers of the containers frozen by the running checkpoint, so thaw reaches exactly
     /// those even if a container died meanwhile.
     frozen: HashMap<String, Freezer>,
+    /// The sandbox bundle, where the checkpoint recovery marker goes.
+    bundle: Option<std::path::PathBuf>,
+    /// The marker of the running checkpoint, as last written.
+    recovery: Option<Marker>,
 }
 
 pub struct RuncPodBackend {
@@ -113,7 +118,11 @@ impl PodBackend for RuncPodBackend {
         // From now on Task.Shutdown for a container must not end the shim: the pod owns it.
         self.store.set_sandboxed(true);
         let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(ctl)?;
-        self.pod().files = Some(files.clone());
+        {
+            let mut pod = self.pod();
+            pod.files = Some(files.clone());
+            pod.bundle = Some(spec.bundle.clone());
+        }
         let spec = spec.clone();
         blocking(move || files.create(&spec)).await
     }
@@ -176,6 +185,29 @@ impl PodBackend for RuncPodBackend {
             .collect())
     }
 
+    async fn checkpoint_begin(&self, output: &Path) -> CtlResult<()> {
+        let marker = Marker::new(output);
+        let bundle = self.pod().bundle.clone();
+        // Outside a pod (no bundle recorded) there is no `delete` that would read a marker.
+        if let Some(bundle) = bundle {
+            let m = marker.clone();
+            blocking(move || recovery::write(&bundle, &m)).await?;
+        }
+        self.pod().recovery = Some(marker);
+        Ok(())
+    }
+
+    async fn checkpoint_end(&self) {
+        let bundle = {
+            let mut pod = self.pod();
+            pod.recovery = None;
+            pod.bundle.clone()
+        };
+        if let Some(bundle) = bundle {
+            recovery::remove(&bundle);
+        }
+    }
+
     async fn freeze(&self, ids: &[String]) -> CtlResult<()> {
         let mut freezers = Vec::with_capacity(ids.len());
         for id in ids {
@@ -183,6 +215,18 @@ impl PodBackend for RuncPodBackend {
             freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(ctl)?));
         }
         let all: Vec<Freezer> = freezers.iter().map(|(_, f)| f.clone()).collect();
+        // Recorded before the first write to a freezer: a crash in between must still thaw.
+        let marked = {
+            let mut pod = self.pod();
+            let bundle = pod.bundle.clone();
+            pod.recovery.as_mut().zip(bundle).map(|(m, b)| {
+                m.freezers.extend(all.iter().cloned());
+                (b, m.clone())
+            })
+        };
+        if let Some((bundle, marker)) = marked {
+            blocking(move || recovery::write(&bundle, &marker)).await?;
+        }
         blocking(move || freezer::freeze_all(&all)).await?;
         self.pod().frozen.extend(freezers);
         Ok(())

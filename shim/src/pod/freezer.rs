@@ -14,13 +14,15 @@ use std::{
 
 use crate::error::{Error, Result};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long a freeze may take before it is given up (and undone): a task stuck in
 /// uninterruptible sleep keeps a v1 freezer FREEZING forever.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One container's freezer, v1 (`freezer.state`) or v2 (`cgroup.freeze`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One container's freezer, v1 (`freezer.state`) or v2 (`cgroup.freeze`). Serialized into the
+/// checkpoint recovery marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Freezer {
     V1(PathBuf),
     V2(PathBuf),
@@ -52,6 +54,20 @@ impl Freezer {
         unified.filter(|p| p.join("cgroup.freeze").exists()).map(Freezer::V2)
     }
 
+    /// The cgroup directory.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Freezer::V1(dir) | Freezer::V2(dir) => dir,
+        }
+    }
+
+    /// Processes in the cgroup and its children; empty if it is gone.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        collect_pids(self.dir(), &mut out);
+        out
+    }
+
     fn request(&self, freeze: bool) -> Result<()> {
         let (file, value) = match self {
             Freezer::V1(dir) => (dir.join("freezer.state"), if freeze { "FROZEN" } else { "THAWED" }),
@@ -60,7 +76,7 @@ impl Freezer {
         fs::write(&file, value).map_err(Error::io(format!("write {value} to {}", file.display())))
     }
 
-    fn is_frozen(&self) -> Result<bool> {
+    pub fn is_frozen(&self) -> Result<bool> {
         match self {
             Freezer::V1(dir) => {
                 let file = dir.join("freezer.state");
@@ -71,6 +87,19 @@ impl Freezer {
                 let file = dir.join("cgroup.events");
                 let events = fs::read_to_string(&file).map_err(Error::io(format!("read {}", file.display())))?;
                 Ok(events.lines().any(|l| l.trim() == "frozen 1"))
+            }
+        }
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
             }
         }
     }

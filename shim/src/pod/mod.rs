@@ -8,8 +8,9 @@ pub mod backend;
 mod checkpoint_service;
 pub mod convert;
 mod files;
-mod freezer;
+pub mod freezer;
 pub mod holder;
+pub mod recovery;
 mod sandbox_service;
 
 use std::{collections::HashMap, sync::Arc};
