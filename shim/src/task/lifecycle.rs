@@ -175,6 +175,10 @@ impl Containers {
             }
         };
         info!(container = id, pid, "started");
+        if let Err(e) = super::oom::watch(pid, id, &self.inner.events) {
+            // The container runs either way; only its OOM reason would be missing.
+            warn!(container = id, error = %e, "cannot watch for OOM kills");
+        }
         self.inner.events.send(
             topics::TASK_START_EVENT_TOPIC,
             TaskStart { container_id: id.to_string(), pid, ..Default::default() },

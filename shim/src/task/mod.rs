@@ -8,6 +8,7 @@
 mod container;
 mod io;
 mod lifecycle;
+mod oom;
 mod process;
 pub mod runc;
 pub mod service;
