@@ -1,0 +1,640 @@
+//! `podcr-bench`: podcr's pod checkpoint/restore measured side by side with what users have today,
+//! in one run, on one private containerd (see scripts/bench.sh, which builds in release mode first).
+//!
+//! Sides, run in turn for every repetition of every pod shape (A B C D A B C D ...), so that drift on
+//! a shared machine (other builds, page cache, thermal) spreads over all of them instead of biasing
+//! whichever ran last:
+//! - `podcr`: a CRI pod under the podcr handler; `podcr checkpoint --leave-running` once per
+//!   compression, then `podcr restore` from the uncompressed checkpoint.
+//! - `floor`: raw `runc checkpoint --leave-running` of every container of a runc.v2 pod, all in
+//!   parallel, straight to disk: no rootfs diff, no metadata, no packaging. Nothing pod-aware can be
+//!   faster than this with CRIU 4.2.
+//! - `runc-v2`: on the same runc.v2 pod, what a containerd user does today: CRI CheckpointContainer
+//!   one container after another, the tars packed into one archive; restore is a new pod and
+//!   CreateContainer(image = the .tar) + StartContainer per container (containerd 2.1's CRI restore).
+//! - `podman`: the same containers under Podman (own storage in the run dir), `podman container
+//!   checkpoint --export` one after another, `podman container restore --import` likewise.
+//!
+//! Results: bench-results/results.csv (every sample), results.md (medians, ratios against the
+//! targets), plot.png (time against memory), and the tables on stdout.
+
+#[path = "../bench/podman.rs"]
+mod podman;
+#[path = "../bench/report.rs"]
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use k8s_cri::v1::{
+    CheckpointContainerRequest, ContainerConfig, ContainerFilter, ExecSyncRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest,
+};
+use podcr_tests::{
+    cmd::{self, Running},
+    cri, images,
+    pods::{self, Cri},
+    procs, Containerd, Runtime, CRI_NAMESPACE,
+};
+
+use report::{Sample, Side};
+
+/// Pod namespace (Kubernetes sense) of every benchmark pod.
+const POD_NS: &str = "podcr-bench";
+/// Deadline for one checkpoint or restore of the biggest pods on a loaded 2-core machine.
+const LONG: Duration = Duration::from_secs(900);
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "podcr-bench", about = "podcr pod checkpoint/restore against runc.v2, raw runc and Podman")]
+struct Opts {
+    /// Small and fast: 1 repetition, 64 MiB, pods of 1 and 2 containers, no gzip.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every pod shape (each side runs once per repetition, alternating).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// MiB each memhog container touches, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    sizes: Vec<u64>,
+    /// Containers per pod, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    containers: Vec<usize>,
+    /// podcr archive compressions to measure (the first is the one restored and compared).
+    #[arg(long, value_delimiter = ',', default_value = "none,zstd,gzip")]
+    compressions: Vec<String>,
+    /// Skip Podman.
+    #[arg(long)]
+    no_podman: bool,
+    /// Skip the runc.v2 side and the raw runc floor.
+    #[arg(long)]
+    no_runc: bool,
+    /// Repetitions of the pod start latency measurement (per runtime).
+    #[arg(long, default_value_t = 5)]
+    start_reps: usize,
+    /// Where results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+impl Opts {
+    fn effective(mut self) -> Opts {
+        if self.quick {
+            self.reps = 1;
+            self.sizes = vec![64];
+            self.containers = vec![1, 2];
+            self.compressions.retain(|c| c != "gzip");
+            self.start_reps = 2;
+        }
+        self
+    }
+}
+
+/// Everything one run shares.
+struct Bench {
+    cd: Containerd,
+    rt: tokio::runtime::Runtime,
+    image: String,
+    podman: std::result::Result<podman::Podman, String>,
+    samples: Vec<Sample>,
+    failures: Vec<String>,
+    notes: Vec<String>,
+    pod_counter: usize,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> std::process::ExitCode {
+    let opts = Opts::parse().effective();
+    match run(opts) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podcr-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opts: Opts) -> Result<()> {
+    for c in &opts.compressions {
+        ensure!(["none", "gzip", "zstd"].contains(&c.as_str()), "unknown compression {c}");
+    }
+    ensure!(!opts.compressions.is_empty() && opts.reps > 0, "nothing to measure");
+    let podcr_bin = podcr_tests::target_profile_dir()?.join("podcr");
+    ensure!(podcr_bin.exists(), "{} not built: cargo build --release --workspace --bins", podcr_bin.display());
+    std::fs::create_dir_all(&opts.out)?;
+
+    eprintln!("==> starting a private containerd");
+    let cd = Containerd::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let image = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
+    let podman = if opts.no_podman {
+        Err("skipped (--no-podman)".to_string())
+    } else {
+        podman::Podman::setup(&cd).map_err(|e| format!("{e:#}"))
+    };
+    if let Err(why) = &podman {
+        eprintln!("==> podman unavailable: {why}");
+    }
+    let mut b = Bench { cd, rt, image, podman, samples: Vec::new(), failures: Vec::new(), notes: Vec::new(), pod_counter: 0 };
+    b.notes.push(host_note());
+
+    let result = b.measure(&opts);
+    if let Ok(p) = &b.podman {
+        p.teardown();
+    }
+    let stop = b.cd.stop();
+    // Write whatever was measured even if a step failed half-way.
+    let report = report::write(&opts.out, &b.samples, &b.failures, &b.notes, &opts, b.podman.as_ref().err())?;
+    println!("{report}");
+    result?;
+    stop?;
+    Ok(())
+}
+
+/// Kernel, CPUs, memory, load: the context any number here needs.
+fn host_note() -> String {
+    let uname = cmd::run_ok("uname", ["-r"]).map(|o| o.stdout.trim().to_string()).unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!(
+        "kernel {uname}, {cpus} CPUs, {} MiB RAM available at start, load average {}",
+        meminfo("MemAvailable").unwrap_or(0) / 1024,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn free_disk_mib(path: &Path) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(path)?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20))
+}
+
+impl Bench {
+    fn measure(&mut self, opts: &Opts) -> Result<()> {
+        self.pod_start_latency(opts)?;
+        let mut shapes: Vec<(usize, u64)> =
+            opts.containers.iter().flat_map(|n| opts.sizes.iter().map(move |m| (*n, *m))).collect();
+        // Small pods first: a shape that does not fit is skipped, not the whole run.
+        shapes.sort_by_key(|(n, m)| *n as u64 * m);
+        for (n, mib) in shapes {
+            let total = n as u64 * mib;
+            // Workload + a restored copy's page cache, and for disk: podcr's checkpoints (one per
+            // compression, the uncompressed one full size) or runc's (archives + packed copy).
+            let need_ram = total * 2 + 1024;
+            let need_disk = total * 3 + 2048;
+            let ram = meminfo("MemAvailable").unwrap_or(0) / 1024;
+            let disk = free_disk_mib(self.cd.dir())?;
+            if ram < need_ram || disk < need_disk {
+                let why = format!(
+                    "{n}x{mib} MiB skipped: needs {need_ram} MiB RAM / {need_disk} MiB disk, {ram} / {disk} available"
+                );
+                eprintln!("==> {why}");
+                self.notes.push(why);
+                continue;
+            }
+            for rep in 0..opts.reps {
+                eprintln!("==> {n} x {mib} MiB, repetition {}/{}", rep + 1, opts.reps);
+                self.side(Side::Podcr, n, mib, rep, |b| b.podcr_side(opts, n, mib, rep));
+                if !opts.no_runc {
+                    self.side(Side::RuncV2, n, mib, rep, |b| b.runc_side(n, mib, rep));
+                }
+                if self.podman.is_ok() {
+                    self.side(Side::Podman, n, mib, rep, |b| b.podman_side(n, mib, rep));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one side; a failure is recorded and the run goes on, with the side's leftovers removed.
+    fn side(&mut self, side: Side, n: usize, mib: u64, rep: usize, f: impl FnOnce(&mut Bench) -> Result<()>) {
+        let started = Instant::now();
+        if let Err(e) = f(self) {
+            let msg = format!("{} {n}x{mib} MiB rep {rep}: {e:#}", side.name());
+            eprintln!("    FAILED {msg}");
+            self.failures.push(msg.lines().take(12).collect::<Vec<_>>().join("\n"));
+        }
+        if let Err(e) = self.remove_all_pods() {
+            eprintln!("    cleanup after {}: {e:#}", side.name());
+        }
+        if let Ok(p) = &self.podman {
+            p.remove_all();
+        }
+        // Settle dirty pages now so that the next side's writes do not pay for this one's.
+        let _ = cmd::run(&mut Command::new("sync"), LONG);
+        eprintln!("    {} done in {:.1}s", side.name(), started.elapsed().as_secs_f64());
+    }
+
+    fn push(&mut self, side: Side, variant: &str, n: usize, mib: u64, rep: usize, metric: &'static str, value: f64) {
+        self.samples.push(Sample { side, variant: variant.to_string(), containers: n, mib, rep, metric, value });
+    }
+
+    fn cri(&self) -> Result<Cri> {
+        self.rt.block_on(self.cd.cri_runtime())
+    }
+
+    fn pod_name(&mut self, what: &str) -> String {
+        self.pod_counter += 1;
+        format!("{what}-{}", self.pod_counter)
+    }
+
+    fn work_dir(&self, name: &str) -> Result<PathBuf> {
+        let d = self.cd.dir().join("bench").join(name);
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// Stops and removes every CRI pod of this containerd (they are all the bench's).
+    fn remove_all_pods(&self) -> Result<()> {
+        let mut rs = self.cri()?;
+        self.rt.block_on(async {
+            let pods = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+            for p in pods {
+                pods::remove_pod(&mut rs, &p.id).await?;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// CRI RunPodSandbox + two started containers, podcr and runc.v2 alternating.
+    fn pod_start_latency(&mut self, opts: &Opts) -> Result<()> {
+        eprintln!("==> pod start latency (RunPodSandbox + 2 containers), {} each", opts.start_reps);
+        let sleep: &[&str] = &["sleep", "3600"];
+        for rep in 0..opts.start_reps {
+            for rt in [Runtime::Podcr, Runtime::Runc] {
+                let side = if rt == Runtime::Podcr { Side::Podcr } else { Side::RuncV2 };
+                let name = self.pod_name("start");
+                let mut rs = self.cri()?;
+                let t = Instant::now();
+                let r = self.rt.block_on(pods::run_pod(&self.cd, &mut rs, rt, &name, &self.image, &[("a", sleep), ("b", sleep)]));
+                let took = t.elapsed();
+                match r {
+                    // The first start of each runtime also pays for unpacking the image; keep it out.
+                    Ok(_) if rep == 0 && opts.start_reps > 1 => {}
+                    Ok(_) => self.push(side, "-", 2, 0, rep, "pod_start_ms", ms(took)),
+                    Err(e) => self.failures.push(format!("pod start {}: {e:#}", rt.handler())),
+                }
+                self.remove_all_pods()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn memhog_pod(&mut self, rt: Runtime, what: &str, n: usize, mib: u64) -> Result<pods::Pod> {
+        let name = self.pod_name(what);
+        let arg = mib.to_string();
+        let command: Vec<&str> = vec!["/usr/local/bin/memhog", &arg, "/memhog"];
+        let names: Vec<String> = (0..n).map(|i| format!("hog{i}")).collect();
+        let containers: Vec<(&str, &[&str])> = names.iter().map(|c| (c.as_str(), command.as_slice())).collect();
+        let mut rs = self.cri()?;
+        let pod = self.rt.block_on(pods::run_pod(&self.cd, &mut rs, rt, &name, &self.image, &containers))?;
+        // Checkpointing a half-filled heap would measure less memory than asked for.
+        for (c, _) in &pod.containers {
+            let log = pod.log(c);
+            podcr_tests::wait_for(&format!("{name}/{c} to fill {mib} MiB"), LONG, || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                ensure!(!text.contains("corrupt"), "memhog in {name}/{c} reports corruption");
+                Ok(text.contains("filled ").then_some(()))
+            })?;
+        }
+        Ok(pod)
+    }
+
+    /// After a restore: every memhog of the pod is running and still verifies its pages.
+    fn verify_pod(&self, pod_id: &str, n: usize) -> Result<()> {
+        let mut rs = self.cri()?;
+        self.rt.block_on(async {
+            let items = rs
+                .list_containers(ListContainersRequest {
+                    filter: Some(ContainerFilter { pod_sandbox_id: pod_id.into(), ..Default::default() }),
+                })
+                .await?
+                .into_inner()
+                .containers;
+            ensure!(items.len() == n, "restored pod has {} containers, expected {n}", items.len());
+            for c in items {
+                let mut last = String::new();
+                let mut ok = false;
+                // The counter advances every 100 ms; two different "ok" readings prove it runs.
+                for _ in 0..50 {
+                    let r = rs
+                        .exec_sync(ExecSyncRequest { container_id: c.id.clone(), cmd: vec!["cat".into(), "/memhog".into()], timeout: 10 })
+                        .await?
+                        .into_inner();
+                    let out = String::from_utf8_lossy(&r.stdout).trim().to_string();
+                    ensure!(!out.starts_with("corrupt"), "restored memhog {}: {out}", c.id);
+                    if out.starts_with("ok ") && !last.is_empty() && out != last {
+                        ok = true;
+                        break;
+                    }
+                    last = out;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                ensure!(ok, "restored memhog {} is not counting (last read {last:?})", c.id);
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Peak RSS (VmHWM, KiB) of the shim serving `sandbox_id`.
+    fn shim_hwm_kib(&self, sandbox_id: &str) -> Option<f64> {
+        let shims = procs::shims_of(self.cd.socket()).ok()?;
+        let shim = shims.iter().find(|p| p.arg_after("-id") == Some(sandbox_id))?;
+        status_kib(shim.pid, "VmHWM")
+    }
+
+    fn podcr(&self, args: &[String]) -> Result<cmd::Output> {
+        let bin = podcr_tests::target_profile_dir()?.join("podcr");
+        let mut c = Command::new(bin);
+        c.arg("--address").arg(self.cd.socket()).args(["--timeout", "15m"]).args(args);
+        cmd::run(&mut c, LONG)
+    }
+
+    fn podcr_side(&mut self, opts: &Opts, n: usize, mib: u64, rep: usize) -> Result<()> {
+        let pod = self.memhog_pod(Runtime::Podcr, "podcr", n, mib)?;
+        let mut restore_from = None;
+        for comp in &opts.compressions {
+            let dir = self.work_dir(&format!("{}-{comp}", pod.name))?;
+            std::fs::remove_dir(&dir)?;
+            let args: Vec<String> = [
+                "checkpoint", "--leave-running", "--pod-namespace", POD_NS, "--compression", comp, &pod.name, "-o",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.display().to_string()])
+            .collect();
+            let t = Instant::now();
+            let out = self.podcr(&args)?;
+            let wall = t.elapsed();
+            pods::ensure_success("podcr checkpoint", &out)?;
+            let stats = report::parse_podcr_stats(&out.stdout).with_context(|| format!("podcr output:\n{}", out.stdout))?;
+            self.push(Side::Podcr, comp, n, mib, rep, "ckpt_wall_ms", ms(wall));
+            self.push(Side::Podcr, comp, n, mib, rep, "freeze_ms", stats.freeze_ms);
+            self.push(Side::Podcr, comp, n, mib, rep, "write_ms", stats.write_ms);
+            self.push(Side::Podcr, comp, n, mib, rep, "slowest_dump_ms", stats.slowest_dump_ms);
+            self.push(Side::Podcr, comp, n, mib, rep, "archive_bytes", dir_bytes(&dir)? as f64);
+            if restore_from.is_none() {
+                restore_from = Some(dir);
+            } else {
+                std::fs::remove_dir_all(&dir)?;
+            }
+        }
+        if let Some(kib) = self.shim_hwm_kib(&pod.id) {
+            self.push(Side::Podcr, "-", n, mib, rep, "shim_hwm_kib", kib);
+        }
+        let dir = restore_from.context("no checkpoint to restore")?;
+        let variant = opts.compressions[0].clone();
+        // The original goes first, as after a node drain: the restore must not share its memory.
+        let mut rs = self.cri()?;
+        self.rt.block_on(pods::remove_pod(&mut rs, &pod.id))?;
+        let name = format!("{}-r", pod.name);
+        let args: Vec<String> =
+            ["restore".to_string(), dir.display().to_string(), "--name".into(), name.clone(), "--pod-namespace".into(), POD_NS.into()].to_vec();
+        let t = Instant::now();
+        let out = self.podcr(&args)?;
+        let wall = t.elapsed();
+        pods::ensure_success("podcr restore", &out)?;
+        self.push(Side::Podcr, &variant, n, mib, rep, "restore_ms", ms(wall));
+        let restored = self.rt.block_on(pods::find_pod(&mut rs, &name))?.context("restored pod not listed")?;
+        self.verify_pod(&restored, n)?;
+        if let Some(kib) = self.shim_hwm_kib(&restored) {
+            self.push(Side::Podcr, "-", n, mib, rep, "shim_hwm_restored_kib", kib);
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    /// The floor, then runc.v2 through the CRI, on one runc.v2 pod.
+    fn runc_side(&mut self, n: usize, mib: u64, rep: usize) -> Result<()> {
+        let pod = self.memhog_pod(Runtime::Runc, "runc", n, mib)?;
+        let work = self.work_dir(&pod.name)?;
+
+        // Floor: raw runc checkpoint of every container at once.
+        let root = runc_root(&pod.containers[0].1)?;
+        let mut running = Vec::new();
+        let t = Instant::now();
+        for (name, id) in &pod.containers {
+            let d = work.join("floor").join(name);
+            std::fs::create_dir_all(&d)?;
+            let mut c = Command::new("runc");
+            c.arg("--root").arg(&root).args(["checkpoint", "--leave-running", "--image-path"]).arg(d.join("images"));
+            c.arg("--work-path").arg(&d).arg(id);
+            running.push((name.clone(), d, Running::spawn(&mut c)?));
+        }
+        let mut floor_bytes = 0;
+        let mut slowest = Duration::ZERO;
+        for (name, d, r) in running {
+            let out = r.wait(LONG)?;
+            ensure!(out.success(), "runc checkpoint {name}: {out:?}");
+            slowest = slowest.max(t.elapsed());
+            floor_bytes += dir_bytes(&d.join("images"))?;
+        }
+        let floor_wall = t.elapsed();
+        self.push(Side::Floor, "none", n, mib, rep, "ckpt_wall_ms", ms(floor_wall));
+        // Containers frozen in parallel: the pod has a frozen container for as long as the set runs.
+        self.push(Side::Floor, "none", n, mib, rep, "freeze_ms", ms(slowest));
+        self.push(Side::Floor, "none", n, mib, rep, "archive_bytes", floor_bytes as f64);
+        std::fs::remove_dir_all(work.join("floor"))?;
+        let _ = cmd::run(&mut Command::new("sync"), LONG);
+
+        // runc.v2 through the CRI, one container after another.
+        let mut rs = self.cri()?;
+        let mut frozen_sum = 0.0;
+        let mut calls = Duration::ZERO;
+        let mut tars = Vec::new();
+        let t = Instant::now();
+        for (name, id) in &pod.containers {
+            let tar = work.join(format!("{name}.tar"));
+            let c0 = Instant::now();
+            self.rt
+                .block_on(rs.checkpoint_container(CheckpointContainerRequest {
+                    container_id: id.clone(),
+                    location: tar.display().to_string(),
+                    timeout: LONG.as_secs() as i64,
+                }))
+                .with_context(|| format!("CRI CheckpointContainer {name}\n{}", self.cd.log_tail(15)))?;
+            let call = c0.elapsed();
+            calls += call;
+            // CRIU's own frozen time when containerd copied stats-dump into the archive; else the call.
+            frozen_sum += criu_frozen_ms_in_tar(&tar).unwrap_or(ms(call));
+            tars.push(tar);
+        }
+        let seq = t.elapsed();
+        let packed = work.join("pod.tar");
+        let p0 = Instant::now();
+        let mut tar_cmd = Command::new("tar");
+        tar_cmd.arg("-cf").arg(&packed).arg("-C").arg(&work);
+        for t in &tars {
+            tar_cmd.arg(t.file_name().context("tar name")?);
+        }
+        cmd::run(&mut tar_cmd, LONG)?.ok()?;
+        let pack = p0.elapsed();
+        self.push(Side::RuncV2, "none", n, mib, rep, "ckpt_wall_ms", ms(seq + pack));
+        self.push(Side::RuncV2, "none", n, mib, rep, "pack_ms", ms(pack));
+        self.push(Side::RuncV2, "none", n, mib, rep, "freeze_ms", frozen_sum);
+        self.push(Side::RuncV2, "none", n, mib, rep, "cri_calls_ms", ms(calls));
+        self.push(Side::RuncV2, "none", n, mib, rep, "archive_bytes", std::fs::metadata(&packed)?.len() as f64);
+        std::fs::remove_file(&packed)?;
+        if let Some(kib) = self.shim_hwm_kib(&pod.id) {
+            self.push(Side::RuncV2, "-", n, mib, rep, "shim_hwm_kib", kib);
+        }
+
+        // Restore: a new runc pod, then each container from its archive, as crictl would.
+        self.rt.block_on(pods::remove_pod(&mut rs, &pod.id))?;
+        let name = format!("{}-r", pod.name);
+        let t = Instant::now();
+        let new_id = self.rt.block_on(cri_restore(&self.cd, &mut rs, &name, &pod.containers, &tars))?;
+        let wall = t.elapsed();
+        self.push(Side::RuncV2, "none", n, mib, rep, "restore_ms", ms(wall));
+        self.verify_pod(&new_id, n)?;
+        if let Some(kib) = self.shim_hwm_kib(&new_id) {
+            self.push(Side::RuncV2, "-", n, mib, rep, "shim_hwm_restored_kib", kib);
+        }
+        std::fs::remove_dir_all(&work)?;
+        Ok(())
+    }
+
+    fn podman_side(&mut self, n: usize, mib: u64, rep: usize) -> Result<()> {
+        let podman = self.podman.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+        let name = self.pod_name("pm");
+        let work = self.work_dir(&name)?;
+        let names: Vec<String> = (0..n).map(|i| format!("{name}-hog{i}")).collect();
+        for c in &names {
+            podman.run_memhog(c, mib)?;
+        }
+        for c in &names {
+            podman.wait_filled(c, LONG)?;
+        }
+        let mut frozen = 0.0;
+        let mut bytes = 0;
+        let mut archives = Vec::new();
+        let t = Instant::now();
+        for c in &names {
+            let tar = work.join(format!("{c}.tar"));
+            let stats = podman.checkpoint(c, &tar)?;
+            frozen += stats.frozen_ms;
+            bytes += std::fs::metadata(&tar)?.len();
+            archives.push((c.clone(), tar));
+        }
+        let wall = t.elapsed();
+        self.push(Side::Podman, "none", n, mib, rep, "ckpt_wall_ms", ms(wall));
+        self.push(Side::Podman, "none", n, mib, rep, "freeze_ms", frozen);
+        self.push(Side::Podman, "none", n, mib, rep, "archive_bytes", bytes as f64);
+        podman.remove_all();
+        let t = Instant::now();
+        for (c, tar) in &archives {
+            podman.restore(tar, &format!("{c}-r"))?;
+        }
+        let wall = t.elapsed();
+        self.push(Side::Podman, "none", n, mib, rep, "restore_ms", ms(wall));
+        for (c, _) in &archives {
+            podman.verify_counting(&format!("{c}-r"))?;
+        }
+        std::fs::remove_dir_all(&work)?;
+        Ok(())
+    }
+}
+
+/// The CRI restore of containerd 2.1: RunPodSandbox, then CreateContainer with the checkpoint
+/// archive as the image and StartContainer, container by container. Returns the new pod's id.
+async fn cri_restore(cd: &Containerd, rs: &mut Cri, name: &str, containers: &[(String, String)], tars: &[PathBuf]) -> Result<String> {
+    let mut config = cd.pod_config(name)?;
+    if let Some(linux) = config.linux.as_mut() {
+        linux.security_context =
+            Some(LinuxSandboxSecurityContext { namespace_options: Some(pods::kubelet_namespaces()), ..Default::default() });
+    }
+    let id = rs
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: Runtime::Runc.handler().into() })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    for ((cname, _), tar) in containers.iter().zip(tars) {
+        let mut cconfig: ContainerConfig = cri::container_config(cname, &tar.display().to_string(), &[]);
+        cconfig.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(pods::kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let cid = pods::create_container(rs, &id, &config, cconfig)
+            .await
+            .with_context(|| format!("CreateContainer {cname} from {}\n{}", tar.display(), cd.log_tail(15)))?;
+        rs.start_container(StartContainerRequest { container_id: cid })
+            .await
+            .with_context(|| format!("StartContainer (restore) {cname}\n{}", cd.log_tail(15)))?;
+    }
+    Ok(id)
+}
+
+/// The runc root the runc.v2 shim keeps `id`'s state in (its default, per containerd namespace).
+fn runc_root(id: &str) -> Result<PathBuf> {
+    for root in [format!("/run/containerd/runc/{CRI_NAMESPACE}"), format!("/run/runc/{CRI_NAMESPACE}")] {
+        if Path::new(&root).join(id).is_dir() {
+            return Ok(PathBuf::from(root));
+        }
+    }
+    bail!("no runc state for container {id} under /run/containerd/runc/{CRI_NAMESPACE}")
+}
+
+/// CRIU's frozen time from the `stats-dump` inside a CRI checkpoint archive, in ms.
+fn criu_frozen_ms_in_tar(tar: &Path) -> Option<f64> {
+    let mut a = tar::Archive::new(std::fs::File::open(tar).ok()?);
+    for e in a.entries().ok()? {
+        let mut e = e.ok()?;
+        if e.path().ok()?.to_string_lossy().trim_start_matches("./") == "stats-dump" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut buf).ok()?;
+            let s = podcr_sandbox_controller::checkpoint::criu_stats::parse_dump_stats(&buf).ok()?;
+            return Some(s.frozen_time_us as f64 / 1e3);
+        }
+    }
+    None
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Total size of the regular files below `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            total += dir_bytes(&e.path())?;
+        } else if t.is_file() {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
