@@ -7,6 +7,7 @@
 //! after a run that was killed (SIGKILL, Ctrl-C) the next time the suite starts.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -61,6 +62,7 @@ pub fn teardown(rec: &RunRecord, keep_dir: bool) -> Result<()> {
     note("unmount", unmount_under(&rec.dir));
     note("runc state", remove_runc_state(&rec.prefix()));
     note("bridge", delete_link(&rec.bridge));
+    unregister_live(&rec.run_id);
     note("ip_forward", restore_ip_forward(rec));
     if !keep_dir {
         note(
@@ -159,24 +161,53 @@ fn kill_run_processes(rec: &RunRecord) -> Result<()> {
     )
 }
 
-/// Runs under `base` other than this process's whose test process is alive.
-fn other_live_runs(base: &Path) -> Vec<RunRecord> {
+/// Run ids this process has started and not yet torn down. A run owned by this process is live only
+/// if listed here: the record of a dead process whose pid we reused is stale.
+static LIVE_HERE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn register_live(run_id: &str) {
+    LIVE_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(run_id.to_string());
+}
+
+fn unregister_live(run_id: &str) {
+    LIVE_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|r| r != run_id);
+}
+
+fn is_live(rec: &RunRecord) -> bool {
+    if rec.owner_pid == std::process::id() {
+        LIVE_HERE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&rec.run_id)
+    } else {
+        procs::alive(rec.owner_pid)
+    }
+}
+
+/// Live runs under `base` other than `except`.
+fn other_live_runs(base: &Path, except: &str) -> Vec<RunRecord> {
     let Ok(rd) = std::fs::read_dir(base) else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| std::fs::read(RunRecord::path(&e.path())).ok())
         .filter_map(|d| serde_json::from_slice::<RunRecord>(&d).ok())
-        .filter(|r| r.owner_pid != std::process::id() && procs::alive(r.owner_pid))
+        .filter(|r| r.run_id != except && is_live(r))
         .collect()
 }
 
 /// The host's ip_forward from before the first of any overlapping runs. Runs of this suite may
 /// overlap (tests starting their own containerd, two suites at once): the first records the host's
 /// value in `<base>/ip_forward.orig`, the last one out restores it.
-pub fn record_ip_forward(base: &Path) -> Result<()> {
+pub fn record_ip_forward(base: &Path, run_id: &str) -> Result<()> {
     let orig = base.join("ip_forward.orig");
-    if other_live_runs(base).is_empty() || !orig.exists() {
+    if other_live_runs(base, run_id).is_empty() || !orig.exists() {
         std::fs::write(orig, std::fs::read_to_string(IP_FORWARD)?)?;
     }
     Ok(())
@@ -188,7 +219,7 @@ fn restore_ip_forward(rec: &RunRecord) -> Result<()> {
     let Some(base) = rec.dir.parent() else {
         return Ok(());
     };
-    if !other_live_runs(base).is_empty() {
+    if !other_live_runs(base, &rec.run_id).is_empty() {
         return Ok(());
     }
     let orig = base.join("ip_forward.orig");
@@ -365,7 +396,7 @@ pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
         let Ok(rec) = serde_json::from_slice::<RunRecord>(&data) else {
             continue;
         };
-        if procs::alive(rec.owner_pid) && rec.owner_pid != std::process::id() {
+        if is_live(&rec) {
             continue;
         }
         if let Err(err) = teardown(&rec, false) {
@@ -378,7 +409,9 @@ pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
             a.find(&prefix).is_some_and(|i| {
                 let rest = &a[i + prefix.len()..];
                 let run = rest.split('/').next().unwrap_or_default();
-                !run.is_empty()
+                // Only run dirs (6 hex digits, see new_run_id), never e.g. someone tailing logs/.
+                run.len() == 6
+                    && run.chars().all(|c| c.is_ascii_hexdigit())
                     && rest.len() > run.len()
                     && !base.join(run).join("run.json").exists()
             })

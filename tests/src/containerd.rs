@@ -123,9 +123,17 @@ impl Containerd {
         std::fs::create_dir_all(&base)?;
         cleanup::cleanup_stale_runs(&base)?;
 
-        let run_id = new_run_id();
-        let dir = base.join(&run_id);
-        std::fs::create_dir_all(&dir)?;
+        // create_dir (not _all) claims the id atomically, even against a run started concurrently.
+        let (run_id, dir) = loop {
+            let id = new_run_id();
+            let dir = base.join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break (id, dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).context("create the run dir"),
+            }
+        };
+        cleanup::register_live(&run_id);
         let rec = RunRecord {
             run_id: run_id.clone(),
             owner_pid: std::process::id(),
@@ -136,6 +144,7 @@ impl Containerd {
             ip_forward_before: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
         };
         rec.save()?;
+        cleanup::record_ip_forward(&base, &run_id)?;
         let cd = Containerd {
             rec,
             child: Mutex::new(None),
