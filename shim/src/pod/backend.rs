@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::{
     anchor::Holder,
+    cgroup::PodCgroup,
     files::PodFiles,
     freezer::{self, Freezer},
     holder::HolderConfig,
@@ -42,6 +43,7 @@ const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] =
 #[derive(Default)]
 struct PodResources {
     files: Option<PodFiles>,
+    cgroup: Option<PodCgroup>,
     holder: Option<Holder>,
     /// Freezers of the containers frozen by the running checkpoint, so thaw reaches exactly
     /// those even if a container died meanwhile.
@@ -130,7 +132,19 @@ impl PodBackend for RuncPodBackend {
     async fn start_pod(&self, spec: &PodSpec) -> CtlResult<PodAnchor> {
         let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(ctl)?;
         info!(pod = %spec.id, pid = holder.pid, "pod holder ready");
-        self.pod().holder = Some(holder);
+        let cgroup = match &spec.cgroup_parent {
+            Some(parent) => match PodCgroup::join(parent, holder.holder_pid) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    holder.kill();
+                    return Err(ctl(e));
+                }
+            },
+            None => None,
+        };
+        let mut pod = self.pod();
+        pod.holder = Some(holder);
+        pod.cgroup = cgroup;
         Ok(PodAnchor { pid: holder.pid, exit })
     }
 
@@ -155,12 +169,23 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn destroy_pod(&self, _spec: &PodSpec) -> CtlResult<()> {
-        let (files, holder) = {
+        let (files, holder, cgroup) = {
             let mut pod = self.pod();
-            (pod.files.take(), pod.holder.take())
+            (pod.files.take(), pod.holder.take(), pod.cgroup.take())
         };
         if let Some(holder) = holder {
             holder.kill();
+        }
+        if let Some(cgroup) = cgroup {
+            // The holder is SIGKILLed above; its cgroup empties once the kernel reaps it, so give
+            // it a moment before the directories go.
+            for _ in 0..50 {
+                if cgroup.dirs().iter().all(|d| fs_empty_procs(d)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cgroup.remove();
         }
         match files {
             Some(files) => blocking(move || files.remove()).await,
@@ -294,3 +319,7 @@ impl PodBackend for RuncPodBackend {
     }
 }
 
+
+fn fs_empty_procs(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(true)
+}

@@ -4,6 +4,7 @@
 //! the same [`Containers`] handle.
 
 mod anchor;
+mod cgroup;
 pub mod backend;
 mod checkpoint_service;
 pub mod convert;
