@@ -25,18 +25,29 @@ busybox_static_present() {
   ! ldd /bin/busybox >/dev/null 2>&1
 }
 
+version_ok() {
+  local out
+  command -v "$1" >/dev/null || return 1
+  out=$("$1" --version 2>&1) || return 1
+  grep -Eq "$2" <<<"$out"
+}
+
 # True when every system tool is present and new enough; keeps reruns fast.
 all_present() {
-  command -v containerd >/dev/null && containerd --version | grep -Eq ' v?2\.(1|[2-9])' || return 1
-  command -v runc >/dev/null && runc --version | grep -Eq 'version 1\.(3|[4-9])' || return 1
-  command -v criu >/dev/null && criu --version | grep -Eq 'Version: 4\.([2-9])' || return 1
+  # Versions are captured before grepping: `tool --version | grep -q` under pipefail fails at random
+  # when grep exits early and the tool dies of SIGPIPE.
+  missing="containerd >= 2.1"; version_ok containerd ' v?2\.(1|[2-9])' || return 1
+  missing="runc >= 1.3"; version_ok runc 'version 1\.(3|[4-9])' || return 1
+  missing="criu >= 4.2"; version_ok criu 'Version: 4\.([2-9])' || return 1
   # protoc: k8s-cri's build script; gcc + libc.a: zstd-sys and the static test helpers.
   for t in ctr checkpointctl umoci protoc gcc cc ip iptables jq tar curl; do
-    command -v "$t" >/dev/null || return 1
+    missing="$t"; command -v "$t" >/dev/null || return 1
   done
+  missing="CNI plugins bridge, host-local, loopback in /usr/lib/cni"
   [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
-  libc_a_present || return 1
-  busybox_static_present || return 1
+  missing="libc.a (libc6-dev)"; libc_a_present || return 1
+  missing="static /bin/busybox (busybox-static)"; busybox_static_present || return 1
+  missing=""
   return 0
 }
 
@@ -60,6 +71,7 @@ P
   fi
 }
 
+missing=""
 apt_updated=""
 apt_update() {
   if [ -z "$apt_updated" ]; then
@@ -69,7 +81,7 @@ apt_update() {
 }
 
 install_system_tools() {
-  log "installing containerd, runc, criu and build/test tools (first run only)"
+  log "installing containerd, runc, criu and build/test tools (missing: $missing)"
   add_sources
   export DEBIAN_FRONTEND=noninteractive
   apt_update
@@ -79,8 +91,7 @@ install_system_tools() {
   apt-get install -y -qq -o Dpkg::Use-Pty=0 containernetworking-plugins busybox-static umoci protobuf-compiler \
     gcc libc6-dev iproute2 iptables jq tar curl ca-certificates >/dev/null
   if ! all_present; then
-    log "install finished but a tool is still missing or too old:"
-    containerd --version || true; runc --version || true; criu --version || true
+    log "install finished but still missing or too old: $missing"
     exit 1
   fi
 }
