@@ -661,10 +661,21 @@ fn sandbox_with_ctr(cd: &Containerd, test: &str, netns: Option<&NetNs>) -> Resul
         holder_proc.argv
     );
 
-    // Two containers in the sandbox.
+    // Two containers in the sandbox. `--sandbox` only routes their tasks to the sandbox's shim;
+    // unlike the CRI, ctr does not put them in the pod's namespaces, so say so as a user would:
+    // through the holder (the pid the sandbox reports), as the CRI does through that pid.
     let port = ECHO_PORT.to_string();
+    let with_ns: Vec<String> = ["network:net", "ipc:ipc", "uts:uts"]
+        .iter()
+        .flat_map(|s| {
+            let (kind, file) = s.split_once(':').unwrap_or_default();
+            ["--with-ns".to_string(), format!("{kind}:/proc/{holder}/ns/{file}")]
+        })
+        .collect();
     for (c, cmd) in [("echo", vec!["/usr/local/bin/tcp_echo", port.as_str()]), ("peer", vec!["sleep", "600"])] {
-        let mut a = vec!["run", "-d", "--sandbox", &sb, "--runtime", Runtime::Podcr.runtime_type(), &image, c];
+        let mut a = vec!["run", "-d", "--sandbox", &sb, "--runtime", Runtime::Podcr.runtime_type()];
+        a.extend(with_ns.iter().map(String::as_str));
+        a.extend([image.as_str(), c]);
         a.extend(cmd);
         ctr.ok(a)?;
     }
