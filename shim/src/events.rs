@@ -43,7 +43,7 @@ impl EventSink {
         (Self { tx: Some(tx) }, rx)
     }
 
-    pub fn send(&self, topic: &'static str, ev: impl MessageDyn + Send) {
+    pub fn send(&self, topic: &'static str, ev: impl MessageDyn) {
         if let Some(tx) = &self.tx {
             if tx.send((topic, Box::new(ev))).is_err() {
                 warn!(topic, "event queue closed");

@@ -25,7 +25,7 @@ const APP: &[&str] = &[
 const SIDECAR: &[&str] = &["/usr/local/bin/counter", "/count", "100"];
 
 async fn import(cd: &'static Containerd) -> Result<String> {
-    Ok(tokio::task::spawn_blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await??)
+    tokio::task::spawn_blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?
 }
 
 async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
@@ -42,8 +42,8 @@ async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
     out.parse().with_context(|| format!("{file} holds {out:?}"))
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> impl std::future::Future<Output = Result<T>> {
-    async move { tokio::task::spawn_blocking(f).await? }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use super::{
     io::{self, ProcessIo},
     lock,
     process::{Exit, Process},
-    runc::{CriuFlags, Runc},
+    runc::{CriuFlags, CriuImages, Runc},
     CheckpointArgs, Containers, Status,
 };
 use crate::error::{Error, Result};
@@ -121,7 +121,7 @@ impl Containers {
             TaskCreate {
                 container_id: c.id.clone(),
                 bundle: path_str(&c.bundle),
-                rootfs: args.rootfs.into(),
+                rootfs: args.rootfs,
                 io: Some(task_io(&args.stdio)).into(),
                 checkpoint: args.checkpoint.as_deref().map(path_str).unwrap_or_default(),
                 pid,
@@ -193,7 +193,7 @@ impl Containers {
         let flags = CriuFlags { shell_job: c.init.stdio.terminal, ..plan.flags.clone() };
         let res = c
             .runc
-            .restore(&c.id, &c.bundle, &pid_file, &plan.image_path, plan.work_path.as_deref(), &flags, console.as_deref(), child)
+            .restore(&c.id, &c.bundle, &pid_file, &CriuImages { image: &plan.image_path, work: plan.work_path.as_deref(), flags: &flags }, console.as_deref(), child)
             .await;
         if let Err(e) = res {
             pending.abort().await;

@@ -51,6 +51,13 @@ impl CriuFlags {
     }
 }
 
+/// Where CRIU's images for a restore are and how they were dumped.
+pub struct CriuImages<'a> {
+    pub image: &'a Path,
+    pub work: Option<&'a Path>,
+    pub flags: &'a CriuFlags,
+}
+
 #[derive(Clone, Debug)]
 pub struct Runc {
     pub binary: PathBuf,
@@ -109,15 +116,15 @@ impl Runc {
         self.call_with("create", id, args, stdio).await.map(drop)
     }
 
-    pub async fn restore(&self, id: &str, bundle: &Path, pid_file: &Path, image: &Path, work: Option<&Path>, flags: &CriuFlags, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
+    pub async fn restore(&self, id: &str, bundle: &Path, pid_file: &Path, images: &CriuImages<'_>, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
         let mut args = vec![
             "restore".into(), "--detach".into(), "--bundle".into(), path(bundle),
-            "--pid-file".into(), path(pid_file), "--image-path".into(), path(image),
+            "--pid-file".into(), path(pid_file), "--image-path".into(), path(images.image),
         ];
-        if let Some(w) = work {
+        if let Some(w) = images.work {
             args.extend(["--work-path".into(), path(w)]);
         }
-        flags.push(&mut args);
+        images.flags.push(&mut args);
         if let Some(c) = console {
             args.extend(["--console-socket".into(), path(c)]);
         }
