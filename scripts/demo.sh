@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end: set up the host, build podcr, start a private containerd with podcr registered, run a
-# container under io.containerd.podcr.v1, show its output, and clean up.
+# two-container pod through the CRI, checkpoint it while it runs into one archive, delete it, restore
+# it from the archive, show its counters going on from where they were, and clean up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
