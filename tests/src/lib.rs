@@ -17,6 +17,7 @@ pub mod cleanup;
 pub mod cmd;
 pub mod containerd;
 pub mod cri;
+pub mod faults;
 pub mod images;
 pub mod pods;
 pub mod procs;
