@@ -18,6 +18,11 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>> {
         PathBuf::from(&flags.bundle)
     };
     // A shim killed mid-checkpoint left the pod frozen and a partial output: undo that first.
+    // Only then log (to stderr, which containerd logs as "cleanup warnings"): a routine delete
+    // stays quiet.
+    if bundle.join(crate::pod::recovery::MARKER).exists() {
+        crate::logging::init(flags.debug);
+    }
     crate::pod::recovery::recover(&bundle);
     let root = default_root(&flags.namespace);
     // No reaper in this short-lived process, so a plain wait is right here.

@@ -177,9 +177,14 @@ async fn shim_killed(cd: &'static Containerd) -> Result<()> {
 
     let tmp = tmp_for(cd, name);
     let run = faults::spawn_podcr(cd, &tmp, checkpoint_args(name, &out, &["--leave-running"]))?;
-    blocking(move || podcr_tests::wait_for("a CRIU attached to the pod", T, || Ok(faults::criu_dumping(cd, name)))).await?;
-    let frozen = faults::freezer_states(cd, name)?;
-    ensure!(frozen.iter().all(|(_, s)| s != "THAWED"), "the pod is not frozen during the dump: {frozen:?}");
+    let hog = pod.container("hog")?.to_string();
+    let criu = blocking(move || {
+        podcr_tests::wait_for("a CRIU dumping the hog", T, || Ok(faults::criu_dumping_container(cd, name, &hog)))
+    })
+    .await?;
+    // CRIU, once it has every task under ptrace, sets a freezer it found frozen to THAWED and
+    // puts it back to FROZEN when it is done: so the pod is stopped here, whatever the freezer says.
+    eprintln!("freezers during the dump: {:?}", faults::freezer_states(cd, name)?);
     eprintln!("killing the shim {} mid-checkpoint", shim.pid);
     procs::signal(shim.pid, Signal::SIGKILL)?;
     let res = blocking(move || run.wait(T)).await?;
@@ -196,6 +201,15 @@ async fn shim_killed(cd: &'static Containerd) -> Result<()> {
     .await
     .with_context(|| format!("containerd log:\n{}", cd.log_tail(40)))?;
     eprintln!("freezers after the shim died: {states:?}");
+    // The shim's `runc checkpoint` and its CRIU outlive the shim; a CRIU that finished its dump
+    // would set the freezers back to FROZEN. It must be gone, and the pod stay thawed after.
+    blocking(move || podcr_tests::wait_until("the orphaned CRIU to be gone", T, || Ok(!procs::alive(criu.pid)))).await?;
+    let steady = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < steady {
+        let s = faults::freezer_states(cd, name)?;
+        ensure!(all_thawed(&s), "the pod was frozen again after the shim died: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     {
         let (o, bundle) = (out.clone(), bundle.clone());
         blocking(move || {
