@@ -7,6 +7,7 @@
 //!   side drives.
 //! - [`reaper`], [`events`], [`logging`], [`error`]: the plumbing they share.
 
+pub mod cgroups;
 pub mod delete;
 pub mod error;
 pub mod events;

@@ -10,9 +10,11 @@ use std::{
 
 use tracing::warn;
 
-use crate::error::{Error, Result};
+use crate::{
+    cgroups::CGROUP_ROOT,
+    error::{Error, Result},
+};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The cgroup directories of a pod, one per hierarchy, and which of them we created.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

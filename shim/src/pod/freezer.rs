@@ -12,9 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    cgroups::{self, ControllerCgroup},
+    error::{Error, Result},
+};
 
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub use crate::cgroups::CGROUP_ROOT;
+
 /// How long a freeze may take before it is given up (and undone): a task stuck in
 /// uninterruptible sleep keeps a v1 freezer FREEZING forever.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,29 +33,12 @@ pub enum Freezer {
 }
 
 impl Freezer {
-    /// The freezer of the cgroup `pid` lives in, from `/proc/<pid>/cgroup`.
+    /// The freezer of the cgroup `pid` lives in.
     pub fn of_pid(pid: u32) -> Result<Freezer> {
-        let path = format!("/proc/{pid}/cgroup");
-        let text = fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
-        Self::parse(&text, Path::new(CGROUP_ROOT))
-            .ok_or_else(|| Error::FailedPrecondition(format!("process {pid} has no freezer cgroup")))
-    }
-
-    fn parse(proc_cgroup: &str, root: &Path) -> Option<Freezer> {
-        let mut unified = None;
-        for line in proc_cgroup.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let rel = path.trim_start_matches('/');
-            if controllers.split(',').any(|c| c == "freezer") {
-                return Some(Freezer::V1(root.join("freezer").join(rel)));
-            }
-            if controllers.is_empty() {
-                unified = Some(root.join(rel));
-            }
-        }
-        // Pure v2 hosts only: on hybrid hosts the v1 freezer above is the one runc uses.
-        unified.filter(|p| p.join("cgroup.freeze").exists()).map(Freezer::V2)
+        Ok(match cgroups::of_pid(pid, "freezer", "cgroup.freeze")? {
+            ControllerCgroup::V1(dir) => Freezer::V1(dir),
+            ControllerCgroup::V2(dir) => Freezer::V2(dir),
+        })
     }
 
     /// The cgroup directory.
@@ -151,23 +138,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_v1_freezer_on_hybrid_hosts() {
-        let text = "12:freezer:/podcr/abc\n11:memory:/podcr/abc\n0::/user.slice\n";
-        assert_eq!(
-            Freezer::parse(text, Path::new("/sys/fs/cgroup")),
-            Some(Freezer::V1(PathBuf::from("/sys/fs/cgroup/freezer/podcr/abc")))
-        );
-    }
-
-    #[test]
-    fn v2_needs_a_cgroup_freeze_file() {
+    fn v2_freeze_waits_for_the_kernel_and_thaws() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("pod/c1")).unwrap();
-        assert_eq!(Freezer::parse("0::/pod/c1\n", dir.path()), None);
         std::fs::write(dir.path().join("pod/c1/cgroup.freeze"), "0").unwrap();
         std::fs::write(dir.path().join("pod/c1/cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
-        let f = Freezer::parse("0::/pod/c1\n", dir.path()).unwrap();
-        assert_eq!(f, Freezer::V2(dir.path().join("pod/c1")));
+        let f = Freezer::V2(dir.path().join("pod/c1"));
         // A fake cgroup never reports frozen: the freeze must give up and thaw, not hang.
         f.request(true).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("pod/c1/cgroup.freeze")).unwrap(), "1");

@@ -21,48 +21,21 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::{
+    cgroups::{self, ControllerCgroup},
     error::{Error, Result},
     events::EventSink,
 };
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-enum MemoryCgroup {
-    V1(PathBuf),
-    V2(PathBuf),
-}
-
-fn memory_cgroup(pid: u32) -> Result<MemoryCgroup> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
-    let mut unified = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(rel)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let rel = rel.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            return Ok(MemoryCgroup::V1(Path::new(CGROUP_ROOT).join("memory").join(rel)));
-        }
-        if controllers.is_empty() {
-            unified = Some(Path::new(CGROUP_ROOT).join(rel));
-        }
-    }
-    unified
-        .filter(|p| p.join("memory.events").exists())
-        .map(MemoryCgroup::V2)
-        .ok_or_else(|| Error::NotFound(format!("memory cgroup of pid {pid}")))
-}
 
 /// Starts watching the memory cgroup of `pid` (a container's init) for OOM kills.
 pub fn watch(pid: u32, container_id: &str, events: &EventSink) -> Result<()> {
     let id = container_id.to_string();
     let events = events.clone();
-    match memory_cgroup(pid)? {
-        MemoryCgroup::V1(dir) => {
+    match cgroups::of_pid(pid, "memory", "memory.events")? {
+        ControllerCgroup::V1(dir) => {
             let efd = register_v1(&dir)?;
             tokio::spawn(async move { watch_v1(efd, dir, id, events).await });
         }
-        MemoryCgroup::V2(dir) => {
+        ControllerCgroup::V2(dir) => {
             let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(Error::nix("inotify_init"))?;
             inotify.add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY).map_err(Error::nix("inotify_add_watch memory.events"))?;
             tokio::spawn(async move { watch_v2(inotify, dir, id, events).await });
