@@ -20,12 +20,26 @@ use crate::error::{Error, Result};
 const CRI_PLUGIN_DIR: &str = "io.containerd.grpc.v1.cri";
 const SHM_SIZE: &str = "65536k";
 
+/// Where the files really are, inside the sandbox's own directories; the CRI's paths are
+/// symlinks to these. containerd's CRI, each time it starts, removes every directory under
+/// `sandboxes/` that has no sandbox *container* (`cleanupOrphanedIDDirs`, unmounting what is
+/// in the way), and a shim sandbox has none: running containers' /etc/hostname, hosts and
+/// resolv.conf would become deleted files, which CRIU dumps as such and then cannot restore
+/// ("Can't re-create deleted file ...: File exists"). That clean-up only removes directories,
+/// never symlinks, and containerd removes the sandbox's own directories with the sandbox.
+const DATA_DIR: &str = "pod-files";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFiles {
-    /// `<root>/io.containerd.grpc.v1.cri/sandboxes/<id>`: hostname, hosts, resolv.conf.
+    /// `<root>/io.containerd.grpc.v1.cri/sandboxes/<id>`: hostname, hosts, resolv.conf. A
+    /// symlink to `root_data`.
     pub root_dir: PathBuf,
-    /// `<state>/io.containerd.grpc.v1.cri/sandboxes/<id>`: shm.
+    /// `<state>/io.containerd.grpc.v1.cri/sandboxes/<id>`: shm. A symlink to `state_data`.
     pub state_dir: PathBuf,
+    /// `<sandbox work dir>/pod-files`.
+    pub root_data: PathBuf,
+    /// `<sandbox bundle>/pod-files`.
+    pub state_data: PathBuf,
 }
 
 impl PodFiles {
@@ -39,6 +53,8 @@ impl PodFiles {
         Ok(PodFiles {
             root_dir: root.join(CRI_PLUGIN_DIR).join("sandboxes").join(id),
             state_dir: state.join(CRI_PLUGIN_DIR).join("sandboxes").join(id),
+            root_data: work.join(DATA_DIR),
+            state_data: bundle.join(DATA_DIR),
         })
     }
 
@@ -47,8 +63,14 @@ impl PodFiles {
     }
 
     pub fn create(&self, spec: &PodSpec) -> Result<()> {
-        for dir in [&self.root_dir, &self.state_dir] {
-            fs::DirBuilder::new().recursive(true).mode(0o711).create(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        for (link, data) in [(&self.root_dir, &self.root_data), (&self.state_dir, &self.state_data)] {
+            fs::DirBuilder::new().recursive(true).mode(0o711).create(data).map_err(Error::io(format!("create {}", data.display())))?;
+            if let Some(parent) = link.parent() {
+                fs::DirBuilder::new().recursive(true).mode(0o711).create(parent).map_err(Error::io(format!("create {}", parent.display())))?;
+            }
+            if fs::read_link(link).ok().as_ref() != Some(data) {
+                std::os::unix::fs::symlink(data, link).map_err(Error::io(format!("link {} to {}", link.display(), data.display())))?;
+            }
         }
         let hostname = if spec.hostname.is_empty() {
             nix::unistd::gethostname().map_err(Error::nix("gethostname"))?.to_string_lossy().into_owned()
@@ -80,7 +102,20 @@ impl PodFiles {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(Error::Nix { context: format!("unmount {}", shm.display()), source: e }),
         }
-        for dir in [&self.root_dir, &self.state_dir] {
+        for link in [&self.root_dir, &self.state_dir] {
+            // A directory there (left by an older podcr) goes too; a symlink is never followed.
+            let gone = match fs::symlink_metadata(link) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(link),
+                Ok(_) => fs::remove_file(link),
+                Err(e) => Err(e),
+            };
+            match gone {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { context: format!("remove {}", link.display()), source: e }),
+            }
+        }
+        for dir in [&self.root_data, &self.state_data] {
             match fs::remove_dir_all(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -138,6 +173,8 @@ mod tests {
         let files = PodFiles::for_bundle(&bundle, "sb1").unwrap();
         assert_eq!(files.root_dir, tmp.path().join("root/io.containerd.grpc.v1.cri/sandboxes/sb1"));
         assert_eq!(files.shm(), tmp.path().join("state/io.containerd.grpc.v1.cri/sandboxes/sb1/shm"));
+        assert_eq!(files.root_data, tmp.path().join("root/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1/pod-files"));
+        assert_eq!(files.state_data, bundle.join("pod-files"));
     }
 
     #[test]
