@@ -163,6 +163,45 @@ mod tests {
         assert_eq!(s.pages_written, 65_536);
     }
 
+    // Property tests (issue 8 item 2): stats-dump comes from the dump directory, i.e. from CRIU
+    // or whatever else wrote there; any bytes must give Ok or Err, never a panic or a hang.
+    // Bounded by PROPTEST_CASES (default 256 per property), well under a second.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_dump_stats(&data);
+        }
+
+        #[test]
+        fn mutated_images_never_panic(
+            fields in proptest::collection::vec((1u64..20, proptest::prelude::any::<u64>()), 0..12),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 0..6),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        ) {
+            let mut data = image(&fields);
+            for (at, x) in &flips {
+                let i = at % data.len();
+                data[i] ^= x;
+            }
+            if let Some(c) = cut {
+                data.truncate(c % (data.len() + 1));
+            }
+            let _ = parse_dump_stats(&data);
+        }
+
+        #[test]
+        fn well_formed_images_parse_exactly(values in proptest::collection::vec(proptest::prelude::any::<u64>(), 7)) {
+            let fields: Vec<(u64, u64)> = (1..=7u64).zip(values.iter().copied()).collect();
+            let s = parse_dump_stats(&image(&fields)).unwrap();
+            proptest::prop_assert_eq!(
+                (s.freezing_time_us, s.frozen_time_us, s.memdump_time_us, s.memwrite_time_us, s.pages_scanned, s.pages_written),
+                (values[0], values[1], values[2], values[3], values[4], values[6])
+            );
+        }
+    }
+
     #[test]
     fn truncated_or_garbage_input_is_an_error_not_a_panic() {
         let data = image(&[(1, 5), (2, 6)]);
