@@ -186,7 +186,9 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) 
 }
 
 /// A checkpoint is only as portable as CRIU images are: same CPU architecture, same runtime.
-fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
+/// Callers that create a pod for a restore check this first, so an incompatible checkpoint is
+/// refused before anything exists.
+pub fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
     let arch = std::env::consts::ARCH;
     if ckpt.manifest.arch != arch {
         return Err(Error::FailedPrecondition(format!(

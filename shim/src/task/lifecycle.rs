@@ -450,7 +450,10 @@ async fn with_criu_log(e: Error, log: &Path, kept: &Path) -> Error {
 /// The lines of a CRIU log that say why it failed: its `Error (...)` lines (at most 8), or the
 /// last 10 lines when there are none.
 pub(super) fn criu_reason(log: &str) -> String {
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error (")).take(8).collect();
+    // CRIU logs its RLIMIT_NOFILE probe as an error whenever it lacks CAP_SYS_RESOURCE, and
+    // then carries on: it is never the reason a dump failed.
+    let errors: Vec<&str> =
+        log.lines().filter(|l| l.contains("Error (") && !l.contains("Can't setup RLIMIT_NOFILE")).take(8).collect();
     if errors.is_empty() {
         let lines: Vec<&str> = log.lines().collect();
         return lines[lines.len().saturating_sub(10)..].join("\n");
@@ -478,10 +481,11 @@ mod criu_log_tests {
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {
-        let log = "(00.01) Dumping processes\n(00.04) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.05) Unlock network\n(00.16) Unfreezing tasks into 1\n(00.17) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
+        let log = "(00.01) Dumping processes\n(00.02) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n(00.04) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.05) Unlock network\n(00.16) Unfreezing tasks into 1\n(00.17) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
         let reason = criu_reason(log);
         assert!(reason.contains("Connected TCP socket"));
         assert!(!reason.contains("Unfreezing"));
+        assert!(!reason.contains("RLIMIT_NOFILE"), "a harmless probe is not the reason");
         assert_eq!(criu_reason("a\nb\n"), "a\nb");
     }
 }

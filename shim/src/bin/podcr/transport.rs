@@ -44,6 +44,7 @@ pub fn open(path: &Path) -> Result<Source> {
         let dir = std::fs::canonicalize(path).with_context(|| format!("resolve {}", path.display()))?;
         let checkpoint =
             archive::verify_pod_dir(&dir, &limits).with_context(|| format!("verify checkpoint {}", dir.display()))?;
+        compatible(&checkpoint)?;
         return Ok(Source { checkpoint, dir, _tmp: None });
     }
     // tempfile creates the directory with mode 0700; the unpacker wants to create `dest` itself.
@@ -51,7 +52,14 @@ pub fn open(path: &Path) -> Result<Source> {
     let dir = tmp.path().join("checkpoint");
     let checkpoint = archive::unpack_pod_archive(path, &dir, &limits)
         .with_context(|| format!("unpack checkpoint archive {}", path.display()))?;
+    compatible(&checkpoint)?;
     Ok(Source { checkpoint, dir, _tmp: Some(tmp) })
+}
+
+/// Refuses a checkpoint made for another CPU architecture or runtime before any pod is created
+/// (the shim checks again, but by then a pod exists and has to be rolled back).
+fn compatible(checkpoint: &PodCheckpoint) -> Result<()> {
+    podcr_sandbox_controller::restore::check_compatible(checkpoint).context("this checkpoint cannot be restored here")
 }
 
 /// A scratch directory next to the checkpoint's metadata reads (removed when dropped).
