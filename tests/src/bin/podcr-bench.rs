@@ -20,6 +20,8 @@
 
 #[path = "../bench/podman.rs"]
 mod podman;
+#[path = "../bench/registry.rs"]
+mod registry;
 #[path = "../bench/report.rs"]
 mod report;
 
@@ -43,8 +45,8 @@ use podcr_tests::{
 
 use report::{Sample, Side};
 
-/// Pod namespace (Kubernetes sense) of every benchmark pod.
-const POD_NS: &str = "podcr-bench";
+/// Pod namespace (Kubernetes sense) of every benchmark pod: the harness's `pod_config` sets it.
+const POD_NS: &str = "podcr-test";
 /// Deadline for one checkpoint or restore of the biggest pods on a loaded 2-core machine.
 const LONG: Duration = Duration::from_secs(900);
 
@@ -132,7 +134,12 @@ fn run(opts: Opts) -> Result<()> {
     eprintln!("==> starting a private containerd");
     let cd = Containerd::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let image = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
+    let imported = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
+    let layout = cd.dir().join("bench-registry");
+    std::fs::create_dir_all(&layout)?;
+    cmd::run_ok("tar", ["-xf".as_ref(), images::BUSYBOX.tarball()?.as_os_str(), "-C".as_ref(), layout.as_os_str()])?;
+    let registry = registry::Registry::serve(&layout)?;
+    let image = pullable_name(&cd, &imported, registry.port)?;
     let podman = if opts.no_podman {
         Err("skipped (--no-podman)".to_string())
     } else {
@@ -471,7 +478,7 @@ impl Bench {
                     location: tar.display().to_string(),
                     timeout: LONG.as_secs() as i64,
                 }))
-                .with_context(|| format!("CRI CheckpointContainer {name}\n{}", self.cd.log_tail(15)))?;
+                .with_context(|| format!("CRI CheckpointContainer {name}\n{}", error_lines(&self.cd)))?;
             let call = c0.elapsed();
             calls += call;
             // CRIU's own frozen time when containerd copied stats-dump into the archive; else the call.
@@ -577,14 +584,44 @@ async fn cri_restore(cd: &Containerd, rs: &mut Cri, name: &str, containers: &[(S
             }),
             ..Default::default()
         });
-        let cid = pods::create_container(rs, &id, &config, cconfig)
-            .await
-            .with_context(|| format!("CreateContainer {cname} from {}\n{}", tar.display(), cd.log_tail(15)))?;
+        let cid = match pods::create_container(rs, &id, &config, cconfig).await {
+            Ok(cid) => cid,
+            Err(e) => {
+                let images = cd.ctr(CRI_NAMESPACE).ok(["images", "ls", "-q"]).unwrap_or_default();
+                bail!("CreateContainer {cname} from {}: {e:#}\nimages: {images}\n{}", tar.display(), error_lines(cd));
+            }
+        };
         rs.start_container(StartContainerRequest { container_id: cid })
             .await
-            .with_context(|| format!("StartContainer (restore) {cname}\n{}", cd.log_tail(15)))?;
+            .with_context(|| format!("StartContainer (restore) {cname}\n{}", error_lines(cd)))?;
     }
     Ok(id)
+}
+
+/// Names the imported image `localhost:<port>/podcr-bench/busybox` (tag and digest), as a pull
+/// from the bench's registry would have: the CRI then records that repo digest as the containers'
+/// image_ref, which containerd 2.1's CRI restore pulls (see registry.rs). Both runtimes use this name.
+fn pullable_name(cd: &Containerd, imported: &str, port: u16) -> Result<String> {
+    let ctr = cd.ctr(CRI_NAMESPACE);
+    let ls = ctr.ok(["images", "ls"])?;
+    let digest = ls
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&imported)).then(|| f.get(2).map(|d| d.to_string())).flatten()
+        })
+        .with_context(|| format!("{imported} not in `ctr images ls`:\n{ls}"))?;
+    let repo = format!("localhost:{port}/podcr-bench/busybox");
+    let tag = format!("{repo}:latest");
+    ctr.ok(["images", "tag", "--local", "--force", imported, &tag, &format!("{repo}@{digest}")])?;
+    Ok(tag)
+}
+
+/// containerd's recent error lines, for failure messages (its info lines drown them).
+fn error_lines(cd: &Containerd) -> String {
+    let tail = cd.log_tail(200);
+    let errors: Vec<&str> = tail.lines().filter(|l| l.contains("level=error")).collect();
+    errors[errors.len().saturating_sub(3)..].join("\n")
 }
 
 /// The runc root the runc.v2 shim keeps `id`'s state in (its default, per containerd namespace).
