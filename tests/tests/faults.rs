@@ -167,7 +167,22 @@ async fn criu_killed_mid_dump_thaws_the_pod_and_leaves_no_archive() -> Result<()
         })
     })
     .await?;
-    eprintln!("killing CRIU {} ({:?}) mid-dump", criu.pid, criu.argv);
+    // Kill it once it writes the hog's memory: the middle of the dump, and a defined moment. A
+    // CRIU killed while its parasite code is being set up inside the process (right after it
+    // seizes it) takes the process down with it; no runtime can undo that, so that moment is not
+    // what this test is about.
+    let pages = out.join(".podcr-staging").join("hog").join("checkpoint");
+    blocking(move || {
+        podcr_tests::wait_until("CRIU writing the hog's memory pages", T, || {
+            Ok(std::fs::read_dir(&pages).map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("pages-") && e.metadata().map(|m| m.len() > 0).unwrap_or(false)
+                })
+            }).unwrap_or(false))
+        })
+    })
+    .await?;
+    eprintln!("killing CRIU {} ({:?}) while it writes memory pages", criu.pid, criu.argv);
     procs::signal(criu.pid, Signal::SIGKILL)?;
     let res = blocking(move || run.wait(T)).await?;
     ensure!(

@@ -24,7 +24,10 @@ async fn oom_killed(rt: Runtime) -> Result<()> {
     let name = format!("oom-{}", rt.handler());
     let pod = pods::run_pod(cd, &mut rs, rt, &name, &image, &[]).await?;
     let pod_config = cd.pod_config(&name)?;
-    let mut config = cri::container_config("hog", &image, &["/usr/local/bin/memhog", "256"]);
+    // The reference runc.v2 shim starts watching for OOM only after `start`, so a process killed
+    // within moments of exec loses its reason there; the workload waits briefly so both runtimes
+    // are compared on the behaviour, not on runc.v2's race (podcr watches from create).
+    let mut config = cri::container_config("hog", &image, &["sh", "-c", "sleep 0.5; exec /usr/local/bin/memhog 256"]);
     config.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() }),
         ..Default::default()

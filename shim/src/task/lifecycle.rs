@@ -152,7 +152,17 @@ impl Containers {
         let io = pending.finish().await?;
         let pid = read_pid(&pid_file).await?;
         c.init.set_created(pid, io);
+        // Watch from create, not start: the cgroup exists now, and a process that overruns its
+        // limit right after exec would otherwise be OOM-killed before anyone listens.
+        self.watch_oom(&c.id, pid);
         Ok(pid)
+    }
+
+    fn watch_oom(&self, id: &str, pid: u32) {
+        if let Err(e) = super::oom::watch(pid, id, &self.inner.events) {
+            // The container runs either way; only its OOM reason would be missing.
+            warn!(container = id, error = %e, "cannot watch for OOM kills");
+        }
     }
 
     /// Starts the init process (or runs the planned restore), or an exec.
@@ -166,7 +176,12 @@ impl Containers {
             return Err(Error::FailedPrecondition(format!("container {id} already started")));
         }
         let pid = match c.take_restore() {
-            Some(plan) => self.runc_restore(&c, &plan).await?,
+            Some(plan) => {
+                let pid = self.runc_restore(&c, &plan).await?;
+                // A restored container's cgroup first exists now.
+                self.watch_oom(id, pid);
+                pid
+            }
             None => {
                 c.runc.start(id).await?;
                 let pid = c.init.pid();
@@ -175,10 +190,6 @@ impl Containers {
             }
         };
         info!(container = id, pid, "started");
-        if let Err(e) = super::oom::watch(pid, id, &self.inner.events) {
-            // The container runs either way; only its OOM reason would be missing.
-            warn!(container = id, error = %e, "cannot watch for OOM kills");
-        }
         self.inner.events.send(
             topics::TASK_START_EVENT_TOPIC,
             TaskStart { container_id: id.to_string(), pid, ..Default::default() },
