@@ -20,6 +20,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("not implemented: {0}")]
     Unimplemented(String),
+    /// The caller's deadline ran out; the work was undone (a pod checkpoint thaws and cleans up).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     /// runc (or CRIU through runc) failed; `msg` carries runc's own last error line.
     #[error("runc {op} {id}: {msg}")]
     Runtime { op: String, id: String, msg: String },
@@ -67,6 +70,7 @@ impl Error {
             }
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Shim(containerd_shim::Error::NotFoundError(_)) => Code::NOT_FOUND,
             Error::Shim(containerd_shim::Error::FailedPreconditionError(_)) => {
                 Code::FAILED_PRECONDITION
@@ -125,6 +129,11 @@ mod tests {
     #[test]
     fn unimplemented() {
         assert_eq!(code_of(Error::Unimplemented("x".into())), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn deadline_exceeded() {
+        assert_eq!(code_of(Error::DeadlineExceeded("x".into())), Code::DEADLINE_EXCEEDED);
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn ctl(e: Error) -> CtlError {
         Error::InvalidArgument(m) => CtlError::InvalidArgument(m),
         Error::FailedPrecondition(m) => CtlError::FailedPrecondition(m),
         Error::Unimplemented(m) => CtlError::Unimplemented(m),
+        Error::DeadlineExceeded(m) => CtlError::DeadlineExceeded(m),
         Error::Runtime { op, id, msg } => CtlError::Runtime { op, id, msg },
         Error::Io { context, source } => CtlError::Io { context, source },
         other => CtlError::runtime("runc", "", other.to_string()),

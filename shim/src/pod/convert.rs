@@ -31,8 +31,7 @@ pub fn controller_error(e: ControllerError) -> Error {
         ControllerError::InvalidArgument(m) | ControllerError::Archive(m) => Error::InvalidArgument(m),
         ControllerError::FailedPrecondition(m) => Error::FailedPrecondition(m),
         ControllerError::Unimplemented(m) => Error::Unimplemented(m),
-        // TODO(lead): a DeadlineExceeded variant in crate::error once the task side settles.
-        ControllerError::DeadlineExceeded(m) => Error::FailedPrecondition(format!("deadline exceeded: {m}")),
+        ControllerError::DeadlineExceeded(m) => Error::DeadlineExceeded(m),
         ControllerError::Runtime { op, id, msg } => Error::Runtime { op, id, msg },
         ControllerError::Io { context, source } => Error::Io { context, source },
         other @ ControllerError::Json { .. } => Error::Other(other.to_string()),
