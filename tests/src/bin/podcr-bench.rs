@@ -94,7 +94,7 @@ impl Opts {
             self.sizes = vec![64];
             self.containers = vec![1, 2];
             self.compressions.retain(|c| c != "gzip");
-            self.start_reps = 2;
+            self.start_reps = 3;
         }
         self
     }
@@ -319,16 +319,16 @@ impl Bench {
         );
     }
 
+    /// Records one sample; `at` is (containers, MiB each, repetition).
     fn push(
         &mut self,
         side: Side,
         variant: &str,
-        n: usize,
-        mib: u64,
-        rep: usize,
+        at: (usize, u64, usize),
         metric: &'static str,
         value: f64,
     ) {
+        let (n, mib, rep) = at;
         self.samples.push(Sample {
             side,
             variant: variant.to_string(),
@@ -409,14 +409,14 @@ impl Bench {
                         ("RssFile", "shim_file_idle_kib"),
                     ] {
                         if let Some(kib) = status_kib(pid, key) {
-                            self.push(side, "-", 2, 0, rep, metric, kib);
+                            self.push(side, "-", (2, 0, rep), metric, kib);
                         }
                     }
                 }
                 match r {
                     // The first start of each runtime also pays for unpacking the image; keep it out.
                     Ok(_) if rep == 0 && opts.start_reps > 1 => {}
-                    Ok(_) => self.push(side, "-", 2, 0, rep, "pod_start_ms", ms(took)),
+                    Ok(_) => self.push(side, "-", (2, 0, rep), "pod_start_ms", ms(took)),
                     Err(e) => self
                         .failures
                         .push(format!("pod start {}: {e:#}", rt.handler())),
@@ -571,34 +571,36 @@ impl Bench {
             let out = self.podcr(&args)?;
             let wall = t.elapsed();
             if let Some(kib) = sampler.finish() {
-                self.push(Side::Podcr, comp, n, mib, rep, "shim_anon_peak_kib", kib);
+                self.push(Side::Podcr, comp, (n, mib, rep), "shim_anon_peak_kib", kib);
             }
             pods::ensure_success("podcr checkpoint", &out)?;
             let stats = report::parse_podcr_stats(&out.stdout)
                 .with_context(|| format!("podcr output:\n{}", out.stdout))?;
-            self.push(Side::Podcr, comp, n, mib, rep, "ckpt_wall_ms", ms(wall));
-            self.push(Side::Podcr, comp, n, mib, rep, "freeze_ms", stats.freeze_ms);
-            self.push(Side::Podcr, comp, n, mib, rep, "write_ms", stats.write_ms);
+            self.push(Side::Podcr, comp, (n, mib, rep), "ckpt_wall_ms", ms(wall));
             self.push(
                 Side::Podcr,
                 comp,
-                n,
-                mib,
-                rep,
+                (n, mib, rep),
+                "freeze_ms",
+                stats.freeze_ms,
+            );
+            self.push(Side::Podcr, comp, (n, mib, rep), "write_ms", stats.write_ms);
+            self.push(
+                Side::Podcr,
+                comp,
+                (n, mib, rep),
                 "slowest_dump_ms",
                 stats.slowest_dump_ms,
             );
             self.push(
                 Side::Podcr,
                 comp,
-                n,
-                mib,
-                rep,
+                (n, mib, rep),
                 "archive_bytes",
                 dir_bytes(&dir)? as f64,
             );
             if let Some(kib) = shim.and_then(|p| status_kib(p, "VmHWM")) {
-                self.push(Side::Podcr, comp, n, mib, rep, "shim_hwm_kib", kib);
+                self.push(Side::Podcr, comp, (n, mib, rep), "shim_hwm_kib", kib);
             }
             if restore_from.is_none() {
                 restore_from = Some(dir);
@@ -625,7 +627,7 @@ impl Bench {
         let out = self.podcr(&args)?;
         let wall = t.elapsed();
         pods::ensure_success("podcr restore", &out)?;
-        self.push(Side::Podcr, &variant, n, mib, rep, "restore_ms", ms(wall));
+        self.push(Side::Podcr, &variant, (n, mib, rep), "restore_ms", ms(wall));
         let restored = self
             .rt
             .block_on(pods::find_pod(&mut rs, &name))?
@@ -635,9 +637,7 @@ impl Bench {
             self.push(
                 Side::Podcr,
                 &variant,
-                n,
-                mib,
-                rep,
+                (n, mib, rep),
                 "shim_hwm_restored_kib",
                 kib,
             );
@@ -678,20 +678,16 @@ impl Bench {
         self.push(
             Side::Floor,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
             "ckpt_wall_ms",
             ms(floor_wall),
         );
         // Containers frozen in parallel: the pod has a frozen container for as long as the set runs.
-        self.push(Side::Floor, "none", n, mib, rep, "freeze_ms", ms(slowest));
+        self.push(Side::Floor, "none", (n, mib, rep), "freeze_ms", ms(slowest));
         self.push(
             Side::Floor,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
             "archive_bytes",
             floor_bytes as f64,
         );
@@ -732,7 +728,13 @@ impl Bench {
         }
         let seq = t.elapsed();
         if let Some(kib) = sampler.finish() {
-            self.push(Side::RuncV2, "none", n, mib, rep, "shim_anon_peak_kib", kib);
+            self.push(
+                Side::RuncV2,
+                "none",
+                (n, mib, rep),
+                "shim_anon_peak_kib",
+                kib,
+            );
         }
         let packed = work.join("pod.tar");
         let p0 = Instant::now();
@@ -746,37 +748,37 @@ impl Bench {
         self.push(
             Side::RuncV2,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
             "ckpt_wall_ms",
             ms(seq + pack),
         );
-        self.push(Side::RuncV2, "none", n, mib, rep, "pack_ms", ms(pack));
-        self.push(Side::RuncV2, "none", n, mib, rep, "freeze_ms", frozen_sum);
+        self.push(Side::RuncV2, "none", (n, mib, rep), "pack_ms", ms(pack));
+        self.push(Side::RuncV2, "none", (n, mib, rep), "freeze_ms", frozen_sum);
         // The slowest container frozen on its own by CRIU: what a perfectly parallel pod freeze costs.
         self.push(
             Side::RuncV2,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
             "max_frozen_ms",
             frozen_max,
         );
-        self.push(Side::RuncV2, "none", n, mib, rep, "cri_calls_ms", ms(calls));
         self.push(
             Side::RuncV2,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
+            "cri_calls_ms",
+            ms(calls),
+        );
+        self.push(
+            Side::RuncV2,
+            "none",
+            (n, mib, rep),
             "archive_bytes",
             std::fs::metadata(&packed)?.len() as f64,
         );
         std::fs::remove_file(&packed)?;
         if let Some(kib) = shim.and_then(|p| status_kib(p, "VmHWM")) {
-            self.push(Side::RuncV2, "none", n, mib, rep, "shim_hwm_kib", kib);
+            self.push(Side::RuncV2, "none", (n, mib, rep), "shim_hwm_kib", kib);
         }
 
         // Restore: a new runc pod, then each container from its archive, as crictl would.
@@ -791,15 +793,13 @@ impl Bench {
             &tars,
         ))?;
         let wall = t.elapsed();
-        self.push(Side::RuncV2, "none", n, mib, rep, "restore_ms", ms(wall));
+        self.push(Side::RuncV2, "none", (n, mib, rep), "restore_ms", ms(wall));
         self.verify_pod(&new_id, n)?;
         if let Some(kib) = self.shim_hwm_kib(&new_id) {
             self.push(
                 Side::RuncV2,
                 "none",
-                n,
-                mib,
-                rep,
+                (n, mib, rep),
                 "shim_hwm_restored_kib",
                 kib,
             );
@@ -835,14 +835,18 @@ impl Bench {
             archives.push((c.clone(), tar));
         }
         let wall = t.elapsed();
-        self.push(Side::Podman, "none", n, mib, rep, "ckpt_wall_ms", ms(wall));
-        self.push(Side::Podman, "none", n, mib, rep, "freeze_ms", frozen);
         self.push(
             Side::Podman,
             "none",
-            n,
-            mib,
-            rep,
+            (n, mib, rep),
+            "ckpt_wall_ms",
+            ms(wall),
+        );
+        self.push(Side::Podman, "none", (n, mib, rep), "freeze_ms", frozen);
+        self.push(
+            Side::Podman,
+            "none",
+            (n, mib, rep),
             "archive_bytes",
             bytes as f64,
         );
@@ -852,7 +856,7 @@ impl Bench {
             podman.restore(tar, &format!("{c}-r"))?;
         }
         let wall = t.elapsed();
-        self.push(Side::Podman, "none", n, mib, rep, "restore_ms", ms(wall));
+        self.push(Side::Podman, "none", (n, mib, rep), "restore_ms", ms(wall));
         for (c, _) in &archives {
             podman.verify_counting(&format!("{c}-r"))?;
         }
