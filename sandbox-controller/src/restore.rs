@@ -151,32 +151,59 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) 
         check_compatible(&ckpt)?;
         let (tcp_established, file_locks) = dump_flags(&ckpt);
         crate::checkpoint::orchestrate::create_private_dir(root)?;
-        let mut staged = Vec::new();
-        for selection in selections {
-            let entry = ckpt.manifest.containers.iter().find(|c| c.name == selection.name).ok_or_else(|| {
-                let known: Vec<&str> = ckpt.manifest.containers.iter().map(|c| c.name.as_str()).collect();
-                Error::NotFound(format!("container {:?} is not in the checkpoint (it has {known:?})", selection.name))
-            })?;
-            let digest = ckpt
-                .manifest
-                .files
-                .get(&entry.archive)
-                .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
-            let dest = root.join(&selection.name);
-            let extracted = archive::extract_container_archive_verified(&ckpt.dir.join(&entry.archive), digest, &dest, &limits)?;
-            staged.push(Staged {
-                selection: selection.clone(),
-                original_id: entry.id.clone(),
-                stage: RestoreStage {
-                    image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
-                    work_dir: extracted.dir.clone(),
-                    rootfs_diff: extracted.rootfs_diff.clone(),
-                    deleted: extracted.deleted_files.clone(),
-                    tcp_established,
-                    file_locks,
-                },
-            });
-        }
+        // Resolve every container first, so a missing one fails before any extraction starts.
+        let jobs = selections
+            .iter()
+            .map(|selection| {
+                let entry = ckpt.manifest.containers.iter().find(|c| c.name == selection.name).ok_or_else(|| {
+                    let known: Vec<&str> = ckpt.manifest.containers.iter().map(|c| c.name.as_str()).collect();
+                    Error::NotFound(format!("container {:?} is not in the checkpoint (it has {known:?})", selection.name))
+                })?;
+                let digest = ckpt
+                    .manifest
+                    .files
+                    .get(&entry.archive)
+                    .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
+                Ok((selection, entry, digest))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // One thread per container: extraction is hashing plus copying, and a pod's containers
+        // are independent, so the restore takes as long as its largest container.
+        let results: Vec<Result<Staged>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(selection, entry, digest)| {
+                    let (ckpt, limits) = (&ckpt, &limits);
+                    scope.spawn(move || -> Result<Staged> {
+                        let dest = root.join(&selection.name);
+                        let archive = ckpt.dir.join(&entry.archive);
+                        let extracted = archive::extract_container_archive_verified(&archive, digest, &dest, limits)
+                            .map_err(|e| match e {
+                                // Say which container archive is damaged, not only which entry.
+                                Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
+                                other => other,
+                            })?;
+                        Ok(Staged {
+                            selection: (*selection).clone(),
+                            original_id: entry.id.clone(),
+                            stage: RestoreStage {
+                                image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
+                                work_dir: extracted.dir.clone(),
+                                rootfs_diff: extracted.rootfs_diff.clone(),
+                                deleted: extracted.deleted_files.clone(),
+                                tcp_established,
+                                file_locks,
+                            },
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Archive("an extraction thread panicked".into()))))
+                .collect()
+        });
+        let staged = results.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(staged)
     })();
     if result.is_err() {

@@ -114,7 +114,7 @@ pub fn capture_overlay_upperdir(upperdir: &Path, dest_tar: &Path) -> Result<Root
     let file = create_new(dest_tar, FILE_MODE)?;
     let res = (|| {
         let mut cap = Capture {
-            tar: tar::Builder::new(BufWriter::with_capacity(1 << 20, file)),
+            tar: tar::Builder::new(BufWriter::with_capacity(super::fsutil::IO_BUF, file)),
             stats: RootfsCaptureStats::default(),
             inodes: HashMap::new(),
         };

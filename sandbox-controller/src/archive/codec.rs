@@ -2,7 +2,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use super::layout::Compression;
+use super::{fsutil::IO_BUF, layout::Compression};
 use crate::error::{Error, Result};
 
 /// zstd level 3 is zstd's default: about gzip -6 ratio at several times the speed.
@@ -24,13 +24,9 @@ impl<W: Write> Encoder<W> {
             // Level 6 is gzip's own default; gzip is for tools that lack zstd, not for speed.
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default())),
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(Error::io("start zstd"))?;
-                // Multithreaded compression keeps zstd off the critical path on big dumps; when
-                // the library lacks threads the call fails and single-threaded output is equally valid.
-                let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-                if workers > 1 {
-                    let _ = enc.multithread(workers);
-                }
+                // Single-threaded on purpose: a pod's containers are compressed in parallel
+                // already, and zstd's worker threads cost tens of MiB each in the shim.
+                let enc = zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(Error::io("start zstd"))?;
                 Encoder::Zstd(enc)
             }
         })
@@ -73,7 +69,7 @@ pub enum Decoder<R: Read> {
 
 impl<R: Read> Decoder<R> {
     pub fn detect(raw: R) -> Result<(Compression, Decoder<R>)> {
-        let mut buf = BufReader::with_capacity(1 << 20, raw);
+        let mut buf = BufReader::with_capacity(IO_BUF, raw);
         let magic = buf.fill_buf().map_err(Error::io("read archive"))?;
         let c = Compression::detect(magic);
         let dec = match c {

@@ -67,6 +67,10 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Digest of an in-memory document.
+/// Buffer size for archive I/O: large enough for sequential throughput, small enough that a
+/// pod of many containers written in parallel stays a few MiB in the shim.
+pub const IO_BUF: usize = 256 << 10;
+
 pub fn digest_bytes(data: &[u8]) -> FileDigest {
     FileDigest { sha256: hex::encode(Sha256::digest(data)), size: data.len() as u64 }
 }
@@ -92,7 +96,7 @@ pub fn open_regular_nofollow(path: &Path) -> Result<File> {
 /// SHA-256 and size of a regular file, read without following symlinks.
 pub fn digest_file(path: &Path) -> Result<FileDigest> {
     let file = open_regular_nofollow(path)?;
-    let mut h = Hashing::new(io::BufReader::with_capacity(1 << 20, file));
+    let mut h = Hashing::new(io::BufReader::with_capacity(IO_BUF, file));
     io::copy(&mut h, &mut io::sink()).map_err(Error::io(format!("read {}", path.display())))?;
     Ok(h.digest().1)
 }

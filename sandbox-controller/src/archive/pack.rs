@@ -38,7 +38,7 @@ pub fn pack_pod_dir(output_path: &Path, archive_file: &Path, compression: Compre
     // The manifest is what makes the directory a complete checkpoint; read it to list the files.
     let manifest: PodManifest = parse(&dir, POD_MANIFEST_FILE, Limits::default().max_manifest_bytes)?;
     let mut out = AtomicFile::create(archive_file)?;
-    let hashed = Hashing::new(BufWriter::with_capacity(1 << 20, out.file()?));
+    let hashed = Hashing::new(BufWriter::with_capacity(super::fsutil::IO_BUF, out.file()?));
     let mtime = manifest.created.timestamp().max(0) as u64;
     let mut tar = TarOut::new(Encoder::new(hashed, compression)?, mtime);
     for name in manifest.files.keys() {

@@ -108,7 +108,7 @@ pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String
     delete_rootfs_paths(rootfs, deleted_files)?;
     let root = open_dir_nofollow(rootfs)?;
     let file = open_regular_nofollow(diff_tar)?;
-    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(super::fsutil::IO_BUF, file));
     let mut stats = RootfsApplyStats { deleted: deleted_files.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();
     let mut files = HashSet::new();

@@ -89,7 +89,7 @@ impl<W: Write> TarOut<W> {
         let len = file.metadata().map_err(Error::io(format!("stat {}", src.display())))?.len();
         let mut h = base_header(EntryType::Regular, mode, self.mtime);
         h.set_size(len);
-        let mut r = Hashing::new(std::io::BufReader::with_capacity(1 << 20, file.take(len)));
+        let mut r = Hashing::new(std::io::BufReader::with_capacity(super::fsutil::IO_BUF, file.take(len)));
         self.builder.append_data(&mut h, path, &mut r).map_err(self.io("file", path))?;
         if r.count() != len {
             return Err(Error::Archive(format!("{} changed size while it was archived", src.display())));

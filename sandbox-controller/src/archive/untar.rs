@@ -153,7 +153,7 @@ fn write_entry(root: &OwnedFd, path: &str, is_dir: bool, size: u64, data: &mut i
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(&parent, *name, flags, Mode::from_bits_truncate(FILE_MODE))
         .map_err(|e| Error::Archive(format!("cannot create {path:?}: {e}")))?;
-    let mut file = io::BufWriter::with_capacity(1 << 20, File::from(fd));
+    let mut file = io::BufWriter::with_capacity(super::fsutil::IO_BUF, File::from(fd));
     let mut src = Hashing::new(data.take(size));
     let copied = io::copy(&mut src, &mut file).map_err(|e| Error::Archive(format!("reading {path:?}: {e}")))?;
     if copied != size {

@@ -62,7 +62,7 @@ pub fn write_container_archive(
 
     let mut out = AtomicFile::create(dest)?;
     let file = out.file()?;
-    let hashed = Hashing::new(BufWriter::with_capacity(1 << 20, file));
+    let hashed = Hashing::new(BufWriter::with_capacity(super::fsutil::IO_BUF, file));
     let mut tar = TarOut::new(Encoder::new(hashed, compression)?, mtime);
 
     tar.add_dir(CHECKPOINT_DIR, DIR_MODE)?;

@@ -5,4 +5,4 @@ mod fuzz;
 mod hostile;
 mod roundtrip;
 mod rootfs;
-mod support;
+pub(crate) mod support;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use k8s_cri::v1::{ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, PodSandboxConfig, PodSandboxMetadata};
 use podcr_protos::checkpoint::{RestoreContainer, RestoreRequest};
-use podcr_sandbox_controller::archive::{self, ExtractedContainer, Limits};
+use podcr_sandbox_controller::archive::{self, ContainerMetadata as ArchiveMetadata, Limits};
 use serde_json::Value;
 use tracing::warn;
 
@@ -17,8 +17,6 @@ use crate::{containerd::Containerd, cri::Cri, error::LookupError, output, shim, 
 
 /// The CRI runtime handler podcr is registered under.
 pub const HANDLER: &str = "podcr";
-/// Where a checkpoint may carry the container's CRI config (snake_case JSON), next to spec.dump.
-pub const CONTAINER_CONFIG_DUMP: &str = "container-config.dump";
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -101,7 +99,7 @@ pub fn config_from_dump(name: &str, image: &str, spec: &Value, status: Option<&V
 }
 
 /// The image a container was checkpointed from, as the user named it.
-fn image_of(c: &ExtractedContainer) -> Option<String> {
+fn image_of(c: &ArchiveMetadata) -> Option<String> {
     [&c.config.rootfs_image_name, &c.config.rootfs_image_ref, &c.config.rootfs_image]
         .into_iter()
         .find(|s| !s.is_empty())
@@ -109,12 +107,10 @@ fn image_of(c: &ExtractedContainer) -> Option<String> {
         .or_else(|| c.status.as_ref()?.get("image")?.get("image")?.as_str().map(str::to_string))
 }
 
-fn container_config(name: &str, c: &ExtractedContainer) -> Result<ContainerConfig> {
-    let saved = c.dir.join(CONTAINER_CONFIG_DUMP);
-    if saved.is_file() {
-        let raw = std::fs::read(&saved).with_context(|| format!("read {}", saved.display()))?;
-        let mut cfg: ContainerConfig = from_go_json(serde_json::from_slice(&raw)?)
-            .with_context(|| format!("{} of {name} is not a CRI ContainerConfig", CONTAINER_CONFIG_DUMP))?;
+fn container_config(name: &str, c: &ArchiveMetadata) -> Result<ContainerConfig> {
+    if let Some(saved) = &c.cri_config {
+        let mut cfg: ContainerConfig = from_go_json(saved.clone())
+            .with_context(|| format!("{} of {name} is not a CRI ContainerConfig", archive::CONTAINER_CONFIG_DUMP))?;
         cfg.metadata = Some(ContainerMetadata { name: name.to_string(), attempt: 0 });
         return Ok(cfg);
     }
@@ -122,18 +118,15 @@ fn container_config(name: &str, c: &ExtractedContainer) -> Result<ContainerConfi
     Ok(config_from_dump(name, &image, &c.spec, c.status.as_ref()))
 }
 
-/// Each container's name and CRI config, read from its archive in a scratch directory.
+/// Each container's name and CRI config, read from its archive's metadata without unpacking
+/// it: the shim verifies every byte when it extracts the archive for the restore.
 fn read_containers(src: &transport::Source) -> Result<Vec<(String, ContainerConfig)>> {
-    let scratch = transport::scratch()?;
     let limits = Limits::default();
     let mut out = Vec::new();
-    for (i, (name, path, digest)) in src.checkpoint.container_archives().into_iter().enumerate() {
-        let dest = scratch.path().join(i.to_string());
-        let c = archive::extract_container_archive_verified(&path, &digest, &dest, &limits)
+    for (name, path, _digest) in src.checkpoint.container_archives() {
+        let c = archive::read_container_metadata(&path, &limits)
             .with_context(|| format!("read container {name} from {}", path.display()))?;
         out.push((name.clone(), container_config(&name, &c)?));
-        // Images can be large; do not keep one container's copy while reading the next.
-        let _ = std::fs::remove_dir_all(&dest);
     }
     anyhow::ensure!(!out.is_empty(), "the checkpoint has no containers");
     Ok(out)
