@@ -66,10 +66,11 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Digest of an in-memory document.
 /// Buffer size for archive I/O: large enough for sequential throughput, small enough that a
 /// pod of many containers written in parallel stays a few MiB in the shim.
 pub const IO_BUF: usize = 256 << 10;
+
+/// Digest of an in-memory document.
 
 pub fn digest_bytes(data: &[u8]) -> FileDigest {
     FileDigest { sha256: hex::encode(Sha256::digest(data)), size: data.len() as u64 }
