@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
 
@@ -79,10 +79,35 @@ pub struct ContainerInfo {
     pub created_at: DateTime<Utc>,
 }
 
+/// Lets a backend get each dump ready before the pod is frozen (see
+/// [`PodBackend::prepared_dumps`]): the dump sends its container id on `ready` once only the
+/// freeze-and-dump itself is left, then waits for `go`: `Some(true)` means the pod is frozen now,
+/// proceed; `Some(false)` means give up and fail.
+#[derive(Debug, Clone)]
+pub struct FreezeBarrier {
+    pub ready: mpsc::UnboundedSender<String>,
+    pub go: watch::Receiver<Option<bool>>,
+}
+
+impl FreezeBarrier {
+    /// Waits for the controller's word: true to proceed, false to give up.
+    pub async fn wait_go(&self) -> bool {
+        let mut go = self.go.clone();
+        loop {
+            if let Some(word) = *go.borrow_and_update() {
+                return word;
+            }
+            if go.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 /// How one container is dumped. The container always keeps running (frozen) after its dump: the
 /// controller decides afterwards whether the pod stops, so a failure in one container never
 /// leaves another one killed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DumpOptions {
     /// Where CRIU writes its images (the archive's `checkpoint/` directory).
     pub image_dir: PathBuf,
@@ -90,6 +115,8 @@ pub struct DumpOptions {
     pub work_dir: PathBuf,
     pub tcp_established: bool,
     pub file_locks: bool,
+    /// Set when the controller freezes the pod only once every dump is ready.
+    pub barrier: Option<FreezeBarrier>,
 }
 
 /// What one dump cost, for the statistics the caller gets back.
@@ -156,8 +183,16 @@ pub trait PodBackend: Send + Sync + 'static {
     /// Thaws the given containers. Must succeed for containers that are not frozen.
     async fn thaw(&self, ids: &[String]) -> Result<()>;
 
-    /// Dumps one frozen container; it stays frozen and alive.
+    /// Dumps one frozen container; it stays frozen and alive. With `opts.barrier` the dump is
+    /// started before the freeze and waits at the barrier (see [`FreezeBarrier`]).
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
+
+    /// Whether dumps of these containers can be made ready before the pod is frozen, so their
+    /// start-up (for runc and CRIU: process start, kernel probing) stays out of the freeze
+    /// window. The default freezes first.
+    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
+        false
+    }
 
     /// Captures the writable layer of one frozen container into `dest_dir`.
     async fn capture_rootfs(&self, id: &str, dest_dir: &std::path::Path) -> Result<RootfsCapture>;

@@ -27,6 +27,8 @@ pub struct FakeBackend {
     pub fail: Mutex<BTreeSet<String>>,
     /// How long each dump takes, to exercise deadlines.
     pub dump_delay: Mutex<Duration>,
+    /// Dumps get ready before the freeze (the barrier path).
+    pub prepared: Mutex<bool>,
     anchor_exit: Mutex<Option<watch::Sender<Option<ExitStatus>>>>,
 }
 
@@ -125,7 +127,18 @@ impl PodBackend for FakeBackend {
         Ok(())
     }
 
+    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
+        self.prepared.lock().map(|p| *p).unwrap_or(false)
+    }
+
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome> {
+        if let Some(barrier) = &opts.barrier {
+            self.record(format!("ready:{id}"))?;
+            let _ = barrier.ready.send(id.to_string());
+            if !barrier.wait_go().await {
+                return Err(Error::runtime("dump", id, "fake: given up at the barrier"));
+            }
+        }
         let delay = self.dump_delay.lock().map(|d| *d).unwrap_or_default();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

@@ -4,7 +4,7 @@
 use std::{ffi::OsString, io::Write, process::ExitCode};
 
 use anyhow::{bail, Context};
-use podcr_shim::pod::holder;
+use podcr_shim::pod::{criu_hook, holder};
 use protobuf::Message;
 
 fn main() -> ExitCode {
@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     // The pod's anchor process: no runtime, no flags, nothing else first.
     if args.get(1).is_some_and(|a| a == holder::HOLDER_ARG) {
         std::process::exit(holder::main());
+    }
+    // CRIU's action script during a pod checkpoint (see pod::criu_hook): quick, no runtime.
+    if args.get(1).is_some_and(|a| a == criu_hook::HOOK_ARG) {
+        std::process::exit(criu_hook::main());
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

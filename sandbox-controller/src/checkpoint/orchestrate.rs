@@ -15,12 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::join_all;
+use futures::{future::join_all, stream::FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{criu_stats::CriuDumpStats, options::CheckpointOptions, package};
 use crate::{
-    backend::{ContainerInfo, DumpOptions, PodBackend, RootfsCapture},
+    backend::{ContainerInfo, DumpOptions, FreezeBarrier, PodBackend, RootfsCapture},
     controller::SandboxController,
     error::{Error, Result},
 };
@@ -192,12 +193,15 @@ impl<B: PodBackend> SandboxController<B> {
             create_private_dir(&t.staging.join(crate::archive::CHECKPOINT_DIR))?;
         }
         let ids: Vec<String> = targets.iter().map(|t| t.info.id.clone()).collect();
+        if self.backend.prepared_dumps(&ids).await {
+            return self.dump_behind_barrier(targets, &ids, options, deadline).await;
+        }
         let frozen_at = Instant::now();
         if let Err(e) = self.backend.freeze(&ids).await {
             self.thaw_logged(&ids).await;
             return Err(e);
         }
-        let dumps = join_all(targets.iter().map(|t| self.dump_one(t, options)));
+        let dumps = join_all(targets.iter().map(|t| self.dump_one(t, options, None)));
         let outcome = match tokio::time::timeout_at(deadline, dumps).await {
             Ok(results) => results.into_iter().collect::<Result<Vec<_>>>(),
             Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
@@ -216,15 +220,131 @@ impl<B: PodBackend> SandboxController<B> {
         Ok((window, outcome?))
     }
 
-    async fn dump_one(&self, t: &Target, options: &CheckpointOptions) -> Result<Dumped> {
+    /// The same, with the dumps started before the freeze: each waits at the barrier once only
+    /// freezing and dumping is left, the pod is frozen when all are there, and they go on. So
+    /// the dumps' start-up is outside the freeze window. If any dump fails or the deadline comes
+    /// before all are ready, the others are told to give up and nothing was frozen.
+    async fn dump_behind_barrier(
+        &self,
+        targets: &[Target],
+        ids: &[String],
+        options: &CheckpointOptions,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Duration, Vec<Dumped>)> {
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let (go_tx, go_rx) = watch::channel(None);
+        let barrier = FreezeBarrier { ready: ready_tx, go: go_rx };
+        // Unordered, so a dump that fails before it is ready is seen at once, not at the deadline.
+        let mut pending: FuturesUnordered<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let b = barrier.clone();
+                async move { (i, self.dump_one(t, options, Some(b)).await) }
+            })
+            .collect();
+        drop(barrier);
+        let mut results: Vec<Option<Result<Dumped>>> = targets.iter().map(|_| None).collect();
+        let mut ready = 0;
+        let mut root_cause = None;
+        let all_ready = loop {
+            tokio::select! {
+                r = ready_rx.recv() => match r {
+                    Some(_) => {
+                        ready += 1;
+                        if ready == targets.len() {
+                            break true;
+                        }
+                    }
+                    None => break false,
+                },
+                Some((i, result)) = pending.next() => {
+                    // Before everyone is ready, a finished dump either failed or went on without
+                    // waiting to be frozen with the pod; either way the pod checkpoint is off.
+                    root_cause = Some(result.err().unwrap_or_else(|| {
+                        Error::runtime("dump", &targets[i].info.id, "went on without waiting to be frozen with the pod")
+                    }));
+                    break false;
+                }
+                _ = tokio::time::sleep_until(deadline) => break false,
+            }
+        };
+        if !all_ready {
+            let _ = go_tx.send(Some(false));
+            // Told to give up, the waiting dumps fail at once.
+            while let Some((_, result)) = pending.next().await {
+                if root_cause.is_none() {
+                    root_cause = result.err();
+                }
+            }
+            return Err(root_cause.unwrap_or_else(|| Error::DeadlineExceeded("preparing the pod's dumps".into())));
+        }
+        let frozen_at = Instant::now();
+        if let Err(e) = self.backend.freeze(ids).await {
+            let _ = go_tx.send(Some(false));
+            while pending.next().await.is_some() {}
+            self.thaw_logged(ids).await;
+            return Err(e);
+        }
+        let _ = go_tx.send(Some(true));
+        let drained = tokio::time::timeout_at(deadline, async {
+            while let Some((i, result)) = pending.next().await {
+                results[i] = Some(result);
+            }
+        })
+        .await;
+        let outcome = match drained {
+            Ok(()) => results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(Error::runtime("dump", "", "a dump never finished"))))
+                .collect::<Result<Vec<_>>>(),
+            Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
+        };
+        if outcome.is_ok() && !options.leave_running {
+            for id in ids {
+                if let Err(e) = self.backend.kill(id).await {
+                    warn!(container = %id, error = %e, "stopping a checkpointed container");
+                }
+            }
+        }
+        self.thaw_logged(ids).await;
+        let window = frozen_at.elapsed();
+        Ok((window, outcome?))
+    }
+
+    async fn dump_one(&self, t: &Target, options: &CheckpointOptions, barrier: Option<FreezeBarrier>) -> Result<Dumped> {
+        let go = barrier.clone();
         let dump_opts = DumpOptions {
             image_dir: t.staging.join(crate::archive::CHECKPOINT_DIR),
             work_dir: t.staging.clone(),
             tcp_established: options.tcp_established,
             file_locks: options.file_locks,
+            barrier,
         };
-        let (dump, rootfs) =
-            tokio::join!(self.backend.dump(&t.info.id, &dump_opts), self.backend.capture_rootfs(&t.info.id, &t.staging));
+        // The writable layer is captured while the pod is frozen: behind a barrier, only once
+        // the controller says go, and not at all when this container's dump already failed
+        // (a capture is never abandoned half-way: it writes files the cleanup must see).
+        let dump_failed = tokio::sync::Notify::new();
+        let dump = async {
+            let result = self.backend.dump(&t.info.id, &dump_opts).await;
+            if result.is_err() {
+                dump_failed.notify_one();
+            }
+            result
+        };
+        let capture = async {
+            if let Some(go) = go {
+                let proceed = tokio::select! {
+                    word = go.wait_go() => word,
+                    _ = dump_failed.notified() => false,
+                };
+                if !proceed {
+                    return Err(Error::runtime("capture rootfs", &t.info.id, "the pod checkpoint was given up"));
+                }
+            }
+            self.backend.capture_rootfs(&t.info.id, &t.staging).await
+        };
+        let (dump, rootfs) = tokio::join!(dump, capture);
         let dump = dump.map_err(|e| name_container(e, &t.name))?;
         let rootfs = rootfs.map_err(|e| name_container(e, &t.name))?;
         Ok(Dumped { dump_wall: dump.wall, rootfs })

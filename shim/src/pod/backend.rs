@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::{
     anchor::Holder,
+    criu_hook::{self, Barrier},
     cgroup::PodCgroup,
     files::PodFiles,
     freezer::{self, Freezer},
@@ -266,8 +267,13 @@ impl PodBackend for RuncPodBackend {
         blocking(move || freezer::thaw_all(&freezers)).await
     }
 
+    async fn prepared_dumps(&self, ids: &[String]) -> bool {
+        // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
+        ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
+    }
+
     async fn dump(&self, id: &str, opts: &DumpOptions) -> CtlResult<DumpOutcome> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let args = CheckpointArgs {
             image_path: opts.image_dir.clone(),
             work_path: opts.work_dir.clone(),
@@ -276,7 +282,31 @@ impl PodBackend for RuncPodBackend {
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
         };
-        self.store.checkpoint(id, &args).await.map_err(ctl)?;
+        let Some(barrier) = &opts.barrier else {
+            self.store.checkpoint(id, &args).await.map_err(ctl)?;
+            return Ok(DumpOutcome { wall: started.elapsed() });
+        };
+        // Listen before runc starts: CRIU's hook connects once CRIU is set up (see criu_hook).
+        let bundle = self.store.snapshot(id).map_err(ctl)?.bundle;
+        let hook = Barrier::listen(&bundle).map_err(ctl)?;
+        let checkpoint = self.store.checkpoint(id, &args);
+        tokio::pin!(checkpoint);
+        let stream = tokio::select! {
+            ready = hook.ready() => ready.map_err(ctl)?,
+            done = &mut checkpoint => {
+                return Err(match done {
+                    Err(e) => ctl(e),
+                    Ok(()) => CtlError::runtime("dump", id, "CRIU finished without reaching the pod's freeze barrier"),
+                });
+            }
+        };
+        let _ = barrier.ready.send(id.to_string());
+        let go = barrier.wait_go().await;
+        if let Err(e) = Barrier::answer(stream, go).await {
+            warn!(container = %id, error = %e, "answer the CRIU hook");
+        }
+        started = Instant::now();
+        checkpoint.await.map_err(ctl)?;
         Ok(DumpOutcome { wall: started.elapsed() })
     }
 

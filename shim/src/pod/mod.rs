@@ -7,6 +7,7 @@ mod anchor;
 mod cgroup;
 pub mod backend;
 mod checkpoint_service;
+pub mod criu_hook;
 pub mod convert;
 mod files;
 pub mod freezer;

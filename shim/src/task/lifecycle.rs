@@ -45,6 +45,11 @@ impl Containers {
         if lock(&self.inner.map).contains_key(&args.id) {
             return Err(Error::AlreadyExists(format!("container {}", args.id)));
         }
+        // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
+        // once every dump is ready (see pod::criu_hook). Without it the container works the same.
+        if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
+            warn!(container = %args.id, error = %e, "cannot give the container the CRIU hook");
+        }
         let spec: serde_json::Value = match tokio::fs::read(args.bundle.join("config.json")).await {
             Ok(data) => serde_json::from_slice(&data)?,
             Err(e) => return Err(Error::io("read config.json")(e)),
@@ -373,7 +378,8 @@ impl Containers {
             let log = args.work_path.join("dump.log");
             let kept = c.bundle.join("criu-dump.log");
             let _ = tokio::fs::copy(&log, &kept).await;
-            return Err(with_criu_log(e, &log, &kept).await);
+            let e = with_criu_log(e, &log, &kept).await;
+            return Err(with_full_disk(e, &[&args.image_path, &args.work_path]));
         }
         self.inner.events.send(
             topics::TASK_CHECKPOINTED_EVENT_TOPIC,
@@ -455,6 +461,21 @@ async fn with_criu_log(e: Error, log: &Path, kept: &Path) -> Error {
     match e {
         Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: format!("{msg}; CRIU says:\n{quoted}\n(full log: {})", kept.display()) },
         other => other,
+    }
+}
+
+/// A full disk truncates CRIU's own log before it can say so; name it when that is the cause.
+fn with_full_disk(e: Error, dirs: &[&Path]) -> Error {
+    let full = dirs.iter().find(|d| {
+        nix::sys::statvfs::statvfs(**d).is_ok_and(|st| (st.blocks_available() as u64) * (st.fragment_size() as u64) < (1 << 20))
+    });
+    match (e, full) {
+        (Error::Runtime { op, id, msg }, Some(dir)) => Error::Runtime {
+            op,
+            id,
+            msg: format!("{msg}\nNo space left on device: the file system of {} is full", dir.display()),
+        },
+        (e, _) => e,
     }
 }
 

@@ -214,3 +214,36 @@ async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
     assert!(fake2.staged.lock().unwrap().is_empty());
     assert!(!bundle2.path().join(crate::restore::RESTORE_DIR).exists(), "staging must be removed");
 }
+
+#[tokio::test]
+async fn prepared_dumps_are_all_ready_before_the_pod_is_frozen() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    *fake.prepared.lock().unwrap() = true;
+    let out = tempfile::tempdir().unwrap();
+    let stats = ctl.checkpoint(request(out.path(), &[("leave-running", "true")])).await.unwrap();
+    let calls = fake.calls();
+    let freeze = index_of(&calls, "freeze");
+    for id in ["id-app", "id-sidecar"] {
+        assert!(index_of(&calls, &format!("ready:{id}")) < freeze, "{id} not ready before the freeze: {calls:?}");
+        let dump = index_of(&calls, &format!("dump:{id}"));
+        let capture = index_of(&calls, &format!("capture:{id}"));
+        assert!(freeze < dump && freeze < capture, "{id} dumped or captured before the freeze: {calls:?}");
+        assert!(dump < index_of(&calls, "thaw"));
+    }
+    assert_eq!(stats.containers.len(), 2);
+    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+}
+
+#[tokio::test]
+async fn a_dump_failing_before_the_barrier_freezes_nothing_and_leaves_nothing() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    *fake.prepared.lock().unwrap() = true;
+    fake.fail_at("ready:id-sidecar");
+    let out = tempfile::tempdir().unwrap();
+    let err = ctl.checkpoint(request(out.path(), &[])).await.unwrap_err();
+    assert!(err.to_string().contains("sidecar"), "{err}");
+    let calls = fake.calls();
+    assert!(!calls.iter().any(|c| c == "freeze" || c.starts_with("kill:")), "nothing may be frozen or stopped: {calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("dump:") || c.starts_with("capture:")), "{calls:?}");
+    assert!(dir_entries(out.path()).is_empty());
+}
