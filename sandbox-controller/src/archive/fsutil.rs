@@ -71,7 +71,6 @@ impl<W: Write> Write for Hashing<W> {
 pub const IO_BUF: usize = 256 << 10;
 
 /// Digest of an in-memory document.
-
 pub fn digest_bytes(data: &[u8]) -> FileDigest {
     FileDigest { sha256: hex::encode(Sha256::digest(data)), size: data.len() as u64 }
 }

@@ -467,7 +467,7 @@ async fn with_criu_log(e: Error, log: &Path, kept: &Path) -> Error {
 /// A full disk truncates CRIU's own log before it can say so; name it when that is the cause.
 fn with_full_disk(e: Error, dirs: &[&Path]) -> Error {
     let full = dirs.iter().find(|d| {
-        nix::sys::statvfs::statvfs(**d).is_ok_and(|st| (st.blocks_available() as u64) * (st.fragment_size() as u64) < (1 << 20))
+        nix::sys::statvfs::statvfs(**d).is_ok_and(|st| st.blocks_available() * st.fragment_size() < (1 << 20))
     });
     match (e, full) {
         (Error::Runtime { op, id, msg }, Some(dir)) => Error::Runtime {

@@ -206,8 +206,7 @@ mod tests {
         let cfg: PodSandboxConfig = from_go_json(json!({"hostname": null, "port_mappings": null, "labels": null})).unwrap();
         assert_eq!(cfg, PodSandboxConfig::default());
         // What serde itself writes (every field present) decodes to the same value.
-        let mut full = PodSandboxConfig::default();
-        full.hostname = "h".into();
+        let full = PodSandboxConfig { hostname: "h".into(), ..Default::default() };
         let back: PodSandboxConfig = from_go_json(serde_json::to_value(&full).unwrap()).unwrap();
         assert_eq!(back, full);
     }
