@@ -187,6 +187,12 @@ pub trait PodBackend: Send + Sync + 'static {
     /// started before the freeze and waits at the barrier (see [`FreezeBarrier`]).
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
 
+    /// Version of the tool that writes the images (CRIU for runc), recorded in the checkpoint's
+    /// metadata; empty when unknown.
+    async fn dumper_version(&self) -> String {
+        String::new()
+    }
+
     /// Whether dumps of these containers can be made ready before the pod is frozen, so their
     /// start-up (for runc and CRIU: process start, kernel probing) stays out of the freeze
     /// window. The default freezes first.

@@ -85,6 +85,11 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     }
     ensure!(pods::all_running(&mut rs, &pod.id).await?, "containers stopped after a leave-running checkpoint");
 
+    // pod.options names CRIU's version (read through the shim's reaper-aware runner).
+    let options: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("pod.options"))?)?;
+    let criu = options["annotations"]["org.criu.checkpoint.criu.version"].as_str().unwrap_or_default();
+    ensure!(criu.starts_with('4'), "pod.options does not record CRIU's version: {options}");
+
     // checkpointctl reads every container archive as a containerd checkpoint of this pod.
     for name in ["app", "sidecar"] {
         let archive = dir.join(format!("{name}.tar"));

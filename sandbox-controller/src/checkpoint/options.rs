@@ -18,14 +18,6 @@ pub fn parse_compression(value: &str) -> Result<Compression> {
     }
 }
 
-fn compression_name(c: Compression) -> &'static str {
-    match c {
-        Compression::None => "none",
-        Compression::Gzip => "gzip",
-        Compression::Zstd => "zstd",
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointOptions {
     /// Keep the pod running after the checkpoint. The CRI default is to stop it.
@@ -57,17 +49,6 @@ impl CheckpointOptions {
             }
         }
         Ok(out)
-    }
-
-    /// The options as they are recorded in the checkpoint, so restore can apply the matching
-    /// CRIU flags (a TCP-established dump needs a TCP-established restore).
-    pub fn to_map(self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("leave-running".to_string(), self.leave_running.to_string()),
-            ("tcp-established".to_string(), self.tcp_established.to_string()),
-            ("file-locks".to_string(), self.file_locks.to_string()),
-            ("compression".to_string(), compression_name(self.compression).to_string()),
-        ])
     }
 }
 
@@ -105,7 +86,6 @@ mod tests {
         .unwrap();
         assert!(o.leave_running && o.tcp_established && !o.file_locks);
         assert_eq!(o.compression, Compression::Zstd);
-        assert_eq!(CheckpointOptions::parse(&o.to_map()).unwrap(), o);
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl<B: PodBackend> SandboxController<B> {
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
             let packaged = tokio::time::timeout_at(
                 deadline,
-                package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options),
+                package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options, self.backend.dumper_version().await),
             )
             .await
             .map_err(|_| Error::DeadlineExceeded("writing the checkpoint".into()))??;
@@ -206,18 +206,7 @@ impl<B: PodBackend> SandboxController<B> {
             Ok(results) => results.into_iter().collect::<Result<Vec<_>>>(),
             Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
         };
-        if outcome.is_ok() && !options.leave_running {
-            // Kill while still frozen: the signal is delivered on thaw, so nothing runs (or
-            // writes) between the dump and the stop.
-            for id in &ids {
-                if let Err(e) = self.backend.kill(id).await {
-                    warn!(container = %id, error = %e, "stopping a checkpointed container");
-                }
-            }
-        }
-        self.thaw_logged(&ids).await;
-        let window = frozen_at.elapsed();
-        Ok((window, outcome?))
+        self.end_frozen_window(&ids, options, frozen_at, outcome).await
     }
 
     /// The same, with the dumps started before the freeze: each waits at the barrier once only
@@ -300,7 +289,21 @@ impl<B: PodBackend> SandboxController<B> {
                 .collect::<Result<Vec<_>>>(),
             Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
         };
+        self.end_frozen_window(ids, options, frozen_at, outcome).await
+    }
+
+    /// Stops the containers if the checkpoint succeeded and the pod is not to keep running, then
+    /// thaws the pod; returns the freeze window and the dumps.
+    async fn end_frozen_window(
+        &self,
+        ids: &[String],
+        options: &CheckpointOptions,
+        frozen_at: Instant,
+        outcome: Result<Vec<Dumped>>,
+    ) -> Result<(Duration, Vec<Dumped>)> {
         if outcome.is_ok() && !options.leave_running {
+            // Kill while still frozen: the signal is delivered on thaw, so nothing runs (or
+            // writes) between the dump and the stop.
             for id in ids {
                 if let Err(e) = self.backend.kill(id).await {
                     warn!(container = %id, error = %e, "stopping a checkpointed container");
@@ -308,8 +311,7 @@ impl<B: PodBackend> SandboxController<B> {
             }
         }
         self.thaw_logged(ids).await;
-        let window = frozen_at.elapsed();
-        Ok((window, outcome?))
+        Ok((frozen_at.elapsed(), outcome?))
     }
 
     async fn dump_one(&self, t: &Target, options: &CheckpointOptions, barrier: Option<FreezeBarrier>) -> Result<Dumped> {

@@ -33,6 +33,7 @@ pub(super) async fn package_pod(
     targets: &[Target],
     dumped: &[Dumped],
     options: &CheckpointOptions,
+    dumper_version: String,
 ) -> Result<Vec<ContainerCheckpointStats>> {
     let checkpointed = Utc::now();
     let writes = targets.iter().zip(dumped).map(|(t, d)| {
@@ -78,7 +79,7 @@ pub(super) async fn package_pod(
         containers.push(entry);
         stats.push(s);
     }
-    let identity = identity(spec);
+    let identity = identity(spec, dumper_version);
     let mut pod_options = PodOptions::podcr(names, &identity);
     crate::restore::record_dump_flags(&mut pod_options.annotations, options);
     let output_owned = output.to_path_buf();
@@ -126,7 +127,7 @@ fn container_meta(spec: &PodSpec, t: &Target, d: &Dumped, checkpointed: chrono::
     })
 }
 
-fn identity(spec: &PodSpec) -> PodIdentity {
+fn identity(spec: &PodSpec, criu_version: String) -> PodIdentity {
     PodIdentity {
         pod_name: spec.name.clone(),
         pod_id: spec.id.clone(),
@@ -134,19 +135,8 @@ fn identity(spec: &PodSpec) -> PodIdentity {
         pod_uid: spec.uid.clone(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         host_arch: std::env::consts::ARCH.to_string(),
-        criu_version: criu_version(),
+        criu_version,
         cgroup_version: if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" }.to_string(),
         runtime_version: String::new(),
     }
-}
-
-/// CRIU's version as `criu --version` prints it ("Version: 4.2.1"); empty if CRIU is missing.
-fn criu_version() -> String {
-    std::process::Command::new("criu")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())))
-        .unwrap_or_default()
 }

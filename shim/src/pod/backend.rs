@@ -267,6 +267,20 @@ impl PodBackend for RuncPodBackend {
         blocking(move || freezer::thaw_all(&freezers)).await
     }
 
+    async fn dumper_version(&self) -> String {
+        // Through the reaper-aware runner: a plain Command::output() races the shim's
+        // waitpid(-1) loop for the exit status.
+        let mut cmd = tokio::process::Command::new("criu");
+        cmd.arg("--version");
+        match crate::reaper::run(cmd, crate::reaper::Io::Capture(None)).await {
+            Ok(out) if out.status == 0 => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
     async fn prepared_dumps(&self, ids: &[String]) -> bool {
         // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
         ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
