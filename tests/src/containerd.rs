@@ -65,6 +65,8 @@ pub struct Containerd {
     imported: Mutex<HashSet<(String, String)>>,
     ns_counter: AtomicU32,
     stopped: Mutex<bool>,
+    /// Extra environment for containerd, and so for the shims it starts.
+    env: Vec<(String, String)>,
 }
 
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
@@ -102,6 +104,12 @@ impl Containerd {
 
     /// Starts a private containerd. Fails loudly if a tool or the podcr shim binary is missing.
     pub fn start() -> Result<Containerd> {
+        Containerd::start_with_env(&[])
+    }
+
+    /// [`Containerd::start`] with extra environment variables for containerd, which passes them
+    /// on to the shims it starts (e.g. a shim tuning knob a test needs set).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "the integration tests need root (containerd, runc, CRIU)"
@@ -151,6 +159,7 @@ impl Containerd {
             imported: Mutex::new(HashSet::new()),
             ns_counter: AtomicU32::new(0),
             stopped: Mutex::new(false),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         // From here on, a failure tears the partial run down through Drop.
         cd.prepare()?;
@@ -214,6 +223,7 @@ impl Containerd {
             .env_remove("XDG_RUNTIME_DIR")
             // Checkpoint temp dirs (ctrd-checkpoint*) go to $TMPDIR: keep them in the run dir.
             .env("TMPDIR", dir.join("tmp"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -9,6 +9,7 @@ pub mod backend;
 mod checkpoint_service;
 pub mod criu_hook;
 pub mod convert;
+pub mod dump_estimate;
 mod files;
 pub mod freezer;
 pub mod holder;
