@@ -160,6 +160,7 @@ impl<B: PodBackend> SandboxController<B> {
                 Ok(stats)
             }
             Err(e) => {
+                warn!(pod = %req.sandbox_id, error = %e, "pod checkpoint failed");
                 // The CRI contract: on error nothing the call wrote remains.
                 if let Err(clean) = crate::archive::clean_dir_contents(&output) {
                     warn!(pod = %req.sandbox_id, error = %clean, "removing a failed checkpoint's files");
@@ -228,7 +229,7 @@ impl<B: PodBackend> SandboxController<B> {
         }
         let dumps = join_all(targets.iter().map(|t| self.dump_one(t, options, None)));
         let outcome = run_to_end(dumps, deadline).await.into_iter().collect::<Result<Vec<_>>>();
-        self.end_frozen_window(&ids, options, frozen_at, late(outcome, deadline)).await
+        self.end_frozen_window(&ids, options, frozen_at, late(outcome, deadline, frozen_at)).await
     }
 
     /// The same, with the dumps started before the freeze: each waits at the barrier once only
@@ -319,7 +320,7 @@ impl<B: PodBackend> SandboxController<B> {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::runtime("dump", "", "a dump never finished"))))
             .collect::<Result<Vec<_>>>();
-        self.end_frozen_window(ids, options, frozen_at, late(outcome, deadline)).await
+        self.end_frozen_window(ids, options, frozen_at, late(outcome, deadline, frozen_at)).await
     }
 
     /// Stops the containers if the checkpoint succeeded and the pod is not to keep running, then
@@ -419,14 +420,20 @@ async fn run_to_end<F: std::future::Future>(dumps: F, deadline: tokio::time::Ins
 }
 
 /// A dump that ended after the deadline is not kept: the caller has stopped waiting for it.
-fn late<T>(outcome: Result<T>, deadline: tokio::time::Instant) -> Result<T> {
-    match outcome {
-        Ok(_) if tokio::time::Instant::now() >= deadline => Err(Error::DeadlineExceeded(
-            "the deadline passed while the frozen pod was dumped: the dump was let finish, the pod thawed and the output removed"
-                .into(),
-        )),
-        other => other,
+/// The message says when, counted from the freeze, so an operator can compare it with the dump.
+fn late<T>(outcome: Result<T>, deadline: tokio::time::Instant, frozen_at: Instant) -> Result<T> {
+    let now = tokio::time::Instant::now();
+    if outcome.is_err() || now < deadline {
+        return outcome;
     }
+    let dumped = frozen_at.elapsed();
+    let passed_at = dumped.saturating_sub(now - deadline);
+    Err(Error::DeadlineExceeded(format!(
+        "the deadline passed {} ms after the pod was frozen, while it was dumped ({} ms): the dump was let \
+         finish, the pod thawed and the output removed",
+        passed_at.as_millis(),
+        dumped.as_millis()
+    )))
 }
 
 /// Errors from one container's dump say which container failed.
