@@ -253,17 +253,18 @@ async fn deadlines_during_the_dump_let_it_finish_then_thaw_the_pod_and_a_restore
 /// it passed elsewhere (this machine is shared, so a dump's timing moves). Every attempt, hit
 /// or miss, must leave the pod unharmed.
 async fn deadline_in(cd: &'static Containerd, rs: &mut Cri, pod: &Pod, name: &str, pids: &[u32], m: Measured, phase: Phase) -> Result<()> {
-    // Offsets from the freeze: the dump's start-up, memory collection, then page writing.
-    let collect_start = (m.dump_wall - m.memwrite - m.memdump).max(0.0);
-    let write_start = collect_start + m.memdump;
+    // Offsets from the freeze. CRIU's memdump time covers the whole page dump; when it and
+    // memwrite add up to more than the dump, the page writing is its tail (CRIU writes while the
+    // parasite is still inside), else it follows it.
+    let nested = m.memdump + m.memwrite > m.dump_wall;
+    let collect = if nested { (m.memdump - m.memwrite).max(0.0) } else { m.memdump };
+    let start = if nested { m.dump_wall - m.memdump } else { m.dump_wall - m.memdump - m.memwrite }.max(0.0);
+    let write_start = start + collect;
     let (lo, hi) = match phase {
-        Phase::MemoryDump => (collect_start, write_start),
-        Phase::PageWrite => (write_start, m.dump_wall + 1e3),
+        Phase::MemoryDump => (start, write_start),
+        Phase::PageWrite => (write_start, write_start + m.memwrite),
     };
-    let target = match phase {
-        Phase::MemoryDump => collect_start + m.memdump / 2.0,
-        Phase::PageWrite => write_start + m.memwrite / 2.0,
-    };
+    let target = (lo + hi) / 2.0;
     let mut prep = m.prep;
     for attempt in 1..=5 {
         let out = cd.dir().join(format!("dl-{phase:?}-{attempt}"));

@@ -278,12 +278,17 @@ impl<B: PodBackend> SandboxController<B> {
                     }));
                     break false;
                 }
-                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = tokio::time::sleep_until(deadline) => {
+                    root_cause = Some(Error::DeadlineExceeded(
+                        "preparing the pod's dumps: nothing was frozen, the pod is running".into(),
+                    ));
+                    break false;
+                }
             }
         };
         if !all_ready {
             let _ = go_tx.send(Some(false));
-            // Told to give up, the waiting dumps fail at once.
+            // Told to give up, the waiting dumps fail at once (their errors only echo that).
             while let Some((_, result)) = pending.next().await {
                 if root_cause.is_none() {
                     root_cause = result.err();

@@ -333,3 +333,17 @@ async fn a_dump_failing_before_the_barrier_freezes_nothing_and_leaves_nothing() 
     assert!(!calls.iter().any(|c| c.starts_with("dump:") || c.starts_with("capture:")), "{calls:?}");
     assert!(dir_entries(out.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_deadline_before_every_dump_is_ready_says_so_and_freezes_nothing() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    *fake.prepared.lock().unwrap() = true;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(&fake, out.path(), &[]);
+    req.deadline = Some(tokio::time::Instant::now());
+    let err = ctl.checkpoint(req).await.unwrap_err();
+    // Not the aborted dumps' own errors: the reason is the deadline.
+    assert!(matches!(&err, Error::DeadlineExceeded(m) if m.contains("nothing was frozen")), "{err}");
+    assert!(!fake.calls().iter().any(|c| c == "freeze"), "{:?}", fake.calls());
+    assert!(dir_entries(out.path()).is_empty());
+}
