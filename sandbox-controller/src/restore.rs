@@ -108,9 +108,12 @@ impl<B: PodBackend> SandboxController<B> {
                 cancel.cancel();
                 let _ = extraction.await;
                 remove_staging(&staging_root);
-                return Err(Error::DeadlineExceeded(
+                let e = Error::DeadlineExceeded(
                     "validating and extracting the checkpoint: nothing was restored or left behind".into(),
-                ));
+                );
+                // The caller's own deadline may fire first and hide this answer: log it.
+                warn!(pod = %req.sandbox_id, error = %e, "pod restore failed");
+                return Err(e);
             }
         };
         let staged = match extracted {

@@ -24,7 +24,9 @@ const MIB: u64 = 1024 * 1024;
 /// share the same disk and cores, so their memory adds up).
 pub fn for_pids(pids: &[u32]) -> Duration {
     let rate = rate_from(std::env::var(RATE_ENV).ok().as_deref());
-    let Some(rate) = rate else { return Duration::ZERO };
+    let Some(rate) = rate else {
+        return Duration::ZERO;
+    };
     let bytes: u64 = pids.iter().map(|pid| dumped_bytes(*pid)).sum();
     FIXED + Duration::from_secs_f64(bytes as f64 / (rate * MIB) as f64)
 }
@@ -37,7 +39,10 @@ fn rate_from(value: Option<&str>) -> Option<u64> {
             Ok(0) => None,
             Ok(rate) => Some(rate),
             Err(_) => {
-                tracing::warn!(value = v, "{RATE_ENV} is not a whole number of MiB/s; using {DEFAULT_MIB_PER_SEC}");
+                tracing::warn!(
+                    value = v,
+                    "{RATE_ENV} is not a whole number of MiB/s; using {DEFAULT_MIB_PER_SEC}"
+                );
                 Some(DEFAULT_MIB_PER_SEC)
             }
         },
@@ -47,12 +52,16 @@ fn rate_from(value: Option<&str>) -> Option<u64> {
 /// The memory CRIU copies for the container of `pid`: anonymous (incl. swapped-in) and shmem
 /// pages of its cgroup. Unknown counts as 0: the fixed cost still applies.
 fn dumped_bytes(pid: u32) -> u64 {
-    let Ok(cgroup) = cgroups::of_pid(pid, "memory", "memory.stat") else { return 0 };
+    let Ok(cgroup) = cgroups::of_pid(pid, "memory", "memory.stat") else {
+        return 0;
+    };
     let (dir, keys): (_, &[&str]) = match &cgroup {
         ControllerCgroup::V1(dir) => (dir, &["total_rss", "total_shmem"]),
         ControllerCgroup::V2(dir) => (dir, &["anon", "shmem"]),
     };
-    std::fs::read_to_string(dir.join("memory.stat")).map(|stat| sum_stat(&stat, keys)).unwrap_or(0)
+    std::fs::read_to_string(dir.join("memory.stat"))
+        .map(|stat| sum_stat(&stat, keys))
+        .unwrap_or(0)
 }
 
 fn sum_stat(stat: &str, keys: &[&str]) -> u64 {
@@ -71,7 +80,10 @@ mod tests {
     fn stat_keys_are_summed_and_others_ignored() {
         let v1 = "cache 4096\nrss 100\ntotal_cache 8192\ntotal_rss 1048576\ntotal_shmem 4096\ntotal_rss_huge 0\n";
         assert_eq!(sum_stat(v1, &["total_rss", "total_shmem"]), 1_052_672);
-        assert_eq!(sum_stat("anon 10\nfile 99\nshmem 5\n", &["anon", "shmem"]), 15);
+        assert_eq!(
+            sum_stat("anon 10\nfile 99\nshmem 5\n", &["anon", "shmem"]),
+            15
+        );
     }
 
     #[test]
