@@ -128,7 +128,8 @@ impl<B: PodBackend> SandboxController<B> {
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
             let dumper_version = self.backend.dumper_version().await;
             let cancel = Cancel::new();
-            let packaging = package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options, dumper_version, &cancel);
+            let pod = package::PodRecord { spec: &spec, pod_config, dumper_version };
+            let packaging = package::package_pod(&output, pod, &targets, &dumped, &options, &cancel);
             tokio::pin!(packaging);
             let packaged = tokio::select! {
                 packaged = &mut packaging => packaged?,

@@ -26,16 +26,24 @@ use crate::{
 pub const ENGINE: &str = "podcr";
 pub const RUNTIME: &str = "runc";
 
+/// What the pod-level files record besides the containers.
+pub(super) struct PodRecord<'a> {
+    pub spec: &'a PodSpec,
+    /// The CRI `PodSandboxConfig` as JSON (`pod.dump`).
+    pub pod_config: Option<serde_json::Value>,
+    /// CRIU's version.
+    pub dumper_version: String,
+}
+
 pub(super) async fn package_pod(
     output: &Path,
-    spec: &PodSpec,
-    pod_config: Option<serde_json::Value>,
+    pod: PodRecord<'_>,
     targets: &[Target],
     dumped: &[Dumped],
     options: &CheckpointOptions,
-    dumper_version: String,
     cancel: &Cancel,
 ) -> Result<Vec<ContainerCheckpointStats>> {
+    let PodRecord { spec, pod_config, dumper_version } = pod;
     let checkpointed = Utc::now();
     let writes = targets.iter().zip(dumped).map(|(t, d)| {
         let meta = container_meta(spec, t, d, checkpointed)?;
