@@ -159,7 +159,7 @@ async fn k8s_ids(rs: &mut Cri, pod: &str) -> Result<Vec<(String, String)>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpoint_without_leave_running_stops_the_containers() -> Result<()> {
+async fn checkpoint_with_stop_stops_the_containers() -> Result<()> {
     let cd = Containerd::shared()?;
     let image = import(cd).await?;
     let mut rs = cd.cri_runtime().await?;
@@ -192,7 +192,7 @@ async fn checkpoint_without_leave_running_stops_the_containers() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("containers still running after a checkpoint without leave-running: {:?}", pods::container_states(&mut rs, &pod.id).await?)
+    anyhow::bail!("containers still running after a checkpoint with --stop: {:?}", pods::container_states(&mut rs, &pod.id).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
