@@ -55,6 +55,45 @@ impl Runtime {
     }
 }
 
+/// Which containerd binary a run starts: the system's (Debian's 2.1.9) or an upstream build (see
+/// [`crate::upstream`]). Everything else about the run (config, root, state, socket, CNI, the
+/// podcr shim first on PATH) is the same for every daemon.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    /// For messages: `system` or the upstream build's name.
+    pub name: String,
+    pub containerd: PathBuf,
+    /// A directory put on containerd's PATH after the run's own bin dir, before the system's:
+    /// an upstream build's own `containerd-shim-runc-v2` (main ships one), so runc.v2 tasks run
+    /// with the shim of the same commit.
+    pub extra_path: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// `containerd` from PATH.
+    pub fn system() -> Daemon {
+        Daemon { name: "system".into(), containerd: PathBuf::from("containerd"), extra_path: None }
+    }
+
+    /// The daemon `PODCR_TEST_CONTAINERD` names: unset or `system` for the system's, or an
+    /// upstream build (`main`, `pr13822`, `pr13971`). This is how `scripts/test.sh` runs the
+    /// existing tests, unchanged, against containerd main.
+    pub fn from_env() -> Result<Daemon> {
+        let name = std::env::var("PODCR_TEST_CONTAINERD").unwrap_or_default();
+        if name.is_empty() || name == "system" {
+            return Ok(Daemon::system());
+        }
+        let build = crate::upstream::Upstream::from_name(&name)
+            .with_context(|| format!("PODCR_TEST_CONTAINERD={name}: expected system, main, pr13822 or pr13971"))?;
+        crate::upstream::find(build)?.with_context(|| {
+            format!(
+                "PODCR_TEST_CONTAINERD={name} but no upstream builds at {}",
+                crate::upstream::shipped_dir().display()
+            )
+        })
+    }
+}
+
 /// A running private containerd. `stop()` (also run on drop) tears down everything the run created.
 pub struct Containerd {
     /// The run's record; `containerd_pid` in it is only the first daemon's: see `child`.
@@ -65,6 +104,7 @@ pub struct Containerd {
     imported: Mutex<HashSet<(String, String)>>,
     ns_counter: AtomicU32,
     stopped: Mutex<bool>,
+    daemon: Daemon,
 }
 
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
@@ -100,8 +140,14 @@ impl Containerd {
             .map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
     }
 
-    /// Starts a private containerd. Fails loudly if a tool or the podcr shim binary is missing.
+    /// Starts a private containerd ([`Daemon::from_env`]). Fails loudly if a tool or the podcr
+    /// shim binary is missing.
     pub fn start() -> Result<Containerd> {
+        Containerd::start_with(Daemon::from_env()?)
+    }
+
+    /// Starts a private run of `daemon`, set up exactly like [`start`](Self::start)'s.
+    pub fn start_with(daemon: Daemon) -> Result<Containerd> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "the integration tests need root (containerd, runc, CRIU)"
@@ -151,6 +197,7 @@ impl Containerd {
             imported: Mutex::new(HashSet::new()),
             ns_counter: AtomicU32::new(0),
             stopped: Mutex::new(false),
+            daemon,
         };
         // From here on, a failure tears the partial run down through Drop.
         cd.prepare()?;
@@ -203,11 +250,17 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(dir.join("containerd.log"))?;
+        let extra = self
+            .daemon
+            .extra_path
+            .as_ref()
+            .map(|p| format!("{}:", p.display()))
+            .unwrap_or_default();
         let path = format!(
-            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{extra}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             bin.display()
         );
-        let child = Command::new("containerd")
+        let child = Command::new(&self.daemon.containerd)
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -262,6 +315,11 @@ impl Containerd {
             }
         }
         self.spawn_daemon()
+    }
+
+    /// The containerd binary this run started.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
     }
 
     pub fn run_id(&self) -> &str {

@@ -28,6 +28,9 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 
+/// The OCI spec annotation in which containerd's CRI names a container's image.
+const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
 /// The snapshot key the shim prepares for a restored task.
 pub fn snapshot_key(task_id: &str) -> String {
     format!("podcr-restore/{task_id}")
@@ -219,7 +222,19 @@ impl ImageRootfs {
             .into_inner()
             .container
             .ok_or_else(|| Error::NotFound(format!("container {task_id}")))?;
-        if container.image.is_empty() {
+        // PR 13971's CRI stages restored containers without an image reference on the record;
+        // the OCI spec it generated still names the image in the CRI's annotation.
+        let image = if container.image.is_empty() {
+            container
+                .spec
+                .as_ref()
+                .and_then(|spec| serde_json::from_slice::<serde_json::Value>(&spec.value).ok())
+                .and_then(|spec| spec["annotations"][CRI_IMAGE_NAME].as_str().map(str::to_string))
+                .unwrap_or_default()
+        } else {
+            container.image.clone()
+        };
+        if image.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "container {task_id} names no image to rebuild its rootfs from"
             )));
@@ -229,7 +244,7 @@ impl ImageRootfs {
         } else {
             container.snapshotter.clone()
         };
-        let diff_ids = self.diff_ids(&channel, &container.image).await?;
+        let diff_ids = self.diff_ids(&channel, &image).await?;
         let parent = chain_id(&diff_ids).unwrap_or_default();
         let key = snapshot_key(task_id);
         let resp = SnapshotsClient::new(channel)
@@ -243,12 +258,9 @@ impl ImageRootfs {
                 Some(lease),
             )?)
             .await
-            .map_err(grpc(format!(
-                "prepare snapshot {key} on {snapshotter} for image {}",
-                container.image
-            )))?
+            .map_err(grpc(format!("prepare snapshot {key} on {snapshotter} for image {image}")))?
             .into_inner();
-        info!(task = %task_id, %snapshotter, image = %container.image, "rootfs snapshot prepared for the restored task");
+        info!(task = %task_id, %snapshotter, %image, "rootfs snapshot prepared for the restored task");
         Ok(resp
             .mounts
             .into_iter()

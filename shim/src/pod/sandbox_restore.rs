@@ -17,7 +17,11 @@
 //! `io.containerd.pod-restore.phase` = `prepare`: the pod only; `complete`: the tasks), and that
 //! key is containerd's own, so it is consumed here and not passed on as a restore option.
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use containerd_shim::asynchronous::io::Stdio;
 use podcr_protos::sandbox::{
@@ -36,6 +40,7 @@ use ttrpc::r#async::TtrpcContext;
 use super::{
     checkpoint_service::{deadline, detached, options},
     convert::{self, controller_error},
+    files::PodFiles,
     image_rootfs::ImageRootfs,
 };
 use crate::{
@@ -259,6 +264,11 @@ impl<B: PodBackend> SandboxRestore<B> {
         let mut out = Vec::new();
         for task in &req.tasks {
             let result = async {
+                let (pod_bundle, sandbox, task_bundle, key) =
+                    (PathBuf::from(&req.bundle_path), req.sandbox_id.clone(), PathBuf::from(&task.bundle), task.checkpoint_key.clone());
+                tokio::task::spawn_blocking(move || add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key))
+                    .await
+                    .map_err(|e| Error::Other(format!("pod file mounts task: {e}")))??;
                 let rootfs = self.images.prepare(&task.task_id, &req.sandbox_id).await?;
                 self.store
                     .create(CreateArgs {
@@ -301,6 +311,63 @@ impl<B: PodBackend> SandboxRestore<B> {
             warn!(sandbox = %id, error = %e, "shut the pod down after a failed restore");
         }
     }
+}
+
+/// The pod files the CRI bind-mounts into every container (see [`super::files`]).
+const POD_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"];
+
+/// Gives a restored task's spec the pod-file bind mounts its checkpointed container had.
+///
+/// containerd's CRI bind-mounts the pod's hostname, hosts, resolv.conf and /dev/shm only if they
+/// exist when it generates a container's spec. Under PR 13971 (without NRI) it generates the
+/// restored containers' specs before `RestoreSandbox` has created the pod, so they lack those
+/// mounts, and CRIU cannot restore a process whose mount it finds no mapping for ("mnt: No
+/// mapping for ..."). The shim made the files just now: each mount the container's `spec.dump`
+/// in the checkpoint had, and the new spec lacks, is added with the same options and this pod's
+/// file as its source. A spec that has them already (the NRI, two-phase flow) is left alone.
+fn add_pod_file_mounts(pod_bundle: &Path, sandbox_id: &str, task_bundle: &Path, key: &str) -> Result<(), Error> {
+    let staged = pod_bundle.join("work").join(podcr_sandbox_controller::restore::RESTORE_DIR).join(key).join("spec.dump");
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&staged).map_err(Error::io(format!("read {}", staged.display())))?)?;
+    let config_path = task_bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).map_err(Error::io(format!("read {}", config_path.display())))?)?;
+    let files = PodFiles::for_bundle(pod_bundle, sandbox_id)?;
+    let source = |dest: &str| match dest {
+        "/dev/shm" => files.shm(),
+        other => files.root_dir.join(other.trim_start_matches("/etc/")),
+    };
+    if !spec["mounts"].is_array() {
+        spec["mounts"] = serde_json::Value::Array(Vec::new());
+    }
+    let mut added = Vec::new();
+    for dest in POD_FILE_MOUNTS {
+        let Some(mount) = original["mounts"].as_array().and_then(|m| m.iter().find(|m| m["destination"] == *dest)) else { continue };
+        if !source(dest).exists() {
+            continue;
+        }
+        let Some(mounts) = spec["mounts"].as_array_mut() else { continue };
+        // Without the pod's shm the CRI gives /dev/shm a private tmpfs: a bind in the checkpoint
+        // must come back as a bind, or CRIU finds no external mount to map it to.
+        let existing = mounts.iter().position(|m| m["destination"] == *dest);
+        if existing.is_some_and(|i| mounts[i]["type"] == mount["type"]) {
+            continue;
+        }
+        let mut mount = mount.clone();
+        mount["source"] = serde_json::Value::String(source(dest).to_string_lossy().into_owned());
+        match existing {
+            Some(i) => mounts[i] = mount,
+            None => mounts.push(mount),
+        }
+        added.push(*dest);
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let tmp = task_bundle.join("config.json.podcr-tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&spec)?).map_err(Error::io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &config_path).map_err(Error::io(format!("replace {}", config_path.display())))?;
+    info!(bundle = %task_bundle.display(), ?added, "pod file mounts added to a restored task's spec");
+    Ok(())
 }
 
 #[cfg(test)]
