@@ -67,12 +67,15 @@ pub struct Daemon {
     /// an upstream build's own `containerd-shim-runc-v2` (main ships one), so runc.v2 tasks run
     /// with the shim of the same commit.
     pub extra_path: Option<PathBuf>,
+    /// Run containerd's NRI plugin (its socket inside the run dir). Off by default, as before:
+    /// only tests of NRI-dependent flows (PR 13971's two-phase restore) turn it on.
+    pub nri: bool,
 }
 
 impl Daemon {
     /// `containerd` from PATH.
     pub fn system() -> Daemon {
-        Daemon { name: "system".into(), containerd: PathBuf::from("containerd"), extra_path: None }
+        Daemon { name: "system".into(), containerd: PathBuf::from("containerd"), extra_path: None, nri: false }
     }
 
     /// The daemon `PODCR_TEST_CONTAINERD` names: unset or `system` for the system's, or an
@@ -235,7 +238,7 @@ impl Containerd {
             cni_conflist(&self.rec, &subnet),
         )?;
         let config = dir.join("config.toml");
-        std::fs::write(&config, containerd_config(&self.rec))?;
+        std::fs::write(&config, containerd_config(&self.rec, self.daemon.nri))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
         Ok(())
     }
@@ -516,8 +519,13 @@ fn cni_conflist(rec: &RunRecord, subnet: &str) -> String {
 
 /// containerd 2.1 config (version 3). Everything that would otherwise land in /var/lib/containerd,
 /// /run/containerd, /etc/cni or /var/run/netns is moved under the run dir.
-fn containerd_config(rec: &RunRecord) -> String {
+fn containerd_config(rec: &RunRecord, nri: bool) -> String {
     let d = rec.dir.display();
+    let nri = if nri {
+        format!("disable = false\n    socket_path = '{d}/nri.sock'\n    plugin_path = '{d}/nri-plugins'\n    plugin_config_path = '{d}/nri-conf'")
+    } else {
+        "disable = true".to_string()
+    };
     format!(
         r#"version = 3
 root = '{d}/root'
@@ -531,9 +539,9 @@ temp = '{d}/tmp'
   address = '{d}/containerd.sock.ttrpc'
 
 [plugins]
-  # NRI would listen on the global /var/run/nri/nri.sock.
+  # NRI would listen on the global /var/run/nri/nri.sock unless moved into the run.
   [plugins.'io.containerd.nri.v1.nri']
-    disable = true
+    {nri}
   [plugins.'io.containerd.internal.v1.opt']
     path = '{d}/opt'
   [plugins.'io.containerd.cri.v1.images']

@@ -90,7 +90,7 @@ pub fn find(build: Upstream) -> Result<Option<Daemon>> {
     let dir = dir.join(build.build());
     let containerd = dir.join("containerd");
     anyhow::ensure!(containerd.is_file(), "{} missing after unpack.sh", containerd.display());
-    Ok(Some(Daemon { name: build.build().to_string(), containerd, extra_path: Some(dir) }))
+    Ok(Some(Daemon { name: build.build().to_string(), containerd, extra_path: Some(dir), nri: false }))
 }
 
 /// `true` when the upstream builds are present (for tests that only want to know).

@@ -100,10 +100,11 @@ fn dir_is_empty(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir)?.next().is_none())
 }
 
-async fn checkpoint_and_restore_through_the_cri(build: Upstream, test: &str) -> Result<()> {
-    let Some(daemon) = upstream::daemon(build, test)? else { return Ok(()) };
+async fn checkpoint_and_restore_through_the_cri(build: Upstream, test: &str, nri: bool) -> Result<()> {
+    let Some(mut daemon) = upstream::daemon(build, test)? else { return Ok(()) };
+    daemon.nri = nri;
     let cd: &'static Containerd = Box::leak(Box::new(blocking(move || Containerd::start_with(daemon)).await?));
-    let result = run(cd, build).await;
+    let result = run(cd, build, nri).await;
     if let Err(e) = &result {
         eprintln!("{test} failed: {e:#}\ncontainerd ({}) log tail:\n{}", cd.daemon().name, cd.log_tail(40));
     }
@@ -112,11 +113,11 @@ async fn checkpoint_and_restore_through_the_cri(build: Upstream, test: &str) -> 
     stopped
 }
 
-async fn run(cd: &'static Containerd, build: Upstream) -> Result<()> {
+async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> {
     let image = blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?;
     let mut rs = cd.cri_runtime().await?;
     let mut cr = cd.cri_pods().await?;
-    let name = format!("wire-{}", build.build());
+    let name = format!("wire-{}{}", build.build(), if nri { "-nri" } else { "" });
     let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, &name, &image, &[("counter", COUNTER), ("token", TOKEN)]).await?;
     let (counter_log, token_log) = (pod.log("counter"), pod.log("token"));
     {
@@ -275,10 +276,18 @@ async fn cut_short(cd: &Containerd, rs: &mut Cri, cr: &mut podcr_tests::cri_pod:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13822_cri_checkpoint_pod_and_restore_pod_through_the_checkpoint_service() -> Result<()> {
-    checkpoint_and_restore_through_the_cri(Upstream::Pr13822, "pr13822_cri_checkpoint_pod_and_restore_pod").await
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13822, "pr13822_cri_checkpoint_pod_and_restore_pod", false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13971_cri_checkpoint_pod_and_restore_pod_through_the_sandbox_service() -> Result<()> {
-    checkpoint_and_restore_through_the_cri(Upstream::Pr13971, "pr13971_cri_checkpoint_pod_and_restore_pod").await
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13971, "pr13971_cri_checkpoint_pod_and_restore_pod", false).await
+}
+
+/// With NRI enabled (containerd's default) PR 13971 restores in two phases: `RestoreSandbox`
+/// with `io.containerd.pod-restore.phase=prepare` (the pod only, before the containers are
+/// staged), then `=complete` (the tasks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pr13971_with_nri_restores_in_two_phases() -> Result<()> {
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13971, "pr13971_with_nri_restores_in_two_phases", true).await
 }
