@@ -79,7 +79,14 @@ fn unpacked() -> Result<Option<PathBuf>> {
 pub fn daemon(build: Upstream, test: &str) -> Result<Option<Daemon>> {
     let found = find(build)?;
     if found.is_none() {
-        println!("SKIP: {test}: no upstream containerd builds at {} (set PODCR_UPSTREAM_DIR)", shipped_dir().display());
+        // Straight to stderr, not eprintln!: the test harness captures the print macros of
+        // passing tests, and a skip must be seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: {test}: no upstream containerd builds at {} (set PODCR_UPSTREAM_DIR)",
+            shipped_dir().display()
+        );
     }
     Ok(found)
 }
