@@ -229,7 +229,11 @@ impl ImageRootfs {
                 .spec
                 .as_ref()
                 .and_then(|spec| serde_json::from_slice::<serde_json::Value>(&spec.value).ok())
-                .and_then(|spec| spec["annotations"][CRI_IMAGE_NAME].as_str().map(str::to_string))
+                .and_then(|spec| {
+                    spec["annotations"][CRI_IMAGE_NAME]
+                        .as_str()
+                        .map(str::to_string)
+                })
                 .unwrap_or_default()
         } else {
             container.image.clone()
@@ -258,7 +262,9 @@ impl ImageRootfs {
                 Some(lease),
             )?)
             .await
-            .map_err(grpc(format!("prepare snapshot {key} on {snapshotter} for image {image}")))?
+            .map_err(grpc(format!(
+                "prepare snapshot {key} on {snapshotter} for image {image}"
+            )))?
             .into_inner();
         info!(task = %task_id, %snapshotter, %image, "rootfs snapshot prepared for the restored task");
         Ok(resp

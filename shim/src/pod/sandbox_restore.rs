@@ -264,11 +264,17 @@ impl<B: PodBackend> SandboxRestore<B> {
         let mut out = Vec::new();
         for task in &req.tasks {
             let result = async {
-                let (pod_bundle, sandbox, task_bundle, key) =
-                    (PathBuf::from(&req.bundle_path), req.sandbox_id.clone(), PathBuf::from(&task.bundle), task.checkpoint_key.clone());
-                tokio::task::spawn_blocking(move || add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key))
-                    .await
-                    .map_err(|e| Error::Other(format!("pod file mounts task: {e}")))??;
+                let (pod_bundle, sandbox, task_bundle, key) = (
+                    PathBuf::from(&req.bundle_path),
+                    req.sandbox_id.clone(),
+                    PathBuf::from(&task.bundle),
+                    task.checkpoint_key.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key)
+                })
+                .await
+                .map_err(|e| Error::Other(format!("pod file mounts task: {e}")))??;
                 let rootfs = self.images.prepare(&task.task_id, &req.sandbox_id).await?;
                 self.store
                     .create(CreateArgs {
@@ -314,7 +320,12 @@ impl<B: PodBackend> SandboxRestore<B> {
 }
 
 /// The pod files the CRI bind-mounts into every container (see [`super::files`]).
-const POD_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"];
+const POD_FILE_MOUNTS: &[&str] = &[
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/dev/shm",
+];
 
 /// Gives a restored task's spec the pod-file bind mounts its checkpointed container had.
 ///
@@ -325,12 +336,25 @@ const POD_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.c
 /// mapping for ..."). The shim made the files just now: each mount the container's `spec.dump`
 /// in the checkpoint had, and the new spec lacks, is added with the same options and this pod's
 /// file as its source. A spec that has them already (the NRI, two-phase flow) is left alone.
-fn add_pod_file_mounts(pod_bundle: &Path, sandbox_id: &str, task_bundle: &Path, key: &str) -> Result<(), Error> {
-    let staged = pod_bundle.join("work").join(podcr_sandbox_controller::restore::RESTORE_DIR).join(key).join("spec.dump");
-    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&staged).map_err(Error::io(format!("read {}", staged.display())))?)?;
+fn add_pod_file_mounts(
+    pod_bundle: &Path,
+    sandbox_id: &str,
+    task_bundle: &Path,
+    key: &str,
+) -> Result<(), Error> {
+    let staged = pod_bundle
+        .join("work")
+        .join(podcr_sandbox_controller::restore::RESTORE_DIR)
+        .join(key)
+        .join("spec.dump");
+    let original: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&staged).map_err(Error::io(format!("read {}", staged.display())))?,
+    )?;
     let config_path = task_bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_path).map_err(Error::io(format!("read {}", config_path.display())))?)?;
+    let mut spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&config_path)
+            .map_err(Error::io(format!("read {}", config_path.display())))?,
+    )?;
     let files = PodFiles::for_bundle(pod_bundle, sandbox_id)?;
     let source = |dest: &str| match dest {
         "/dev/shm" => files.shm(),
@@ -341,11 +365,18 @@ fn add_pod_file_mounts(pod_bundle: &Path, sandbox_id: &str, task_bundle: &Path, 
     }
     let mut added = Vec::new();
     for dest in POD_FILE_MOUNTS {
-        let Some(mount) = original["mounts"].as_array().and_then(|m| m.iter().find(|m| m["destination"] == *dest)) else { continue };
+        let Some(mount) = original["mounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["destination"] == *dest))
+        else {
+            continue;
+        };
         if !source(dest).exists() {
             continue;
         }
-        let Some(mounts) = spec["mounts"].as_array_mut() else { continue };
+        let Some(mounts) = spec["mounts"].as_array_mut() else {
+            continue;
+        };
         // Without the pod's shm the CRI gives /dev/shm a private tmpfs: a bind in the checkpoint
         // must come back as a bind, or CRIU finds no external mount to map it to.
         let existing = mounts.iter().position(|m| m["destination"] == *dest);
@@ -364,8 +395,10 @@ fn add_pod_file_mounts(pod_bundle: &Path, sandbox_id: &str, task_bundle: &Path, 
         return Ok(());
     }
     let tmp = task_bundle.join("config.json.podcr-tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&spec)?).map_err(Error::io(format!("write {}", tmp.display())))?;
-    std::fs::rename(&tmp, &config_path).map_err(Error::io(format!("replace {}", config_path.display())))?;
+    std::fs::write(&tmp, serde_json::to_vec(&spec)?)
+        .map_err(Error::io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &config_path)
+        .map_err(Error::io(format!("replace {}", config_path.display())))?;
     info!(bundle = %task_bundle.display(), ?added, "pod file mounts added to a restored task's spec");
     Ok(())
 }
