@@ -146,11 +146,12 @@ impl<B: PodBackend> SandboxRestore<B> {
                 .map(|t| ContainerSelection {
                     id: t.task_id.clone(),
                     name: Some(t.checkpoint_key.clone()),
-                    config: None,
-                    status: None,
+                    ..Default::default()
                 })
                 .collect(),
-            pod_config: None,
+            // Whatever else a checkpoint carries (the pod's own config, a signer) is the
+            // controller's default, as for a request with nothing more to say.
+            ..Default::default()
         };
         let controller = self.controller.clone();
         detached(async move { controller.checkpoint(request).await }).await?;
