@@ -35,10 +35,9 @@ use podcr_sandbox_controller::{
     SandboxController,
 };
 use tracing::{info, warn};
-use ttrpc::r#async::TtrpcContext;
 
 use super::{
-    checkpoint_service::{deadline, detached, options},
+    checkpoint_service::{detached, options},
     convert::{self, controller_error},
     files::PodFiles,
     image_rootfs::ImageRootfs,
@@ -123,7 +122,7 @@ impl<B: PodBackend> SandboxRestore<B> {
 
     pub async fn checkpoint(
         &self,
-        ctx: &TtrpcContext,
+        deadline: Option<tokio::time::Instant>,
         req: CheckpointSandboxRequest,
     ) -> Result<CheckpointSandboxResponse, Error> {
         info!(sandbox = %req.sandbox_id, output = %req.output_path, tasks = req.tasks.len(), "checkpoint sandbox (PR 13971)");
@@ -138,7 +137,7 @@ impl<B: PodBackend> SandboxRestore<B> {
         let request = PodCheckpointRequest {
             sandbox_id: req.sandbox_id.clone(),
             output_path: PathBuf::from(&req.output_path),
-            deadline: deadline(ctx),
+            deadline,
             options: options(&req.options),
             containers: req
                 .tasks
@@ -160,7 +159,7 @@ impl<B: PodBackend> SandboxRestore<B> {
 
     pub async fn restore(
         &self,
-        ctx: &TtrpcContext,
+        deadline: Option<tokio::time::Instant>,
         req: RestoreSandboxRequest,
     ) -> Result<RestoreSandboxResponse, Error> {
         let mut opts = options(&req.options);
@@ -181,7 +180,6 @@ impl<B: PodBackend> SandboxRestore<B> {
                 "unknown restore option {key:?} (none are supported)"
             )));
         }
-        let deadline = deadline(ctx);
 
         // The pod: created and started here unless a prepare call already did.
         let (pid, created_at) = if phase == Phase::Complete {
@@ -434,6 +432,117 @@ mod tests {
                 check_unique("x", bad.into_iter()),
                 Err(Error::InvalidArgument(_))
             ));
+        }
+    }
+
+    mod service {
+        use podcr_protos::sandbox::{SandboxCheckpointTask, SandboxRestoreTask};
+        use podcr_sandbox_controller::fake::FakeBackend;
+
+        use super::*;
+        use crate::events::EventSink;
+
+        async fn restorer(dir: &Path) -> SandboxRestore<FakeBackend> {
+            crate::reaper::start().unwrap();
+            let store = Containers::with_runc(
+                "ns",
+                dir.join("root"),
+                PathBuf::from("/bin/false"),
+                EventSink::discard(),
+            )
+            .await
+            .unwrap();
+            let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())));
+            SandboxRestore::new(controller, store, ImageRootfs::new("", "ns"))
+        }
+
+        fn restore_req(
+            dir: &Path,
+            options: &[(&str, &str)],
+            keys: &[(&str, &str)],
+        ) -> RestoreSandboxRequest {
+            let mut req = RestoreSandboxRequest::new();
+            req.sandbox_id = "sb".into();
+            req.bundle_path = dir.join("bundle").display().to_string();
+            req.checkpoint_path = dir.join("ckpt").display().to_string();
+            req.options = options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            req.tasks = keys
+                .iter()
+                .map(|(key, id)| {
+                    let mut t = SandboxRestoreTask::new();
+                    t.checkpoint_key = key.to_string();
+                    t.task_id = id.to_string();
+                    t
+                })
+                .collect();
+            req
+        }
+
+        fn soon() -> Option<tokio::time::Instant> {
+            Some(tokio::time::Instant::now() + std::time::Duration::from_secs(30))
+        }
+
+        #[tokio::test]
+        async fn unknown_options_and_duplicate_names_are_refused_before_a_pod_exists() {
+            let dir = tempfile::tempdir().unwrap();
+            let r = restorer(dir.path()).await;
+            let bad = [
+                restore_req(dir.path(), &[("no-such-option", "1")], &[("app", "c1")]),
+                restore_req(dir.path(), &[], &[("app", "c1"), ("app", "c2")]),
+                restore_req(dir.path(), &[], &[]),
+                restore_req(
+                    dir.path(),
+                    &[(RESTORE_PHASE_OPTION, "later")],
+                    &[("app", "c1")],
+                ),
+            ];
+            for req in bad {
+                let err = r.restore(soon(), req.clone()).await.unwrap_err();
+                assert!(matches!(err, Error::InvalidArgument(_)), "{req:?}: {err:?}");
+                assert_eq!(
+                    r.controller.pod_id().await,
+                    None,
+                    "a refused restore left a pod"
+                );
+            }
+            let mut ck = CheckpointSandboxRequest::new();
+            ck.sandbox_id = "sb".into();
+            ck.tasks = vec![SandboxCheckpointTask::new()];
+            assert!(matches!(
+                r.checkpoint(soon(), ck).await,
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+
+        #[tokio::test]
+        async fn the_prepare_phase_starts_the_pod_and_returns_no_tasks() {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+            let r = restorer(dir.path()).await;
+            let resp = r
+                .restore(
+                    soon(),
+                    restore_req(
+                        dir.path(),
+                        &[(RESTORE_PHASE_OPTION, "prepare")],
+                        &[("app", "c1")],
+                    ),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.pid, 4242, "the pod's anchor pid");
+            assert!(
+                resp.created_at.is_some(),
+                "containerd refuses a restore without a creation time"
+            );
+            assert!(
+                resp.tasks.is_empty(),
+                "containerd refuses task records from a prepare call"
+            );
+            assert_eq!(r.controller.pod_id().await.as_deref(), Some("sb"));
         }
     }
 }

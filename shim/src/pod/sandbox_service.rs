@@ -144,10 +144,10 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
     }
 
     async fn checkpoint_sandbox(&self, ctx: &TtrpcContext, req: CheckpointSandboxRequest) -> RpcResult<CheckpointSandboxResponse> {
-        Ok(self.restore.checkpoint(ctx, req).await?)
+        Ok(self.restore.checkpoint(super::checkpoint_service::deadline(ctx), req).await?)
     }
 
     async fn restore_sandbox(&self, ctx: &TtrpcContext, req: RestoreSandboxRequest) -> RpcResult<RestoreSandboxResponse> {
-        Ok(self.restore.restore(ctx, req).await?)
+        Ok(self.restore.restore(super::checkpoint_service::deadline(ctx), req).await?)
     }
 }
