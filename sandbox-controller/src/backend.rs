@@ -184,7 +184,9 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn thaw(&self, ids: &[String]) -> Result<()>;
 
     /// Dumps one frozen container; it stays frozen and alive. With `opts.barrier` the dump is
-    /// started before the freeze and waits at the barrier (see [`FreezeBarrier`]).
+    /// started before the freeze and waits at the barrier (see [`FreezeBarrier`]). Once the
+    /// barrier says go (or without a barrier), the future must be driven to its end: the
+    /// controller never drops it, and a backend must not rely on a drop to stop its dumper.
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
 
     /// Version of the tool that writes the images (CRIU for runc), recorded in the checkpoint's
@@ -198,6 +200,15 @@ pub trait PodBackend: Send + Sync + 'static {
     /// window. The default freezes first.
     async fn prepared_dumps(&self, _ids: &[String]) -> bool {
         false
+    }
+
+    /// How long dumping these containers (in parallel) is expected to take once the pod is
+    /// frozen, e.g. from their memory usage. The controller freezes the pod only if the deadline
+    /// leaves at least this much time: once a dump runs it is never abandoned (stopping CRIU
+    /// while its code is inside a process can kill that process), so a late dump holds the pod
+    /// frozen past the deadline. The default, zero, only checks that the deadline has not passed.
+    async fn dump_estimate(&self, _ids: &[String]) -> Duration {
+        Duration::ZERO
     }
 
     /// Captures the writable layer of one frozen container into `dest_dir`.

@@ -29,6 +29,8 @@ pub struct FakeBackend {
     pub dump_delay: Mutex<Duration>,
     /// Dumps get ready before the freeze (the barrier path).
     pub prepared: Mutex<bool>,
+    /// What `dump_estimate` answers.
+    pub estimate: Mutex<Duration>,
     anchor_exit: Mutex<Option<watch::Sender<Option<ExitStatus>>>>,
 }
 
@@ -129,6 +131,10 @@ impl PodBackend for FakeBackend {
 
     async fn prepared_dumps(&self, _ids: &[String]) -> bool {
         self.prepared.lock().map(|p| *p).unwrap_or(false)
+    }
+
+    async fn dump_estimate(&self, _ids: &[String]) -> Duration {
+        self.estimate.lock().map(|d| *d).unwrap_or_default()
     }
 
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome> {

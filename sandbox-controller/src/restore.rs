@@ -15,7 +15,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    archive::{self, Limits, PodCheckpoint},
+    archive::{self, Cancel, Limits, PodCheckpoint},
     backend::{PodBackend, RestoreStage},
     checkpoint::options::{parse_bool, CheckpointOptions},
     controller::SandboxController,
@@ -93,19 +93,33 @@ impl<B: PodBackend> SandboxController<B> {
         let checkpoint = req.checkpoint_path.clone();
         let selections = req.containers.clone();
         let root = staging_root.clone();
-        let extracted = tokio::time::timeout_at(
-            deadline,
-            tokio::task::spawn_blocking(move || extract_all(&checkpoint, &selections, &root)),
-        )
-        .await;
-        let staged = match extracted {
-            Ok(Ok(Ok(staged))) => staged,
-            Ok(Ok(Err(e))) => return Err(e),
-            Ok(Err(join)) => return Err(Error::Io { context: "restore extraction task".into(), source: std::io::Error::other(join) }),
-            Err(_) => {
+        let cancel = Cancel::new();
+        let extraction = tokio::task::spawn_blocking({
+            let cancel = cancel.clone();
+            move || extract_all(&checkpoint, &selections, &root, &cancel)
+        });
+        tokio::pin!(extraction);
+        let extracted = tokio::select! {
+            joined = &mut extraction => joined,
+            _ = tokio::time::sleep_until(deadline) => {
+                // The extraction threads stop at their next chunk. Join them before removing the
+                // staging and before the pod's lock is released (on return), so nothing is
+                // written after this call answered and a second restore starts from nothing.
+                cancel.cancel();
+                let _ = extraction.await;
                 remove_staging(&staging_root);
-                return Err(Error::DeadlineExceeded("validating and extracting the checkpoint".into()));
+                let e = Error::DeadlineExceeded(
+                    "validating and extracting the checkpoint: nothing was restored or left behind".into(),
+                );
+                // The caller's own deadline may fire first and hide this answer: log it.
+                warn!(pod = %req.sandbox_id, error = %e, "pod restore failed");
+                return Err(e);
             }
+        };
+        let staged = match extracted {
+            Ok(Ok(staged)) => staged,
+            Ok(Err(e)) => return Err(e),
+            Err(join) => return Err(Error::Io { context: "restore extraction task".into(), source: std::io::Error::other(join) }),
         };
 
         let mut done: Vec<String> = Vec::new();
@@ -143,8 +157,9 @@ fn remove_staging(root: &Path) {
     }
 }
 
-/// Validates the checkpoint and extracts every selected container; on error removes all of it.
-fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) -> Result<Vec<Staged>> {
+/// Validates the checkpoint and extracts every selected container; on error (or once `cancel`
+/// is cancelled) removes all of it, after every extraction thread has stopped.
+fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, cancel: &Cancel) -> Result<Vec<Staged>> {
     let result = (|| {
         let limits = Limits::default();
         let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
@@ -177,7 +192,9 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) 
                     scope.spawn(move || -> Result<Staged> {
                         let dest = root.join(&selection.name);
                         let archive = ckpt.dir.join(&entry.archive);
-                        let extracted = archive::extract_container_archive_verified(&archive, digest, &dest, limits)
+                        let extracted = archive::extract_container_archive_verified_until(&archive, digest, &dest, limits, cancel)
+                            // One failed container fails the restore: stop the others early.
+                            .inspect_err(|_| cancel.cancel())
                             .map_err(|e| match e {
                                 // Say which container archive is damaged, not only which entry.
                                 Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
@@ -203,8 +220,12 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path) 
                 .map(|h| h.join().unwrap_or_else(|_| Err(Error::Archive("an extraction thread panicked".into()))))
                 .collect()
         });
-        let staged = results.into_iter().collect::<Result<Vec<_>>>()?;
-        Ok(staged)
+        // Report the container that failed, not one it cancelled.
+        let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        if let Some(e) = errs.into_iter().filter_map(Result::err).min_by_key(|e| e.to_string().contains(archive::CANCELLED)) {
+            return Err(e);
+        }
+        ok.into_iter().collect::<Result<Vec<_>>>()
     })();
     if result.is_err() {
         remove_staging(root);

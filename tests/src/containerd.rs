@@ -108,6 +108,8 @@ pub struct Containerd {
     ns_counter: AtomicU32,
     stopped: Mutex<bool>,
     daemon: Daemon,
+    /// Extra environment for containerd, and so for the shims it starts.
+    env: Vec<(String, String)>,
 }
 
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
@@ -146,11 +148,21 @@ impl Containerd {
     /// Starts a private containerd ([`Daemon::from_env`]). Fails loudly if a tool or the podcr
     /// shim binary is missing.
     pub fn start() -> Result<Containerd> {
-        Containerd::start_with(Daemon::from_env()?)
+        Containerd::start_with_env(&[])
+    }
+
+    /// [`Containerd::start`] with extra environment variables for containerd, which passes them
+    /// on to the shims it starts (e.g. a shim tuning knob a test needs set).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::launch(Daemon::from_env()?, env)
     }
 
     /// Starts a private run of `daemon`, set up exactly like [`start`](Self::start)'s.
     pub fn start_with(daemon: Daemon) -> Result<Containerd> {
+        Containerd::launch(daemon, &[])
+    }
+
+    fn launch(daemon: Daemon, env: &[(&str, &str)]) -> Result<Containerd> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "the integration tests need root (containerd, runc, CRIU)"
@@ -201,6 +213,7 @@ impl Containerd {
             ns_counter: AtomicU32::new(0),
             stopped: Mutex::new(false),
             daemon,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         // From here on, a failure tears the partial run down through Drop.
         cd.prepare()?;
@@ -270,6 +283,7 @@ impl Containerd {
             .env_remove("XDG_RUNTIME_DIR")
             // Checkpoint temp dirs (ctrd-checkpoint*) go to $TMPDIR: keep them in the run dir.
             .env("TMPDIR", dir.join("tmp"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

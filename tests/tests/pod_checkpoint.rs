@@ -175,7 +175,7 @@ async fn checkpoint_without_leave_running_stops_the_containers() -> Result<()> {
     let dir = cd.dir().join("ckpt-stop");
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "ckpt-stop".into(), "-o".into(), dir.display().to_string()])
+        move || pods::podcr(cd, ["checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "ckpt-stop".into(), "--stop".into(), "-o".into(), dir.display().to_string()])
     })
     .await?;
     pods::ensure_success("podcr checkpoint", &out)?;
@@ -319,7 +319,7 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         let (dir, archive) = (dir.clone(), archive.clone());
         move || {
             pods::podcr(cd, [
-                "checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "migrate".into(),
+                "checkpoint".to_string(), "--stop".into(), "--pod-namespace".into(), POD_NS.into(), "migrate".into(),
                 "--compression".into(), "zstd".into(), "-o".into(), dir.display().to_string(), "--archive".into(), archive.display().to_string(),
             ])
         }

@@ -20,6 +20,7 @@
 //! [`apply_rootfs_diff`] for what is refused. All functions are synchronous; async callers run
 //! them with `spawn_blocking`.
 
+mod cancel;
 mod capture;
 mod codec;
 mod fsutil;
@@ -38,6 +39,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use cancel::{Cancel, CANCELLED};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
 pub use layout::*;
 pub use limits::Limits;
@@ -45,6 +47,10 @@ pub use metadata::*;
 pub use pack::{pack_pod_dir, unpack_pod_archive};
 pub use pod::{open_pod_dir, verify_pod_dir, PodCheckpoint};
 pub use peek::{read_container_metadata, ContainerMetadata};
-pub use reader::{extract_container_archive, extract_container_archive_verified, ExtractedContainer};
+pub use reader::{
+    extract_container_archive, extract_container_archive_verified, extract_container_archive_verified_until, ExtractedContainer,
+};
 pub use rootfs::{apply_rootfs_diff, check_deleted_path, delete_rootfs_paths, RootfsApplyStats};
-pub use writer::{finish_pod_manifest, write_container_archive, write_pod_files, ArchiveStats, PodManifestInfo};
+pub use writer::{
+    finish_pod_manifest, write_container_archive, write_container_archive_until, write_pod_files, ArchiveStats, PodManifestInfo,
+};

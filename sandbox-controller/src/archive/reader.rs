@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::{
+    cancel::Cancel,
     fsutil::read_bounded,
     layout::*,
     limits::Limits,
     metadata::{BindMount, ContainerConfig, ContainerManifest, FileDigest},
     rootfs::check_deleted_path,
-    untar::{check_against_manifest, extract_strict, with_fresh_dir},
+    untar::{check_against_manifest, extract_strict_until, with_fresh_dir},
 };
 use crate::error::{Error, Result};
 
@@ -84,7 +85,7 @@ pub(super) fn check_container_entry(path: &str, is_dir: bool, size: u64, limits:
 /// `O_EXCL|O_NOFOLLOW`. Header checks run before each entry is written; on any error `dest`
 /// is removed with everything in it.
 pub fn extract_container_archive(archive: &Path, dest: &Path, limits: &Limits) -> Result<ExtractedContainer> {
-    with_fresh_dir(dest, || extract_into(archive, dest, limits))
+    with_fresh_dir(dest, || extract_into(archive, dest, limits, &Cancel::new()))
 }
 
 /// [`extract_container_archive`] that also requires the archive file to match `expected` (its
@@ -95,8 +96,20 @@ pub fn extract_container_archive_verified(
     dest: &Path,
     limits: &Limits,
 ) -> Result<ExtractedContainer> {
+    extract_container_archive_verified_until(archive, expected, dest, limits, &Cancel::new())
+}
+
+/// [`extract_container_archive_verified`] that stops at the next chunk read once `cancel` is
+/// cancelled; `dest` is removed before it returns, as on any other error.
+pub fn extract_container_archive_verified_until(
+    archive: &Path,
+    expected: &FileDigest,
+    dest: &Path,
+    limits: &Limits,
+    cancel: &Cancel,
+) -> Result<ExtractedContainer> {
     with_fresh_dir(dest, || {
-        let c = extract_into(archive, dest, limits)?;
+        let c = extract_into(archive, dest, limits, cancel)?;
         if &c.archive_digest != expected {
             return Err(Error::Archive(format!(
                 "{} does not match the pod manifest (sha256 {} size {}, manifest says {} size {})",
@@ -111,9 +124,9 @@ pub fn extract_container_archive_verified(
     })
 }
 
-fn extract_into(archive: &Path, dest: &Path, limits: &Limits) -> Result<ExtractedContainer> {
+fn extract_into(archive: &Path, dest: &Path, limits: &Limits, cancel: &Cancel) -> Result<ExtractedContainer> {
     let mut check = |p: &str, d: bool, s: u64| check_container_entry(p, d, s, limits);
-    let out = extract_strict(archive, dest, limits, &mut check)?;
+    let out = extract_strict_until(archive, dest, limits, &mut check, cancel)?;
     let last = out.entries.last().map(|e| e.path.as_str());
     if last != Some(CONTAINER_MANIFEST_FILE) {
         return Err(Error::Archive(format!(

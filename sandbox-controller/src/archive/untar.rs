@@ -22,6 +22,7 @@ use nix::{
 use tar::EntryType;
 
 use super::{
+    cancel::{Cancel, CancelRead},
     codec::Decoder,
     fsutil::{open_dir_nofollow, open_regular_nofollow, walk_parent, Hashing},
     layout::{split_relative, Compression, DIR_MODE, FILE_MODE},
@@ -86,8 +87,19 @@ fn canonical_path(raw: &[u8], is_dir: bool, limits: &Limits) -> Result<String> {
 /// Extracts the archive at `archive` into `root_dir` (already created, empty) strictly; `check`
 /// sees every entry's path, kind and claimed size before any byte of it is written.
 pub fn extract_strict(archive: &Path, root_dir: &Path, limits: &Limits, check: EntryCheck) -> Result<StrictOutput> {
+    extract_strict_until(archive, root_dir, limits, check, &Cancel::new())
+}
+
+/// [`extract_strict`] that fails at the next chunk read once `cancel` is cancelled.
+pub fn extract_strict_until(
+    archive: &Path,
+    root_dir: &Path,
+    limits: &Limits,
+    check: EntryCheck,
+    cancel: &Cancel,
+) -> Result<StrictOutput> {
     // Never a FIFO or a symlink: either would let the archive's location decide what is read.
-    let raw = open_regular_nofollow(archive)?;
+    let raw = CancelRead::new(open_regular_nofollow(archive)?, cancel.clone());
     let (compression, decoder) = Decoder::detect(Hashing::new(raw))?;
     let root = open_dir_nofollow(root_dir)?;
     let mut tar = tar::Archive::new(decoder);

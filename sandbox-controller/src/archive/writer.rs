@@ -9,6 +9,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::{
+    cancel::{Cancel, CancelWrite},
     codec::Encoder,
     fsutil::{digest_file, write_atomic, AtomicFile, Hashing},
     layout::*,
@@ -53,6 +54,18 @@ pub fn write_container_archive(
     dest: &Path,
     compression: Compression,
 ) -> Result<ArchiveStats> {
+    write_container_archive_until(staging_dir, meta, dest, compression, &Cancel::new())
+}
+
+/// [`write_container_archive`] that stops at the next chunk written once `cancel` is cancelled
+/// (failing with [`super::CANCELLED`]; the temporary file is removed before it returns).
+pub fn write_container_archive_until(
+    staging_dir: &Path,
+    meta: &ContainerArchiveMeta,
+    dest: &Path,
+    compression: Compression,
+    cancel: &Cancel,
+) -> Result<ArchiveStats> {
     validate_container_name(&meta.name)?;
     for path in &meta.deleted_files {
         super::rootfs::check_deleted_path(path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -62,7 +75,7 @@ pub fn write_container_archive(
 
     let mut out = AtomicFile::create(dest)?;
     let file = out.file()?;
-    let hashed = Hashing::new(BufWriter::with_capacity(super::fsutil::IO_BUF, file));
+    let hashed = Hashing::new(BufWriter::with_capacity(super::fsutil::IO_BUF, CancelWrite::new(file, cancel.clone())));
     let mut tar = TarOut::new(Encoder::new(hashed, compression)?, mtime);
 
     tar.add_dir(CHECKPOINT_DIR, DIR_MODE)?;

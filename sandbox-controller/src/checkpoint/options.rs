@@ -1,6 +1,10 @@
 //! The option keys a pod checkpoint accepts, named as checkpointctl's proposal names them
 //! (`leave-running`, `tcp-established`, ...). The CRI says unknown keys are an InvalidArgument:
 //! a typo must not silently produce a checkpoint the user did not ask for.
+//!
+//! The defaults are the CRI's: cri-api says a pod checkpoint never ends the pod (the runtime
+//! resumes every container before it returns), and the kubelet sends an empty options map. So
+//! the pod keeps running unless the caller sends `leave-running=false`.
 
 use std::collections::BTreeMap;
 
@@ -18,15 +22,22 @@ pub fn parse_compression(value: &str) -> Result<Compression> {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointOptions {
-    /// Keep the pod running after the checkpoint. The CRI default is to stop it.
+    /// Keep the pod running after the checkpoint (the default); `leave-running=false` stops its
+    /// containers once every one of them is dumped.
     pub leave_running: bool,
     /// Dump established TCP connections (CRIU `--tcp-established`).
     pub tcp_established: bool,
     /// Dump file locks (CRIU `--file-locks`).
     pub file_locks: bool,
     pub compression: Compression,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        CheckpointOptions { leave_running: true, tcp_established: false, file_locks: false, compression: Compression::None }
+    }
 }
 
 pub const OPTION_KEYS: &[&str] = &["leave-running", "tcp-established", "file-locks", "compression"];
@@ -69,10 +80,20 @@ mod tests {
     }
 
     #[test]
-    fn defaults_stop_the_pod_uncompressed() {
+    fn defaults_leave_the_pod_running_uncompressed() {
         let o = CheckpointOptions::parse(&BTreeMap::new()).unwrap();
         assert_eq!(o, CheckpointOptions::default());
-        assert!(!o.leave_running);
+        assert!(o.leave_running, "the CRI's empty options map must not stop the pod");
+        assert!(!o.tcp_established && !o.file_locks);
+        assert_eq!(o.compression, Compression::None);
+    }
+
+    #[test]
+    fn only_an_explicit_false_stops_the_pod() {
+        assert!(!CheckpointOptions::parse(&map(&[("leave-running", "false")])).unwrap().leave_running);
+        assert!(CheckpointOptions::parse(&map(&[("leave-running", "true")])).unwrap().leave_running);
+        // A bare key (as `--flag` style callers send it) means true, never "stop".
+        assert!(CheckpointOptions::parse(&map(&[("leave-running", "")])).unwrap().leave_running);
     }
 
     #[test]

@@ -8,6 +8,16 @@
 //!
 //! Every path out of the frozen section thaws the pod, including errors and the deadline, and
 //! any failure removes what was written below `output_path`.
+//!
+//! The deadline. Once the pod is frozen and CRIU has started, its parasite code may be running
+//! inside the pod's processes; killing CRIU then can take a process down with it, and a dump
+//! that is merely abandoned goes on and, because CRIU restores the freezer state it found,
+//! re-freezes the pod after our thaw. So the deadline is enforced where giving up is free: at
+//! the barrier, before anything is frozen, the pod is frozen only if the time left covers the
+//! backend's estimate of the dump. After that the dumps always run to their end (or until CRIU
+//! itself gives up), the pod is thawed, and a dump that ended past the deadline is discarded and
+//! answered with DeadlineExceeded, late. Packaging runs with the pod thawed: at the deadline
+//! its threads are cancelled at their next chunk and joined before anything is cleaned up.
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +31,7 @@ use tracing::{info, warn};
 
 use super::{criu_stats::CriuDumpStats, options::CheckpointOptions, package};
 use crate::{
+    archive::Cancel,
     backend::{ContainerInfo, DumpOptions, FreezeBarrier, PodBackend, RootfsCapture},
     controller::SandboxController,
     error::{Error, Result},
@@ -49,7 +60,8 @@ pub struct PodCheckpointRequest {
     /// The CRI requires callers to bound the call; a checkpoint without one is refused.
     pub deadline: Option<tokio::time::Instant>,
     pub options: BTreeMap<String, String>,
-    /// Empty: every container of the pod.
+    /// Exactly the containers to capture (the CRI's `container_ids`); each must be running. An
+    /// empty list is refused rather than read as "all": the caller names what it restores.
     pub containers: Vec<ContainerSelection>,
     /// CRI `PodSandboxConfig` as snake_case JSON (becomes `pod.dump`); defaults to the one the pod
     /// was created with.
@@ -114,12 +126,22 @@ impl<B: PodBackend> SandboxController<B> {
             let (freeze_window, dumped) = self.freeze_and_dump(&targets, &options, deadline).await?;
             let write_started = Instant::now();
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
-            let packaged = tokio::time::timeout_at(
-                deadline,
-                package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options, self.backend.dumper_version().await),
-            )
-            .await
-            .map_err(|_| Error::DeadlineExceeded("writing the checkpoint".into()))??;
+            let dumper_version = self.backend.dumper_version().await;
+            let cancel = Cancel::new();
+            let packaging = package::package_pod(&output, &spec, pod_config, &targets, &dumped, &options, dumper_version, &cancel);
+            tokio::pin!(packaging);
+            let packaged = tokio::select! {
+                packaged = &mut packaging => packaged?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    // The writer threads stop at their next chunk; wait for them, or a thread
+                    // could still be writing while the cleanup below empties the output.
+                    cancel.cancel();
+                    let _ = packaging.await;
+                    return Err(Error::DeadlineExceeded(
+                        "writing the checkpoint: the pod is running, the partial output was removed".into(),
+                    ));
+                }
+            };
             Ok::<_, Error>(PodCheckpointStats {
                 freeze_window,
                 write: write_started.elapsed(),
@@ -138,6 +160,7 @@ impl<B: PodBackend> SandboxController<B> {
                 Ok(stats)
             }
             Err(e) => {
+                warn!(pod = %req.sandbox_id, error = %e, "pod checkpoint failed");
                 // The CRI contract: on error nothing the call wrote remains.
                 if let Err(clean) = crate::archive::clean_dir_contents(&output) {
                     warn!(pod = %req.sandbox_id, error = %clean, "removing a failed checkpoint's files");
@@ -151,18 +174,20 @@ impl<B: PodBackend> SandboxController<B> {
     }
 
     async fn select(&self, req: &PodCheckpointRequest, output: &Path) -> Result<Vec<Target>> {
-        let live = self.backend.containers().await?;
-        let selections: Vec<ContainerSelection> = if req.containers.is_empty() {
-            live.iter().map(|c| ContainerSelection { id: c.id.clone(), ..Default::default() }).collect()
-        } else {
-            req.containers.clone()
-        };
-        if selections.is_empty() {
-            return Err(Error::FailedPrecondition(format!("pod {} has no containers to checkpoint", req.sandbox_id)));
+        if req.containers.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "pod {}: a checkpoint needs the ids of the containers to capture",
+                req.sandbox_id
+            )));
         }
+        let live = self.backend.containers().await?;
+        let mut ids = std::collections::BTreeSet::new();
         let mut names = std::collections::BTreeSet::new();
-        let mut targets = Vec::with_capacity(selections.len());
-        for selection in selections {
+        let mut targets = Vec::with_capacity(req.containers.len());
+        for selection in req.containers.iter().cloned() {
+            if !ids.insert(selection.id.clone()) {
+                return Err(Error::InvalidArgument(format!("container {} is listed twice", selection.id)));
+            }
             let info = live
                 .iter()
                 .find(|c| c.id == selection.id)
@@ -196,17 +221,15 @@ impl<B: PodBackend> SandboxController<B> {
         if self.backend.prepared_dumps(&ids).await {
             return self.dump_behind_barrier(targets, &ids, options, deadline).await;
         }
+        self.check_time_for_dump(&ids, deadline).await?;
         let frozen_at = Instant::now();
         if let Err(e) = self.backend.freeze(&ids).await {
             self.thaw_logged(&ids).await;
             return Err(e);
         }
         let dumps = join_all(targets.iter().map(|t| self.dump_one(t, options, None)));
-        let outcome = match tokio::time::timeout_at(deadline, dumps).await {
-            Ok(results) => results.into_iter().collect::<Result<Vec<_>>>(),
-            Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
-        };
-        self.end_frozen_window(&ids, options, frozen_at, outcome).await
+        let outcome = run_to_end(dumps, deadline).await.into_iter().collect::<Result<Vec<_>>>();
+        self.end_frozen_window(&ids, options, frozen_at, late(outcome, deadline, frozen_at)).await
     }
 
     /// The same, with the dumps started before the freeze: each waits at the barrier once only
@@ -255,18 +278,31 @@ impl<B: PodBackend> SandboxController<B> {
                     }));
                     break false;
                 }
-                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = tokio::time::sleep_until(deadline) => {
+                    root_cause = Some(Error::DeadlineExceeded(
+                        "preparing the pod's dumps: nothing was frozen, the pod is running".into(),
+                    ));
+                    break false;
+                }
             }
         };
         if !all_ready {
             let _ = go_tx.send(Some(false));
-            // Told to give up, the waiting dumps fail at once.
+            // Told to give up, the waiting dumps fail at once (their errors only echo that).
             while let Some((_, result)) = pending.next().await {
                 if root_cause.is_none() {
                     root_cause = result.err();
                 }
             }
-            return Err(root_cause.unwrap_or_else(|| Error::DeadlineExceeded("preparing the pod's dumps".into())));
+            return Err(root_cause.unwrap_or_else(|| {
+                Error::DeadlineExceeded("preparing the pod's dumps: nothing was frozen, the pod is running".into())
+            }));
+        }
+        // The last point where giving up costs nothing: every CRIU waits before its freeze.
+        if let Err(e) = self.check_time_for_dump(ids, deadline).await {
+            let _ = go_tx.send(Some(false));
+            while pending.next().await.is_some() {}
+            return Err(e);
         }
         let frozen_at = Instant::now();
         if let Err(e) = self.backend.freeze(ids).await {
@@ -276,20 +312,20 @@ impl<B: PodBackend> SandboxController<B> {
             return Err(e);
         }
         let _ = go_tx.send(Some(true));
-        let drained = tokio::time::timeout_at(deadline, async {
-            while let Some((i, result)) = pending.next().await {
-                results[i] = Some(result);
-            }
-        })
+        run_to_end(
+            async {
+                while let Some((i, result)) = pending.next().await {
+                    results[i] = Some(result);
+                }
+            },
+            deadline,
+        )
         .await;
-        let outcome = match drained {
-            Ok(()) => results
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err(Error::runtime("dump", "", "a dump never finished"))))
-                .collect::<Result<Vec<_>>>(),
-            Err(_) => Err(Error::DeadlineExceeded("dumping the pod's containers".into())),
-        };
-        self.end_frozen_window(ids, options, frozen_at, outcome).await
+        let outcome = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::runtime("dump", "", "a dump never finished"))))
+            .collect::<Result<Vec<_>>>();
+        self.end_frozen_window(ids, options, frozen_at, late(outcome, deadline, frozen_at)).await
     }
 
     /// Stops the containers if the checkpoint succeeded and the pod is not to keep running, then
@@ -352,12 +388,57 @@ impl<B: PodBackend> SandboxController<B> {
         Ok(Dumped { dump_wall: dump.wall, rootfs })
     }
 
+    /// Refuses to freeze the pod when the deadline leaves less time than the dump is expected
+    /// to take (see the module docs): better a clean DeadlineExceeded now than a pod held frozen
+    /// past the caller's deadline.
+    async fn check_time_for_dump(&self, ids: &[String], deadline: tokio::time::Instant) -> Result<()> {
+        let estimate = self.backend.dump_estimate(ids).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || left < estimate {
+            return Err(Error::DeadlineExceeded(format!(
+                "{:.1}s left before the deadline, the dump is estimated at {:.1}s: nothing was frozen, the pod is running",
+                left.as_secs_f64(),
+                estimate.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+
     async fn thaw_logged(&self, ids: &[String]) {
         if let Err(e) = self.backend.thaw(ids).await {
             // Nothing else can be done from here; say it loudly, the pod may be stuck frozen.
             warn!(error = %e, "THAW FAILED: the pod may remain frozen");
         }
     }
+}
+
+/// Drives the running dumps to their end whatever the deadline (see the module docs); only says
+/// so in the log when they outlive it.
+async fn run_to_end<F: std::future::Future>(dumps: F, deadline: tokio::time::Instant) -> F::Output {
+    tokio::pin!(dumps);
+    tokio::select! {
+        out = &mut dumps => return out,
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    warn!("deadline passed while the frozen pod is dumped; letting the dumps finish before the thaw (stopping them could kill the pod's processes)");
+    dumps.await
+}
+
+/// A dump that ended after the deadline is not kept: the caller has stopped waiting for it.
+/// The message says when, counted from the freeze, so an operator can compare it with the dump.
+fn late<T>(outcome: Result<T>, deadline: tokio::time::Instant, frozen_at: Instant) -> Result<T> {
+    let now = tokio::time::Instant::now();
+    if outcome.is_err() || now < deadline {
+        return outcome;
+    }
+    let dumped = frozen_at.elapsed();
+    let passed_at = dumped.saturating_sub(now - deadline);
+    Err(Error::DeadlineExceeded(format!(
+        "the deadline passed {} ms after the pod was frozen, while it was dumped ({} ms): the dump was let \
+         finish, the pod thawed and the output removed",
+        passed_at.as_millis(),
+        dumped.as_millis()
+    )))
 }
 
 /// Errors from one container's dump say which container failed.

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use chrono::Utc;
-use futures::future::try_join_all;
+use futures::future::join_all;
 
 use super::{
     criu_stats,
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     archive::{
-        self, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
+        self, Cancel, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
         PodOptions,
     },
     backend::PodSpec,
@@ -34,6 +34,7 @@ pub(super) async fn package_pod(
     dumped: &[Dumped],
     options: &CheckpointOptions,
     dumper_version: String,
+    cancel: &Cancel,
 ) -> Result<Vec<ContainerCheckpointStats>> {
     let checkpointed = Utc::now();
     let writes = targets.iter().zip(dumped).map(|(t, d)| {
@@ -42,6 +43,7 @@ pub(super) async fn package_pod(
         let staging = t.staging.clone();
         let dest = output.join(&archive_name);
         let compression = options.compression;
+        let cancel = cancel.clone();
         let stats = ContainerCheckpointStats {
             id: t.info.id.clone(),
             name: t.name.clone(),
@@ -58,13 +60,18 @@ pub(super) async fn package_pod(
             compression,
         };
         Ok::<_, Error>(async move {
-            let written = tokio::task::spawn_blocking(move || archive::write_container_archive(&staging, &meta, &dest, compression))
+            let written = tokio::task::spawn_blocking(move || archive::write_container_archive_until(&staging, &meta, &dest, compression, &cancel))
                 .await
                 .map_err(|e| Error::Io { context: "archive writer task".into(), source: std::io::Error::other(e) })??;
             Ok::<_, Error>((ContainerCheckpointStats { archive_bytes: written.bytes, ..stats }, manifest_entry, written.digest(), archive_name))
         })
     });
-    let written = try_join_all(writes.collect::<Result<Vec<_>>>()?).await?;
+    // Every writer is joined, failed or not: one archive failing must not leave another thread
+    // writing while the caller removes the output.
+    let written = join_all(writes.collect::<Result<Vec<_>>>()?).await.into_iter().collect::<Result<Vec<_>>>()?;
+    if cancel.is_cancelled() {
+        return Err(Error::DeadlineExceeded("writing the checkpoint".into()));
+    }
 
     let staging_root = output.join(STAGING_DIR);
     std::fs::remove_dir_all(&staging_root).map_err(Error::io(format!("remove {}", staging_root.display())))?;

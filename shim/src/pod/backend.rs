@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::{
     anchor::Holder,
     criu_hook::{self, Barrier},
+    dump_estimate,
     cgroup::PodCgroup,
     files::PodFiles,
     freezer::{self, Freezer},
@@ -284,6 +285,13 @@ impl PodBackend for RuncPodBackend {
     async fn prepared_dumps(&self, ids: &[String]) -> bool {
         // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
         ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
+    }
+
+    async fn dump_estimate(&self, ids: &[String]) -> Duration {
+        let pids: Vec<u32> = ids.iter().filter_map(|id| self.store.snapshot(id).ok()).map(|c| c.pid).collect();
+        let estimate = tokio::task::spawn_blocking(move || dump_estimate::for_pids(&pids)).await.unwrap_or_default();
+        info!(containers = ids.len(), estimate_ms = estimate.as_millis() as u64, "dump time estimate");
+        estimate
     }
 
     async fn dump(&self, id: &str, opts: &DumpOptions) -> CtlResult<DumpOutcome> {

@@ -3,7 +3,10 @@
 //! The controller's work runs in its own task, not in the RPC's future: ttrpc drops a handler's
 //! future when the caller's deadline passes, and a checkpoint dropped between freeze and thaw
 //! would leave the pod frozen. The task carries a deadline a little earlier than the caller's,
-//! so it thaws, cleans up and answers DeadlineExceeded itself.
+//! so a checkpoint refused before the freeze, or cut short while packaging, answers
+//! DeadlineExceeded itself in time. A dump already running when the deadline passes is let
+//! finish (see the controller's `checkpoint::orchestrate`); its answer then comes after the
+//! caller stopped waiting, and the task still thaws the pod and removes the output.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 

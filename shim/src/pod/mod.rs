@@ -10,6 +10,7 @@ pub mod backend;
 mod checkpoint_service;
 pub mod criu_hook;
 pub mod convert;
+pub mod dump_estimate;
 mod files;
 pub mod image_rootfs;
 pub mod freezer;

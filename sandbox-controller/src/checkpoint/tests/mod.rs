@@ -38,9 +38,17 @@ async fn ready_pod(names: &[&str]) -> (Arc<FakeBackend>, SandboxController<FakeB
     (fake, ctl, bundle)
 }
 
-fn request(out: &std::path::Path, options: &[(&str, &str)]) -> PodCheckpointRequest {
+/// A request naming every container of the fake pod, as the CRI names its `container_ids`.
+fn request(fake: &FakeBackend, out: &std::path::Path, options: &[(&str, &str)]) -> PodCheckpointRequest {
     PodCheckpointRequest {
         sandbox_id: "pod1".into(),
+        containers: fake
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| ContainerSelection { id: c.id.clone(), ..Default::default() })
+            .collect(),
         output_path: out.to_path_buf(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
         options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
@@ -62,7 +70,7 @@ fn dir_entries(dir: &std::path::Path) -> Vec<String> {
 async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
     let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     let out = tempfile::tempdir().unwrap();
-    let stats = ctl.checkpoint(request(out.path(), &[("leave-running", "true"), ("compression", "zstd")])).await.unwrap();
+    let stats = ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("compression", "zstd")])).await.unwrap();
 
     let calls = fake.calls();
     let freeze = index_of(&calls, "freeze");
@@ -84,10 +92,21 @@ async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
 }
 
 #[tokio::test]
-async fn default_checkpoint_stops_containers_while_still_frozen() {
+async fn the_default_checkpoint_leaves_the_pod_running() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap();
+    let calls = fake.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("kill:")), "the CRI's empty options must not stop the pod: {calls:?}");
+    assert!(fake.frozen.lock().unwrap().is_empty());
+    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+}
+
+#[tokio::test]
+async fn leave_running_false_stops_containers_while_still_frozen() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
     let out = tempfile::tempdir().unwrap();
-    ctl.checkpoint(request(out.path(), &[])).await.unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "false")])).await.unwrap();
     let calls = fake.calls();
     assert!(index_of(&calls, "dump:id-app") < index_of(&calls, "kill:id-app"));
     assert!(index_of(&calls, "kill:id-app") < index_of(&calls, "thaw"), "kill must be queued before thaw: {calls:?}");
@@ -98,7 +117,7 @@ async fn one_failed_dump_thaws_everything_and_leaves_output_empty() {
     let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     fake.fail_at("dump:id-sidecar");
     let out = tempfile::tempdir().unwrap();
-    let err = ctl.checkpoint(request(out.path(), &[])).await.unwrap_err();
+    let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
     assert!(err.to_string().contains("sidecar"), "error must name the container: {err}");
     let calls = fake.calls();
     assert!(calls.contains(&"thaw".to_string()));
@@ -107,17 +126,84 @@ async fn one_failed_dump_thaws_everything_and_leaves_output_empty() {
     assert!(dir_entries(out.path()).is_empty(), "partial files left: {:?}", dir_entries(out.path()));
 }
 
-#[tokio::test]
-async fn deadline_during_dump_thaws_and_cleans_up() {
-    let (fake, ctl, _b) = ready_pod(&["app"]).await;
-    *fake.dump_delay.lock().unwrap() = Duration::from_secs(5);
+/// A deadline that passes while the pod is frozen and dumped never abandons the dump (that
+/// would leave CRIU running on a thawed pod): the dump ends, then the pod is thawed, the output
+/// removed, and the answer is a late DeadlineExceeded.
+async fn deadline_during_dump_lets_the_dump_finish_then_thaws_and_cleans_up(prepared: bool) {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    *fake.prepared.lock().unwrap() = prepared;
+    *fake.dump_delay.lock().unwrap() = Duration::from_millis(400);
     let out = tempfile::tempdir().unwrap();
-    let mut req = request(out.path(), &[]);
+    let mut req = request(&fake, out.path(), &[("leave-running", "false")]);
     req.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+    let started = std::time::Instant::now();
     let err = ctl.checkpoint(req).await.unwrap_err();
     assert!(matches!(err, Error::DeadlineExceeded(_)), "{err}");
-    assert!(fake.calls().contains(&"thaw".to_string()));
-    assert!(dir_entries(out.path()).is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(400), "answered before the dump ended");
+    let calls = fake.calls();
+    let thaw = index_of(&calls, "thaw");
+    for id in ["id-app", "id-sidecar"] {
+        assert!(index_of(&calls, &format!("dump:{id}")) < thaw, "thawed before {id}'s dump ended: {calls:?}");
+    }
+    assert!(!calls.iter().any(|c| c.starts_with("kill:")), "a late checkpoint must not stop the pod: {calls:?}");
+    assert!(fake.frozen.lock().unwrap().is_empty());
+    assert!(dir_entries(out.path()).is_empty(), "{:?}", dir_entries(out.path()));
+    // The pod is free again: a second checkpoint runs.
+    let again = tempfile::tempdir().unwrap();
+    *fake.dump_delay.lock().unwrap() = Duration::ZERO;
+    ctl.checkpoint(request(&fake, again.path(), &[])).await.unwrap();
+}
+
+#[tokio::test]
+async fn deadline_during_dump_behind_the_barrier() {
+    deadline_during_dump_lets_the_dump_finish_then_thaws_and_cleans_up(true).await;
+}
+
+#[tokio::test]
+async fn deadline_during_dump_frozen_first() {
+    deadline_during_dump_lets_the_dump_finish_then_thaws_and_cleans_up(false).await;
+}
+
+#[tokio::test]
+async fn too_little_time_for_the_estimated_dump_freezes_nothing() {
+    for prepared in [true, false] {
+        let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+        *fake.prepared.lock().unwrap() = prepared;
+        *fake.estimate.lock().unwrap() = Duration::from_secs(60);
+        let out = tempfile::tempdir().unwrap();
+        let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
+        assert!(matches!(&err, Error::DeadlineExceeded(m) if m.contains("nothing was frozen")), "{err}");
+        let calls = fake.calls();
+        assert!(!calls.iter().any(|c| c == "freeze" || c.starts_with("dump:") || c.starts_with("kill:")), "{calls:?}");
+        assert!(dir_entries(out.path()).is_empty());
+        // Time enough for the estimate: the same pod checkpoints.
+        *fake.estimate.lock().unwrap() = Duration::from_secs(1);
+        ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_containers_are_exactly_the_requested_running_ones() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut none = request(&fake, out.path(), &[]);
+    none.containers.clear();
+    assert!(matches!(ctl.checkpoint(none).await, Err(Error::InvalidArgument(_))));
+    let mut twice = request(&fake, out.path(), &[]);
+    twice.containers.push(twice.containers[0].clone());
+    assert!(matches!(ctl.checkpoint(twice).await, Err(Error::InvalidArgument(_))));
+
+    let mut one = request(&fake, out.path(), &[]);
+    one.containers.retain(|c| c.id == "id-app");
+    let stats = ctl.checkpoint(one).await.unwrap();
+    assert_eq!(stats.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app"]);
+    assert!(!fake.calls().iter().any(|c| c.ends_with("id-sidecar")), "{:?}", fake.calls());
+
+    fake.containers.lock().unwrap()[1].running = false;
+    let out2 = tempfile::tempdir().unwrap();
+    let err = ctl.checkpoint(request(&fake, out2.path(), &[])).await.unwrap_err();
+    assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("sidecar")), "{err}");
+    assert!(dir_entries(out2.path()).is_empty());
 }
 
 #[tokio::test]
@@ -125,20 +211,20 @@ async fn bad_requests_are_refused_before_anything_is_frozen() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
     let out = tempfile::tempdir().unwrap();
 
-    let mut no_deadline = request(out.path(), &[]);
+    let mut no_deadline = request(&fake, out.path(), &[]);
     no_deadline.deadline = None;
     assert!(matches!(ctl.checkpoint(no_deadline).await, Err(Error::InvalidArgument(_))));
-    assert!(matches!(ctl.checkpoint(request(out.path(), &[("leaveRunning", "true")])).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(ctl.checkpoint(request(&fake, out.path(), &[("leaveRunning", "true")])).await, Err(Error::InvalidArgument(_))));
 
     std::fs::write(out.path().join("keep-me"), b"user data").unwrap();
-    assert!(matches!(ctl.checkpoint(request(out.path(), &[])).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(ctl.checkpoint(request(&fake, out.path(), &[])).await, Err(Error::InvalidArgument(_))));
     assert_eq!(std::fs::read(out.path().join("keep-me")).unwrap(), b"user data");
 
     let missing = out.path().join("does-not-exist");
-    assert!(ctl.checkpoint(request(&missing, &[])).await.is_err());
+    assert!(ctl.checkpoint(request(&fake, &missing, &[])).await.is_err());
     assert!(!missing.exists());
 
-    let mut unknown = request(tempfile::tempdir().unwrap().path(), &[]);
+    let mut unknown = request(&fake, tempfile::tempdir().unwrap().path(), &[]);
     unknown.containers = vec![ContainerSelection { id: "nope".into(), ..Default::default() }];
     assert!(ctl.checkpoint(unknown).await.is_err());
 
@@ -151,10 +237,10 @@ async fn a_second_checkpoint_of_the_same_pod_is_refused_while_one_runs() {
     *fake.dump_delay.lock().unwrap() = Duration::from_millis(300);
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (first, second) = tokio::join!(
-        ctl.checkpoint(request(a.path(), &[("leave-running", "true")])),
+        ctl.checkpoint(request(&fake, a.path(), &[("leave-running", "true")])),
         async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            ctl.checkpoint(request(b.path(), &[("leave-running", "true")])).await
+            ctl.checkpoint(request(&fake, b.path(), &[("leave-running", "true")])).await
         }
     );
     assert!(first.is_ok());
@@ -164,9 +250,9 @@ async fn a_second_checkpoint_of_the_same_pod_is_refused_while_one_runs() {
 
 #[tokio::test]
 async fn restore_stages_each_container_from_a_verified_checkpoint() {
-    let (_fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     let out = tempfile::tempdir().unwrap();
-    ctl.checkpoint(request(out.path(), &[("leave-running", "true"), ("tcp-established", "true")])).await.unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("tcp-established", "true")])).await.unwrap();
 
     let (fake2, ctl2, _b2) = ready_pod(&[]).await;
     let restored = ctl2
@@ -190,9 +276,9 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
 
 #[tokio::test]
 async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
-    let (_fake, ctl, _b) = ready_pod(&["app"]).await;
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
     let out = tempfile::tempdir().unwrap();
-    ctl.checkpoint(request(out.path(), &[("leave-running", "true")])).await.unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
     let archive = out.path().join("app.tar");
     let mut bytes = std::fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
@@ -220,7 +306,7 @@ async fn prepared_dumps_are_all_ready_before_the_pod_is_frozen() {
     let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     *fake.prepared.lock().unwrap() = true;
     let out = tempfile::tempdir().unwrap();
-    let stats = ctl.checkpoint(request(out.path(), &[("leave-running", "true")])).await.unwrap();
+    let stats = ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
     let calls = fake.calls();
     let freeze = index_of(&calls, "freeze");
     for id in ["id-app", "id-sidecar"] {
@@ -240,10 +326,24 @@ async fn a_dump_failing_before_the_barrier_freezes_nothing_and_leaves_nothing() 
     *fake.prepared.lock().unwrap() = true;
     fake.fail_at("ready:id-sidecar");
     let out = tempfile::tempdir().unwrap();
-    let err = ctl.checkpoint(request(out.path(), &[])).await.unwrap_err();
+    let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
     assert!(err.to_string().contains("sidecar"), "{err}");
     let calls = fake.calls();
     assert!(!calls.iter().any(|c| c == "freeze" || c.starts_with("kill:")), "nothing may be frozen or stopped: {calls:?}");
     assert!(!calls.iter().any(|c| c.starts_with("dump:") || c.starts_with("capture:")), "{calls:?}");
+    assert!(dir_entries(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_deadline_before_every_dump_is_ready_says_so_and_freezes_nothing() {
+    let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
+    *fake.prepared.lock().unwrap() = true;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(&fake, out.path(), &[]);
+    req.deadline = Some(tokio::time::Instant::now());
+    let err = ctl.checkpoint(req).await.unwrap_err();
+    // Not the aborted dumps' own errors: the reason is the deadline.
+    assert!(matches!(&err, Error::DeadlineExceeded(m) if m.contains("nothing was frozen")), "{err}");
+    assert!(!fake.calls().iter().any(|c| c == "freeze"), "{:?}", fake.calls());
     assert!(dir_entries(out.path()).is_empty());
 }

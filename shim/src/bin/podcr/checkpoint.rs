@@ -16,7 +16,7 @@ use podcr_protos::{
     protobuf::{well_known_types::any::Any, MessageField},
 };
 use prost::Message;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::{
     containerd::{Containerd, SHIM_SANDBOXER},
@@ -45,9 +45,14 @@ pub struct CheckpointArgs {
     /// Treat POD as a CRI pod name in this Kubernetes namespace.
     #[arg(long)]
     pub pod_namespace: Option<String>,
-    /// Keep the pod running afterwards (the CRI default stops it).
-    #[arg(long)]
+    /// Keep the pod running afterwards. This is the default (as with the CRI's CheckpointPod);
+    /// the flag is accepted for compatibility.
+    #[arg(long, conflicts_with = "stop")]
     pub leave_running: bool,
+    /// Stop the pod's containers once all of them are dumped (sends leave-running=false); they
+    /// are killed while still frozen, so nothing runs between the dump and the stop.
+    #[arg(long)]
+    pub stop: bool,
     /// Checkpoint established TCP connections.
     #[arg(long)]
     pub tcp_established: bool,
@@ -66,6 +71,9 @@ impl CheckpointArgs {
     /// The options map, with only the options the user set, as the CRI passes them on.
     pub fn options(&self) -> HashMap<String, String> {
         let mut map = HashMap::new();
+        if self.stop {
+            map.insert("leave-running".to_string(), "false".to_string());
+        }
         for (key, set) in [
             ("leave-running", self.leave_running),
             ("tcp-established", self.tcp_established),
@@ -220,7 +228,9 @@ pub fn status_of(c: &containerd_client::services::v1::Container) -> k8s_cri::v1:
 }
 
 /// The running containers of the pod with their CRI config and status, or, for a pod outside
-/// the CRI, containerd's containers of the sandbox, named by id.
+/// the CRI, containerd's containers of the sandbox, named by id. The request lists them
+/// explicitly (the shim refuses an empty list and containers that are not running), so the
+/// user sees here which containers a checkpoint leaves out.
 async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandboxConfig>, Vec<ContainerInput>)> {
     let Some(cri) = &target.cri else {
         let list = cd.containers_in(&target.sandbox_id).await?;
@@ -238,7 +248,8 @@ async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandb
     let mut inputs = Vec::new();
     for c in cri.containers_of(&target.sandbox_id).await? {
         if c.state != ContainerState::ContainerRunning as i32 {
-            info!(id = %c.id, state = c.state, "skipping a container that is not running");
+            let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+            eprintln!("not checkpointing container {name} ({}): it is not running", c.id);
             continue;
         }
         let resp = cri.container_status(&c.id).await?;
@@ -280,13 +291,15 @@ mod tests {
 
     use super::*;
 
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: CheckpointArgs,
+    }
+
     fn args(extra: &[&str]) -> CheckpointArgs {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct T {
-            #[command(flatten)]
-            a: CheckpointArgs,
-        }
         let mut argv = vec!["t", "pod", "-o", "/x"];
         argv.extend_from_slice(extra);
         T::parse_from(argv).a
@@ -294,7 +307,11 @@ mod tests {
 
     #[test]
     fn only_set_options_are_sent() {
+        // Nothing set: the shim's default, which leaves the pod running.
         assert!(args(&[]).options().is_empty());
+        assert_eq!(args(&["--stop"]).options()["leave-running"], "false");
+        assert_eq!(args(&["--leave-running"]).options()["leave-running"], "true");
+        assert!(T::try_parse_from(["t", "pod", "-o", "/x", "--stop", "--leave-running"]).is_err(), "--stop and --leave-running conflict");
         let o = args(&["--leave-running", "--file-locks", "--compression", "zstd"]).options();
         assert_eq!(o.len(), 3);
         assert_eq!((o["leave-running"].as_str(), o["file-locks"].as_str(), o["compression"].as_str()), ("true", "true", "zstd"));

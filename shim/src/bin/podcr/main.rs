@@ -41,7 +41,9 @@ struct Cli {
     /// containerd's state directory [default: asked from the CRI, else /run/containerd].
     #[arg(long, global = true)]
     state: Option<PathBuf>,
-    /// Deadline of a checkpoint or restore, e.g. 90s, 5m, 1h.
+    /// Deadline of a checkpoint or restore, e.g. 90s, 5m, 1h. A checkpoint whose deadline
+    /// cannot cover the dump is refused before the pod is frozen; one that runs late is
+    /// discarded after the pod is thawed. Either way the pod keeps running.
     #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
     /// Log at debug level (or set RUST_LOG).
@@ -56,7 +58,7 @@ enum Command {
     /// Shim sandboxes through containerd's sandbox API.
     #[command(subcommand, alias = "sb")]
     Sandbox(SandboxCommand),
-    /// Checkpoint a whole pod into a directory.
+    /// Checkpoint a whole pod into a directory; the pod keeps running unless --stop.
     Checkpoint(checkpoint::CheckpointArgs),
     /// Restore a pod from a checkpoint directory or archive as a new CRI pod.
     Restore(restore::RestoreArgs),
