@@ -1,16 +1,24 @@
-//! Generates the Checkpoint service (containerd PR 13822) from `proto/checkpoint.proto`.
-//! containerd's own services come from `containerd-shim-protos`, which generates them the same way.
+//! Generates podcr's own services: the pod Checkpoint service (containerd PR 13822) from
+//! `proto/checkpoint.proto` and the Sandbox service with the RPCs no published crate has yet
+//! (UpdateSandbox, PR 13971's CheckpointSandbox/RestoreSandbox) from `proto/sandbox.proto`.
+//! containerd's Task service comes from `containerd-shim-protos`, generated the same way.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    println!("cargo:rerun-if-changed=proto/checkpoint.proto");
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("checkpoint");
+    println!("cargo:rerun-if-changed=proto");
+    generate("checkpoint", &["proto/checkpoint.proto"])?;
+    let sandbox = ["proto/sandbox.proto", "proto/types/mount.proto", "proto/types/platform.proto", "proto/types/metrics.proto"];
+    generate("sandbox", &sandbox)
+}
+
+fn generate(name: &str, inputs: &[&str]) -> Result<(), Box<dyn Error>> {
+    let out = PathBuf::from(env::var("OUT_DIR")?).join(name);
     fs::create_dir_all(&out)?;
     Codegen::new()
-        .inputs(["proto/checkpoint.proto"])
+        .inputs(inputs)
         .include("proto")
         .rust_protobuf()
         .rust_protobuf_customize(ProtobufCustomize::default().gen_mod_rs(false).generate_accessors(true))

@@ -1,8 +1,10 @@
 //! Wire types podcr speaks.
 //!
-//! containerd's Task, Sandbox, events and types come from `containerd-shim-protos` (re-exported whole
-//! as [`containerd`]). The pod Checkpoint service of containerd PR 13822, which no published crate
-//! carries yet, is generated here from `proto/checkpoint.proto`.
+//! containerd's Task service, events and types come from `containerd-shim-protos` (re-exported
+//! whole as [`containerd`]). Generated here, because no published crate carries them yet: the pod
+//! Checkpoint service of containerd PR 13822 (`proto/checkpoint.proto`) and the Sandbox service
+//! with `UpdateSandbox` (containerd 2.4) and PR 13971's `CheckpointSandbox`/`RestoreSandbox`
+//! (`proto/sandbox.proto`).
 
 pub use containerd_shim_protos as containerd;
 pub use protobuf;
@@ -26,3 +28,31 @@ pub const TASK_V3_SERVICE: &str = "containerd.task.v3.Task";
 pub const TASK_V2_SERVICE: &str = "containerd.task.v2.Task";
 pub const SANDBOX_SERVICE: &str = "containerd.runtime.sandbox.v1.Sandbox";
 pub const CHECKPOINT_SERVICE: &str = "containerd.runtime.sandbox.v1.Checkpoint";
+
+/// containerd.types messages the Sandbox service uses (generated here, so the Sandbox service
+/// below is self-contained).
+#[allow(warnings, clippy::all)]
+pub mod mount {
+    include!(concat!(env!("OUT_DIR"), "/sandbox/mount.rs"));
+}
+#[allow(warnings, clippy::all)]
+pub mod platform {
+    include!(concat!(env!("OUT_DIR"), "/sandbox/platform.rs"));
+}
+#[allow(warnings, clippy::all)]
+pub mod metrics {
+    include!(concat!(env!("OUT_DIR"), "/sandbox/metrics.rs"));
+}
+
+/// `containerd.runtime.sandbox.v1.Sandbox` messages: containerd 2.1's nine RPCs, UpdateSandbox
+/// (containerd 2.4) and CheckpointSandbox/RestoreSandbox (containerd PR 13971).
+#[allow(warnings, clippy::all)]
+pub mod sandbox {
+    include!(concat!(env!("OUT_DIR"), "/sandbox/sandbox.rs"));
+}
+
+/// The async ttrpc server and client of podcr's `containerd.runtime.sandbox.v1.Sandbox`.
+#[allow(warnings, clippy::all)]
+pub mod sandbox_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/sandbox/sandbox_ttrpc.rs"));
+}

@@ -11,7 +11,8 @@ pub mod backend;
 pub mod checkpoint;
 pub mod controller;
 pub mod error;
-#[cfg(test)]
+/// An in-memory `PodBackend` for tests, here and (feature `fake`) in the shim's adaptor tests.
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod restore;
 pub mod state;

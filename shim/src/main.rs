@@ -32,6 +32,9 @@ fn run(args: &[OsString]) -> anyhow::Result<()> {
     if flags.info {
         let info = containerd_shim_protos::types::introspection::RuntimeInfo {
             name: "io.containerd.podcr.v1".into(),
+            // containerd PR 13971: with NRI enabled, its CRI restores a pod only through a shim
+            // that honours the two-phase RestoreSandbox (see pod::sandbox_restore).
+            annotations: [("io.containerd.pod-restore.staged".to_string(), "true".to_string())].into(),
             ..Default::default()
         };
         stdout.write_all(&info.write_to_bytes()?)?;

@@ -46,7 +46,7 @@ pub async fn run(flags: &Flags) -> Result<()> {
         }
     };
     let store = Containers::new(&flags.namespace, default_root(&flags.namespace), events).await?;
-    let mut server = Server::new().add_listener(listener.into()).register_service(services(&store));
+    let mut server = Server::new().add_listener(listener.into()).register_service(services(&store, &flags.address));
     server.start().await.map_err(|e| Error::Other(format!("start ttrpc server: {e}")))?;
     signal_ready();
     info!(socket = %flags.socket, pid = std::process::id(), "shim serving");
@@ -68,7 +68,7 @@ pub async fn run(flags: &Flags) -> Result<()> {
 }
 
 /// Task under both names (v2 and v3 are the same wire format) plus the pod services.
-fn services(store: &Containers) -> HashMap<String, ttrpc::r#async::Service> {
+fn services(store: &Containers, containerd_address: &str) -> HashMap<String, ttrpc::r#async::Service> {
     let task = Arc::new(TaskService { store: store.clone() });
     let mut all = HashMap::new();
     for name in [TASK_V3, TASK_V2] {
@@ -76,7 +76,7 @@ fn services(store: &Containers) -> HashMap<String, ttrpc::r#async::Service> {
             all.insert(name.to_string(), svc);
         }
     }
-    all.extend(crate::pod::services(store));
+    all.extend(crate::pod::services(store, containerd_address));
     all
 }
 

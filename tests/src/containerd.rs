@@ -55,6 +55,48 @@ impl Runtime {
     }
 }
 
+/// Which containerd binary a run starts: the system's (Debian's 2.1.9) or an upstream build (see
+/// [`crate::upstream`]). Everything else about the run (config, root, state, socket, CNI, the
+/// podcr shim first on PATH) is the same for every daemon.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    /// For messages: `system` or the upstream build's name.
+    pub name: String,
+    pub containerd: PathBuf,
+    /// A directory put on containerd's PATH after the run's own bin dir, before the system's:
+    /// an upstream build's own `containerd-shim-runc-v2` (main ships one), so runc.v2 tasks run
+    /// with the shim of the same commit.
+    pub extra_path: Option<PathBuf>,
+    /// Run containerd's NRI plugin (its socket inside the run dir). Off by default, as before:
+    /// only tests of NRI-dependent flows (PR 13971's two-phase restore) turn it on.
+    pub nri: bool,
+}
+
+impl Daemon {
+    /// `containerd` from PATH.
+    pub fn system() -> Daemon {
+        Daemon { name: "system".into(), containerd: PathBuf::from("containerd"), extra_path: None, nri: false }
+    }
+
+    /// The daemon `PODCR_TEST_CONTAINERD` names: unset or `system` for the system's, or an
+    /// upstream build (`main`, `pr13822`, `pr13971`). This is how `scripts/test.sh` runs the
+    /// existing tests, unchanged, against containerd main.
+    pub fn from_env() -> Result<Daemon> {
+        let name = std::env::var("PODCR_TEST_CONTAINERD").unwrap_or_default();
+        if name.is_empty() || name == "system" {
+            return Ok(Daemon::system());
+        }
+        let build = crate::upstream::Upstream::from_name(&name)
+            .with_context(|| format!("PODCR_TEST_CONTAINERD={name}: expected system, main, pr13822 or pr13971"))?;
+        crate::upstream::find(build)?.with_context(|| {
+            format!(
+                "PODCR_TEST_CONTAINERD={name} but no upstream builds at {}",
+                crate::upstream::shipped_dir().display()
+            )
+        })
+    }
+}
+
 /// A running private containerd. `stop()` (also run on drop) tears down everything the run created.
 pub struct Containerd {
     /// The run's record; `containerd_pid` in it is only the first daemon's: see `child`.
@@ -65,6 +107,7 @@ pub struct Containerd {
     imported: Mutex<HashSet<(String, String)>>,
     ns_counter: AtomicU32,
     stopped: Mutex<bool>,
+    daemon: Daemon,
     /// Extra environment for containerd, and so for the shims it starts.
     env: Vec<(String, String)>,
 }
@@ -102,7 +145,8 @@ impl Containerd {
             .map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
     }
 
-    /// Starts a private containerd. Fails loudly if a tool or the podcr shim binary is missing.
+    /// Starts a private containerd ([`Daemon::from_env`]). Fails loudly if a tool or the podcr
+    /// shim binary is missing.
     pub fn start() -> Result<Containerd> {
         Containerd::start_with_env(&[])
     }
@@ -110,6 +154,15 @@ impl Containerd {
     /// [`Containerd::start`] with extra environment variables for containerd, which passes them
     /// on to the shims it starts (e.g. a shim tuning knob a test needs set).
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::launch(Daemon::from_env()?, env)
+    }
+
+    /// Starts a private run of `daemon`, set up exactly like [`start`](Self::start)'s.
+    pub fn start_with(daemon: Daemon) -> Result<Containerd> {
+        Containerd::launch(daemon, &[])
+    }
+
+    fn launch(daemon: Daemon, env: &[(&str, &str)]) -> Result<Containerd> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "the integration tests need root (containerd, runc, CRIU)"
@@ -159,6 +212,7 @@ impl Containerd {
             imported: Mutex::new(HashSet::new()),
             ns_counter: AtomicU32::new(0),
             stopped: Mutex::new(false),
+            daemon,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         // From here on, a failure tears the partial run down through Drop.
@@ -197,7 +251,7 @@ impl Containerd {
             cni_conflist(&self.rec, &subnet),
         )?;
         let config = dir.join("config.toml");
-        std::fs::write(&config, containerd_config(&self.rec))?;
+        std::fs::write(&config, containerd_config(&self.rec, self.daemon.nri))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
         Ok(())
     }
@@ -212,11 +266,17 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(dir.join("containerd.log"))?;
+        let extra = self
+            .daemon
+            .extra_path
+            .as_ref()
+            .map(|p| format!("{}:", p.display()))
+            .unwrap_or_default();
         let path = format!(
-            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{extra}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             bin.display()
         );
-        let child = Command::new("containerd")
+        let child = Command::new(&self.daemon.containerd)
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -272,6 +332,11 @@ impl Containerd {
             }
         }
         self.spawn_daemon()
+    }
+
+    /// The containerd binary this run started.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
     }
 
     pub fn run_id(&self) -> &str {
@@ -468,8 +533,13 @@ fn cni_conflist(rec: &RunRecord, subnet: &str) -> String {
 
 /// containerd 2.1 config (version 3). Everything that would otherwise land in /var/lib/containerd,
 /// /run/containerd, /etc/cni or /var/run/netns is moved under the run dir.
-fn containerd_config(rec: &RunRecord) -> String {
+fn containerd_config(rec: &RunRecord, nri: bool) -> String {
     let d = rec.dir.display();
+    let nri = if nri {
+        format!("disable = false\n    socket_path = '{d}/nri.sock'\n    plugin_path = '{d}/nri-plugins'\n    plugin_config_path = '{d}/nri-conf'")
+    } else {
+        "disable = true".to_string()
+    };
     format!(
         r#"version = 3
 root = '{d}/root'
@@ -483,9 +553,9 @@ temp = '{d}/tmp'
   address = '{d}/containerd.sock.ttrpc'
 
 [plugins]
-  # NRI would listen on the global /var/run/nri/nri.sock.
+  # NRI would listen on the global /var/run/nri/nri.sock unless moved into the run.
   [plugins.'io.containerd.nri.v1.nri']
-    disable = true
+    {nri}
   [plugins.'io.containerd.internal.v1.opt']
     path = '{d}/opt'
   [plugins.'io.containerd.cri.v1.images']

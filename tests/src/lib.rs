@@ -17,10 +17,12 @@ pub mod cleanup;
 pub mod cmd;
 pub mod containerd;
 pub mod cri;
+pub mod cri_pod;
 pub mod faults;
 pub mod images;
 pub mod pods;
 pub mod procs;
+pub mod upstream;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -44,19 +44,19 @@ impl<B: PodBackend> CheckpointService<B> {
     }
 }
 
-fn deadline(ctx: &TtrpcContext) -> Option<tokio::time::Instant> {
+pub(super) fn deadline(ctx: &TtrpcContext) -> Option<tokio::time::Instant> {
     (ctx.timeout_nano > 0).then(|| {
         let budget = Duration::from_nanos(ctx.timeout_nano as u64);
         tokio::time::Instant::now() + budget.saturating_sub(DEADLINE_MARGIN.min(budget / 10))
     })
 }
 
-fn options(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+pub(super) fn options(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// Runs `work` detached from the RPC future (see the module docs) and waits for it.
-async fn detached<T: Send + 'static>(
+pub(super) async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = podcr_sandbox_controller::Result<T>> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::spawn(work)

@@ -1,4 +1,5 @@
-//! The pod side of the shim: the sandbox ttrpc service, the Checkpoint service, the anchor
+//! The pod side of the shim: the sandbox ttrpc service (with PR 13971's checkpoint RPCs), the
+//! Checkpoint service (PR 13822), the anchor
 //! ("holder") process, the pod's shared files, the freezer, and the runc backend of the sandbox
 //! controller. The Task side ([`crate::task`]) owns the containers; this side drives them through
 //! the same [`Containers`] handle.
@@ -11,9 +12,11 @@ pub mod criu_hook;
 pub mod convert;
 pub mod dump_estimate;
 mod files;
+pub mod image_rootfs;
 pub mod freezer;
 pub mod holder;
 pub mod recovery;
+mod sandbox_restore;
 mod sandbox_service;
 
 use std::{collections::HashMap, sync::Arc};
@@ -22,18 +25,22 @@ use podcr_protos::checkpoint_ttrpc::create_checkpoint;
 use podcr_sandbox_controller::SandboxController;
 use ttrpc::r#async::Service;
 
-pub use self::{checkpoint_service::CheckpointService, sandbox_service::SandboxService};
+pub use self::{checkpoint_service::CheckpointService, sandbox_restore::SandboxRestore, sandbox_service::SandboxService};
 use crate::task::Containers;
 
 /// Extra ttrpc services the pod side serves on the shim socket, next to the Task service: the
-/// Sandbox API and the pod Checkpoint service, both over one controller for the shim's one pod.
-pub fn services(store: &Containers) -> HashMap<String, Service> {
+/// Sandbox API (with PR 13971's CheckpointSandbox/RestoreSandbox) and PR 13822's pod Checkpoint
+/// service, both over one controller for the shim's one pod. `containerd_address` is containerd's
+/// gRPC socket (the shim's `-address`), which a 13971 restore needs for the tasks' rootfs.
+pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String, Service> {
     store.set_rootfs_hook(Arc::new(apply_checkpointed_rootfs));
     let backend = Arc::new(backend::RuncPodBackend::new(store.clone()));
     let controller = Arc::new(SandboxController::new(backend));
     let exit_store = store.clone();
-    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()));
-    let mut all = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(sandbox));
+    let images = image_rootfs::ImageRootfs::new(containerd_address, store.namespace());
+    let restore = SandboxRestore::new(controller.clone(), store.clone(), images);
+    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore);
+    let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
     all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller))));
     all
 }

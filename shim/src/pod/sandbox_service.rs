@@ -1,24 +1,33 @@
 //! `containerd.runtime.sandbox.v1.Sandbox` over the pod controller. Each method converts the
 //! request, calls the controller and converts the reply; the logic lives in the controller.
+//!
+//! Served from podcr's own `protos/proto/sandbox.proto`, not `containerd-shim-protos`, because it
+//! carries RPCs that crate lacks: `UpdateSandbox` (containerd 2.4) and containerd PR 13971's
+//! `CheckpointSandbox`/`RestoreSandbox` (their adaptor is [`super::sandbox_restore`]).
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use containerd_shim_protos::{
-    sandbox_api::{
-        CreateSandboxRequest, CreateSandboxResponse, PingRequest, PingResponse, PlatformRequest, PlatformResponse,
+use podcr_protos::{
+    platform::Platform,
+    sandbox::{
+        CheckpointSandboxRequest, CheckpointSandboxResponse, CreateSandboxRequest, CreateSandboxResponse, PingRequest,
+        PingResponse, PlatformRequest, PlatformResponse, RestoreSandboxRequest, RestoreSandboxResponse,
         SandboxMetricsRequest, SandboxMetricsResponse, SandboxStatusRequest, SandboxStatusResponse,
         ShutdownSandboxRequest, ShutdownSandboxResponse, StartSandboxRequest, StartSandboxResponse,
-        StopSandboxRequest, StopSandboxResponse, WaitSandboxRequest, WaitSandboxResponse,
+        StopSandboxRequest, StopSandboxResponse, UpdateSandboxRequest, UpdateSandboxResponse, WaitSandboxRequest,
+        WaitSandboxResponse,
     },
-    sandbox_async::Sandbox,
-    types::platform::Platform,
+    sandbox_ttrpc::Sandbox,
 };
 use podcr_sandbox_controller::{backend::PodBackend, SandboxController};
 use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
-use super::convert::{self, controller_error};
+use super::{
+    convert::{self, controller_error},
+    sandbox_restore::SandboxRestore,
+};
 use crate::error::Error;
 
 /// Called once the pod is shut down and the reply is on its way: ends the shim process.
@@ -27,11 +36,12 @@ pub type OnShutdown = Arc<dyn Fn() + Send + Sync>;
 pub struct SandboxService<B: PodBackend> {
     controller: Arc<SandboxController<B>>,
     on_shutdown: OnShutdown,
+    restore: SandboxRestore<B>,
 }
 
 impl<B: PodBackend> SandboxService<B> {
-    pub fn new(controller: Arc<SandboxController<B>>, on_shutdown: OnShutdown) -> Self {
-        SandboxService { controller, on_shutdown }
+    pub fn new(controller: Arc<SandboxController<B>>, on_shutdown: OnShutdown, restore: SandboxRestore<B>) -> Self {
+        SandboxService { controller, on_shutdown, restore }
     }
 }
 
@@ -120,5 +130,24 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         // containerd 2.1's CRI reads the pod cgroup itself and never calls this (it first does
         // in 2.4); say so rather than return an empty metric the CRI would reject.
         Err(Error::Unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
+    }
+
+    async fn update_sandbox(&self, _ctx: &TtrpcContext, req: UpdateSandboxRequest) -> RpcResult<UpdateSandboxResponse> {
+        // containerd 2.4's CRI sends the pod's new resources here after it has resized every
+        // container's cgroup itself (UpdateContainerResources), and the pod cgroup parent is the
+        // kubelet's: nothing is left for the shim to apply. It must still answer OK for its pod
+        // (containerd treats an error as a failed pod resize) and NotFound for another one.
+        self.controller.status(&req.sandbox_id).await.map_err(wire)?;
+        let resources = req.resources.as_ref().map(|a| a.type_url.as_str()).unwrap_or("");
+        info!(sandbox = %req.sandbox_id, resources, annotations = req.annotations.len(), "update sandbox");
+        Ok(UpdateSandboxResponse::new())
+    }
+
+    async fn checkpoint_sandbox(&self, ctx: &TtrpcContext, req: CheckpointSandboxRequest) -> RpcResult<CheckpointSandboxResponse> {
+        Ok(self.restore.checkpoint(super::checkpoint_service::deadline(ctx), req).await?)
+    }
+
+    async fn restore_sandbox(&self, ctx: &TtrpcContext, req: RestoreSandboxRequest) -> RpcResult<RestoreSandboxResponse> {
+        Ok(self.restore.restore(super::checkpoint_service::deadline(ctx), req).await?)
     }
 }

@@ -7,7 +7,7 @@
 
 mod container;
 mod io;
-mod lifecycle;
+pub mod lifecycle;
 mod oom;
 mod process;
 pub mod runc;
