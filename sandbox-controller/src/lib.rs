@@ -14,6 +14,7 @@ pub mod error;
 /// An in-memory `PodBackend` for tests, here and (feature `fake`) in the shim's adaptor tests.
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod node_config;
 pub mod restore;
 pub mod state;
 

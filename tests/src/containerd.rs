@@ -253,7 +253,14 @@ impl Containerd {
         let config = dir.join("config.toml");
         std::fs::write(&config, containerd_config(&self.rec, self.daemon.nri))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
+        crate::node_config::provision(&dir)?;
         Ok(())
+    }
+
+    /// The run's `podcr.toml`: its shims read it (through containerd's environment), and so does
+    /// every `podcr` CLI the tests run (`PODCR_CONFIG`).
+    pub fn node_config(&self) -> PathBuf {
+        self.rec.dir.join(crate::node_config::FILE)
     }
 
     /// Starts the containerd process and waits until it answers on its socket.
@@ -283,6 +290,7 @@ impl Containerd {
             .env_remove("XDG_RUNTIME_DIR")
             // Checkpoint temp dirs (ctrd-checkpoint*) go to $TMPDIR: keep them in the run dir.
             .env("TMPDIR", dir.join("tmp"))
+            .env("PODCR_CONFIG", self.node_config())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -35,7 +35,8 @@ where
     cmd.arg("--address")
         .arg(cd.socket())
         .args(args)
-        .env("TMPDIR", tmp);
+        .env("TMPDIR", tmp)
+        .env("PODCR_CONFIG", cd.node_config());
     Ok(cmd)
 }
 

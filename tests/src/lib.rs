@@ -20,6 +20,7 @@ pub mod cri;
 pub mod cri_pod;
 pub mod faults;
 pub mod images;
+pub mod node_config;
 pub mod pods;
 pub mod procs;
 pub mod upstream;

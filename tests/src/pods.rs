@@ -113,7 +113,7 @@ where
 {
     let bin = crate::target_profile_dir()?.join("podcr");
     let mut cmd = Command::new(bin);
-    cmd.arg("--address").arg(cd.socket()).args(args);
+    cmd.arg("--address").arg(cd.socket()).args(args).env("PODCR_CONFIG", cd.node_config());
     crate::cmd::run(&mut cmd, Duration::from_secs(180))
 }
 

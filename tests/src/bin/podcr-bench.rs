@@ -535,7 +535,8 @@ impl Bench {
         c.arg("--address")
             .arg(self.cd.socket())
             .args(["--timeout", "15m"])
-            .args(args);
+            .args(args)
+            .env("PODCR_CONFIG", self.cd.node_config());
         cmd::run(&mut c, LONG)
     }
 
