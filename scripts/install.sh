@@ -150,7 +150,7 @@ if [ -z "$bin_dir" ]; then
   else bin_dir="$here/../target/release"; fi
 fi
 for b in "${shims[@]}"; do
-  [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: build with \`cargo build --release -p podcr-shim\` or pass --bin-dir"
+  [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: build with \`cargo build --release -p podcr-shim -p podcr-cli\` or pass --bin-dir"
 done
 
 if [ -z "$cd_version" ]; then

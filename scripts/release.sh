@@ -9,7 +9,7 @@
 #
 #   --out DIR       where the tarball goes (default dist/)
 #   --bin-dir DIR   package these already built binaries instead of running
-#                   `cargo build --release -p podcr-shim` (the tests package target/debug this way)
+#                   `cargo build --release -p podcr-shim -p podcr-cli` (the tests package target/debug this way)
 #
 # The binaries are linked dynamically against glibc only (zstd is built in); LIBRARIES lists what
 # `ldd` reports, so a node's glibc can be checked before installing. The commit goes into the
@@ -38,8 +38,8 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then rev
 arch=$(uname -m)
 
 if [ -z "$bin_dir" ]; then
-  log "cargo build --release -p podcr-shim (revision $revision)"
-  PODCR_REVISION=$revision cargo build --release -p podcr-shim
+  log "cargo build --release -p podcr-shim -p podcr-cli (revision $revision)"
+  PODCR_REVISION=$revision cargo build --release -p podcr-shim -p podcr-cli
   bin_dir=target/release
 fi
 for b in podcr containerd-shim-podcr-v1; do
