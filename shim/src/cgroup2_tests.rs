@@ -213,7 +213,7 @@ fn the_pod_and_shim_cgroups_join_a_v2_hierarchy() {
     let parent = format!("{}/kubepods/pod-1", cg.rel(&cg.root));
     let pod = PodCgroup::join_under(cg.mount.path(), &parent, pid).unwrap();
     let dir = cg.root.join("kubepods/pod-1");
-    assert_eq!(pod.dirs(), [dir.clone()]);
+    assert_eq!(pod.dirs(), std::slice::from_ref(&dir));
     assert_eq!(
         std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap()
