@@ -10,6 +10,7 @@ use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     generate("checkpoint", &["proto/checkpoint.proto"])?;
+    generate("events", &["proto/events.proto"])?;
     let sandbox = ["proto/sandbox.proto", "proto/types/mount.proto", "proto/types/platform.proto", "proto/types/metrics.proto"];
     generate("sandbox", &sandbox)
 }

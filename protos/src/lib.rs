@@ -22,6 +22,12 @@ pub mod checkpoint_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/checkpoint/checkpoint_ttrpc.rs"));
 }
 
+/// podcr's pod-level events on containerd's event bus (`proto/events.proto`).
+#[allow(warnings, clippy::all)]
+pub mod events {
+    include!(concat!(env!("OUT_DIR"), "/events/events.rs"));
+}
+
 /// ttrpc service names containerd dials. containerd-shim-protos generates task v3; v2 is the same
 /// wire format under another name and is what containerd 2.1 falls back to after a NotImplemented.
 pub const TASK_V3_SERVICE: &str = "containerd.task.v3.Task";

@@ -60,6 +60,8 @@ pub async fn run(flags: &Flags) -> Result<()> {
     }
     // Unlink first: a `start` for the next container must not find this dying server alive.
     let _ = std::fs::remove_file(&path);
+    // The pod is gone, and so are its metrics series (a sandbox shim's id is the sandbox id).
+    crate::pod::observe::remove_file(&flags.id);
     // Let the reply to the RPC that asked for the exit leave first.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = server.shutdown().await;

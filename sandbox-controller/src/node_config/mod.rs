@@ -5,6 +5,7 @@
 //! default; a file that does not parse, or names a key podcr does not know, is an error rather
 //! than a silent default: a typo in a trust setting must not quietly widen it.
 
+pub mod metrics;
 pub mod restore;
 pub mod signing;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use metrics::MetricsConfig;
 pub use restore::RestoreConfig;
 pub use signing::SigningConfig;
 
@@ -27,6 +29,7 @@ pub const ENV_PATH: &str = "PODCR_CONFIG";
 pub struct NodeConfig {
     pub restore: RestoreConfig,
     pub signing: SigningConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl NodeConfig {

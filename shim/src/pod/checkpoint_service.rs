@@ -29,6 +29,7 @@ use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
 use super::convert::{self, controller_error, CONTAINER_CONFIG_TYPE, CONTAINER_STATUS_TYPE, POD_SANDBOX_CONFIG_TYPE};
+use super::observe::{Observer, Outcome};
 use crate::error::Error;
 
 /// Time kept back from the caller's deadline to thaw, clean up and reply.
@@ -36,11 +37,12 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 pub struct CheckpointService<B: PodBackend> {
     controller: Arc<SandboxController<B>>,
+    observer: Arc<Observer>,
 }
 
 impl<B: PodBackend> CheckpointService<B> {
-    pub fn new(controller: Arc<SandboxController<B>>) -> Self {
-        CheckpointService { controller }
+    pub fn new(controller: Arc<SandboxController<B>>, observer: Arc<Observer>) -> Self {
+        CheckpointService { controller, observer }
     }
 }
 
@@ -117,7 +119,17 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
             pod_config: convert::cri_any_json::<PodSandboxConfig>(req.sandbox_config.as_ref(), POD_SANDBOX_CONFIG_TYPE)?,
         };
         let controller = self.controller.clone();
-        let stats = detached(async move { controller.checkpoint(request).await }).await?;
+        let (started, count) = (std::time::Instant::now(), req.containers.len());
+        let result = detached(async move { controller.checkpoint(request).await }).await;
+        let outcome = Outcome {
+            sandbox_id: &req.sandbox_id,
+            path: std::path::Path::new(&req.output_path),
+            elapsed: started.elapsed(),
+            containers: count,
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        self.observer.checkpointed(&outcome, result.as_ref().ok());
+        let stats = result?;
         let mut resp = CheckpointResponse::new();
         resp.podcr_stats = Some(stats_to_wire(&stats)).into();
         Ok(resp)
@@ -137,7 +149,16 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
                 .collect(),
         };
         let controller = self.controller.clone();
-        let restored = detached(async move { controller.restore(request).await }).await?;
+        let (started, count) = (std::time::Instant::now(), req.containers.len());
+        let result = detached(async move { controller.restore(request).await }).await;
+        self.observer.restored(&Outcome {
+            sandbox_id: &req.sandbox_id,
+            path: std::path::Path::new(&req.checkpoint_path),
+            elapsed: started.elapsed(),
+            containers: count,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        let restored = result?;
         let mut resp = RestoreResponse::new();
         resp.containers = restored
             .into_iter()

@@ -15,6 +15,7 @@ mod files;
 pub mod image_rootfs;
 pub mod freezer;
 pub mod holder;
+pub mod observe;
 pub mod recovery;
 mod sandbox_restore;
 mod sandbox_service;
@@ -41,7 +42,8 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
     let restore = SandboxRestore::new(controller.clone(), store.clone(), images);
     let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore);
     let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
-    all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller))));
+    let observer = Arc::new(observe::Observer::from_node_config(store.events().clone()));
+    all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller, observer))));
     all
 }
 
