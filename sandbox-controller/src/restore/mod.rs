@@ -281,17 +281,27 @@ pub fn check_selection(
     ckpt: &PodCheckpoint,
     extracted: &archive::ExtractedContainer,
 ) -> Result<()> {
-    check_request(&selection.name, selection.config.as_ref(), pod_config, selection.spec.as_ref(), ckpt, extracted.cri_config.as_ref(), &extracted.spec)
+    let ckpt_pod = (!ckpt.pod_config.is_null()).then_some(&ckpt.pod_config);
+    check_request(
+        &selection.name,
+        selection.config.as_ref(),
+        pod_config,
+        selection.spec.as_ref(),
+        ckpt_pod,
+        extracted.cri_config.as_ref(),
+        &extracted.spec,
+    )
 }
 
-/// [`check_selection`] over the parts: `config`/`pod_config`/`spec` are the request,
-/// `ckpt_config`/`ckpt_spec` the container's `container-config.dump` and `spec.dump`.
+/// [`check_selection`] over the parts: `config`/`pod_config`/`spec` are the request, `ckpt_pod`
+/// the checkpoint's `pod.dump`, `ckpt_config`/`ckpt_spec` the container's
+/// `container-config.dump` and `spec.dump`.
 pub fn check_request(
     name: &str,
     config: Option<&serde_json::Value>,
     pod_config: Option<&serde_json::Value>,
     spec: Option<&serde_json::Value>,
-    ckpt: &PodCheckpoint,
+    ckpt_pod: Option<&serde_json::Value>,
     ckpt_config: Option<&serde_json::Value>,
     ckpt_spec: &serde_json::Value,
 ) -> Result<()> {
@@ -303,7 +313,6 @@ pub fn check_request(
     if let Some(spec) = spec {
         requests.push(ContainerView::from_oci(spec));
     }
-    let ckpt_pod = (!ckpt.pod_config.is_null()).then_some(&ckpt.pod_config);
     let mut checkpoints = vec![ContainerView::from_oci(ckpt_spec)];
     if let Some(c) = ckpt_config {
         checkpoints.push(ContainerView::from_cri(c, ckpt_pod));
