@@ -158,18 +158,21 @@ fn caller_configs(src: &transport::Source, args: &RestoreArgs) -> Result<(PodSan
 }
 
 /// Makes the pod's log directory and each container's, as the kubelet does before it creates
-/// the pod; containerd's CRI only opens the files.
-fn make_log_dirs(pod: &PodSandboxConfig, containers: &[(String, ContainerConfig)]) -> Result<()> {
+/// the pod (containerd's CRI only opens the files). Returns the pod's directory if this call
+/// made it, for a rollback to remove.
+fn make_log_dirs(pod: &PodSandboxConfig, containers: &[(String, ContainerConfig)]) -> Result<Option<PathBuf>> {
     if pod.log_directory.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let dir = Path::new(&pod.log_directory);
+    let dir = PathBuf::from(&pod.log_directory);
+    let made = (!dir.exists()).then(|| dir.clone());
     for (_, cfg) in containers {
         if let Some(parent) = dir.join(&cfg.log_path).parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(made)
 }
 
 pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreArgs, timeout: Duration) -> Result<()> {
@@ -189,9 +192,17 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             return Err(LookupError::MissingImage(image, name.clone()).into());
         }
     }
-    make_log_dirs(&pod, &containers)?;
+    let log_dir = make_log_dirs(&pod, &containers)?;
 
-    let pod_id = cri.run_pod(pod.clone(), HANDLER).await?;
+    let pod_id = match cri.run_pod(pod.clone(), HANDLER).await {
+        Ok(id) => id,
+        Err(e) => {
+            if let Some(dir) = &log_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
+    };
     let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
@@ -208,6 +219,11 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             }
             if let Err(re) = cri.remove_pod(&pod_id).await {
                 return Err(e.context(format!("and rolling back pod {pod_id} failed too: {re:#}")));
+            }
+            if let Some(dir) = log_dir {
+                if let Err(le) = std::fs::remove_dir_all(&dir) {
+                    warn!(dir = %dir.display(), error = %le, "rollback: remove the pod's log directory");
+                }
             }
             Err(e.context(format!("restore failed; pod {pod_id} was removed")))
         }
