@@ -313,10 +313,9 @@ pub fn check_request(
     if let Some(spec) = spec {
         requests.push(ContainerView::from_oci(spec));
     }
-    let mut checkpoints = vec![ContainerView::from_oci(ckpt_spec)];
-    if let Some(c) = ckpt_config {
-        checkpoints.push(ContainerView::from_cri(c, ckpt_pod));
-    }
+    // The checkpoint's CRI config first: it says "privileged" where the spec only shows its caps.
+    let mut checkpoints: Vec<ContainerView> = ckpt_config.map(|c| ContainerView::from_cri(c, ckpt_pod)).into_iter().collect();
+    checkpoints.push(ContainerView::from_oci(ckpt_spec));
     for r in &requests {
         for c in &checkpoints {
             check_container(name, r, c)?;
