@@ -347,6 +347,7 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     let bad = run_kubelet_pod(cd, &mut rs, bad_cfg, bad_containers).await?;
     let reason = bad.error_of("side").context("a side container that disagrees with the checkpoint started")?.to_string();
     ensure!(reason.contains("command") && reason.contains("side"), "the failure does not say why: {reason}");
+    eprintln!("a disagreeing container's start failed: {reason}");
     let bad_app = bad.id_of("app")?.to_string();
     ensure!(first_count(bad.log("app")).await? > 10, "the app next to a refused container was not restored");
     ensure!(token(&mut rs, &bad_app).await? == token_before, "the second restore's app token differs");
@@ -493,6 +494,7 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
                 ensure!(!out.success(), "{edit:?}: podcr restore succeeded");
                 ensure!(out.stderr.contains(field) && out.stderr.contains("--container-config"), "{edit:?}: the refusal does not name {field} and how to grant it:\n{}", out.stderr);
                 ensure!(listed.is_none(), "{edit:?}: a refused podcr restore created a pod");
+                eprintln!("{edit:?}: podcr restore refused: {}", out.stderr.trim());
             }
             None => {
                 pods::ensure_success(&format!("podcr restore of {edit:?}"), &out)?;
@@ -515,6 +517,7 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
             Some(field) => {
                 let reason = pod.error_of("app").with_context(|| format!("{edit:?}: the container started"))?;
                 ensure!(reason.contains(field), "{edit:?}: the start failure does not name {field}: {reason}");
+                eprintln!("{edit:?}: the annotation restore's StartContainer failed: {reason}");
             }
             None => {
                 let app = pod.id_of("app")?.to_string();
@@ -584,6 +587,7 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
             Err(e) => e.message().to_string(),
         };
         ensure!(err.contains(RESTORE_FROM) && err.contains(want), "{value:?}: the refusal does not say {want:?}: {err}");
+        eprintln!("{RESTORE_FROM}: {value:?} refused: {err}");
     }
     let after = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items.len();
     ensure!(after <= before, "refused pods were left behind ({before} before, {after} after)");

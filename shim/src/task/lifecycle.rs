@@ -257,21 +257,14 @@ impl Containers {
             .collect();
         let allowed = cap_mask(&granted);
         for pid in c.runc.ps(&c.id).await? {
+            // A process that exited meanwhile holds nothing.
             let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
-            for field in ["CapEff", "CapPrm", "CapBnd"] {
-                let held = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                    .unwrap_or(0);
-                let extra = held & !allowed;
-                if extra != 0 {
-                    return Err(Error::FailedPrecondition(format!(
-                        "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
-                        c.id,
-                        cap_names(extra)
-                    )));
-                }
+            if let Some((field, extra)) = excess_caps(&status, allowed) {
+                return Err(Error::FailedPrecondition(format!(
+                    "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
+                    c.id,
+                    cap_names(extra)
+                )));
             }
         }
         Ok(())
@@ -545,6 +538,20 @@ pub(super) fn criu_reason(log: &str) -> String {
     errors.join("\n")
 }
 
+/// The first of a `/proc/<pid>/status`'s capability sets (effective, permitted, bounding) that
+/// holds a capability outside `allowed`, with the excess; an unreadable field counts as all set.
+pub(super) fn excess_caps(status: &str, allowed: u64) -> Option<(&'static str, u64)> {
+    ["CapEff", "CapPrm", "CapBnd"].into_iter().find_map(|field| {
+        let held = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        let extra = held & !allowed;
+        (extra != 0).then_some((field, extra))
+    })
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -561,7 +568,18 @@ fn task_io(s: &Stdio) -> TaskIO {
 
 #[cfg(test)]
 mod criu_log_tests {
-    use super::criu_reason;
+    use super::{criu_reason, excess_caps};
+
+    #[test]
+    fn restored_capabilities_beyond_the_spec_are_found() {
+        let status = "Name:\tcounter\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n";
+        assert_eq!(excess_caps(status, 0xa80425fb), None);
+        let admin = status.replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a82425fb");
+        assert_eq!(excess_caps(&admin, 0xa80425fb), Some(("CapEff", 1 << 21)));
+        let bounding = status.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t000001ffffffffff");
+        assert_eq!(excess_caps(&bounding, 0xa80425fb).map(|(f, _)| f), Some("CapBnd"));
+        assert!(excess_caps("Name:\tx\n", 0xa80425fb).is_some(), "unreadable sets are not trusted");
+    }
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {
