@@ -236,6 +236,7 @@ fn extract_all(
                             })?;
                         // Held to the policy on verified metadata, before anything is staged.
                         if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
+                            cancel.cancel();
                             remove_staging(&dest);
                             return Err(e);
                         }
