@@ -44,6 +44,7 @@ pub use cancel::{Cancel, CANCELLED};
 pub use error::{Error, Result};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
 pub use layout::*;
+pub use fsutil::read_bounded as read_bounded_file;
 pub use limits::Limits;
 pub use metadata::*;
 pub use pack::{pack_pod_dir, unpack_pod_archive};

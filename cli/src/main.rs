@@ -10,6 +10,7 @@
 //! `checkpoint` and `restore` default to `k8s.io`, where the CRI keeps its pods. `--namespace`
 //! overrides both.
 
+mod caller;
 mod checkpoint;
 mod containerd;
 mod cri;

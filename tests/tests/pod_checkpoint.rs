@@ -99,10 +99,9 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
         ensure!(inspect.stdout.contains("containerd"), "checkpointctl inspect {name}:\n{}", inspect.stdout);
     }
 
-    // The original goes away entirely; its logs too, so the restored counters write fresh ones.
+    // The original goes away entirely. The restored pod logs where podcr restore, as its
+    // caller, puts a new pod's logs: never where the checkpoint says.
     pods::remove_pod(&mut rs, &pod.id).await?;
-    std::fs::remove_file(&app_log)?;
-    std::fs::remove_file(&side_log)?;
 
     let out = blocking({
         let dir = dir.clone();
@@ -112,6 +111,10 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     pods::ensure_success("podcr restore", &out)?;
     let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
     ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+    let restored_app = k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
+    let app_log = pods::log_path(&mut rs, &restored_app).await?;
+    let log_root = podcr_tests::node_config::pod_log_root(cd.dir());
+    ensure!(app_log.starts_with(&log_root), "the restored app logs to {}, not under the node's pod log root {}", app_log.display(), log_root.display());
 
     let first = {
         let a = app_log.clone();

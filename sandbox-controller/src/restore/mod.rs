@@ -6,6 +6,14 @@
 //! the new pod, and stages it with the backend: when containerd then creates the container's task,
 //! the backend restores it with CRIU instead of starting it fresh. Nothing travels through
 //! containerd's content store. Any failure unstages and removes everything staged so far.
+//!
+//! Before anything is staged each container is held to [`policy`]: the caller's configs (CRI
+//! configs on the RPCs, the OCI spec containerd generated on Task.Create) must agree with what the
+//! checkpoint is authoritative for and grant every privilege it needs. [`from_annotation`]
+//! resolves the `podcr.io/restore-from` annotation of a pod the kubelet creates.
+
+pub mod from_annotation;
+pub mod policy;
 
 use std::{
     collections::BTreeMap,
@@ -31,12 +39,16 @@ pub const RESTORE_DIR: &str = "podcr-restore";
 pub const ANNOTATION_TCP: &str = "io.podcr.checkpoint.tcp-established";
 pub const ANNOTATION_FILE_LOCKS: &str = "io.podcr.checkpoint.file-locks";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RestoreSelection {
     /// The new container's id (already created by the caller).
     pub id: String,
     /// Its CRI name, which selects the container in the checkpoint.
     pub name: String,
+    /// The caller's CRI `ContainerConfig` (snake_case JSON), when the wire carries it.
+    pub config: Option<serde_json::Value>,
+    /// The OCI spec the runtime will apply, when known (Task.Create of an annotation restore).
+    pub spec: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +58,8 @@ pub struct PodRestoreRequest {
     pub deadline: Option<tokio::time::Instant>,
     pub options: BTreeMap<String, String>,
     pub containers: Vec<RestoreSelection>,
+    /// The caller's CRI `PodSandboxConfig` (snake_case JSON), when the wire carries it.
+    pub pod_config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +106,12 @@ impl<B: PodBackend> SandboxController<B> {
         let staging_root = staging_root(&spec.bundle);
         let checkpoint = req.checkpoint_path.clone();
         let selections = req.containers.clone();
+        let pod_config = req.pod_config.clone();
         let root = staging_root.clone();
         let cancel = Cancel::new();
         let extraction = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
-            move || extract_all(&checkpoint, &selections, &root, &cancel)
+            move || extract_all(&checkpoint, &selections, pod_config.as_ref(), &root, &cancel)
         });
         tokio::pin!(extraction);
         let extracted = tokio::select! {
@@ -107,7 +122,7 @@ impl<B: PodBackend> SandboxController<B> {
                 // written after this call answered and a second restore starts from nothing.
                 cancel.cancel();
                 let _ = extraction.await;
-                remove_staging(&staging_root);
+                remove_selected(&staging_root, &req.containers);
                 let e = Error::DeadlineExceeded(
                     "validating and extracting the checkpoint: nothing was restored or left behind".into(),
                 );
@@ -130,7 +145,7 @@ impl<B: PodBackend> SandboxController<B> {
                         warn!(container = %id, error = %u, "unstage after a failed restore");
                     }
                 }
-                remove_staging(&staging_root);
+                remove_selected(&staging_root, &req.containers);
                 return Err(e);
             }
             done.push(s.selection.id.clone());
@@ -149,6 +164,16 @@ fn staging_root(bundle: &Path) -> PathBuf {
     base.join(RESTORE_DIR)
 }
 
+/// Removes the staging of the selected containers only: a pod the kubelet restores container by
+/// container has others staged (or running from their staging) next to them.
+fn remove_selected(root: &Path, selections: &[RestoreSelection]) {
+    for s in selections {
+        remove_staging(&root.join(&s.name));
+    }
+    // Gone once empty; another container's staging keeps it.
+    let _ = std::fs::remove_dir(root);
+}
+
 fn remove_staging(root: &Path) {
     if let Err(e) = std::fs::remove_dir_all(root) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -159,7 +184,13 @@ fn remove_staging(root: &Path) {
 
 /// Validates the checkpoint and extracts every selected container; on error (or once `cancel`
 /// is cancelled) removes all of it, after every extraction thread has stopped.
-fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, cancel: &Cancel) -> Result<Vec<Staged>> {
+fn extract_all(
+    checkpoint: &Path,
+    selections: &[RestoreSelection],
+    pod_config: Option<&serde_json::Value>,
+    root: &Path,
+    cancel: &Cancel,
+) -> Result<Vec<Staged>> {
     let result = (|| {
         let limits = Limits::default();
         let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
@@ -191,6 +222,9 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, 
                     let (ckpt, limits) = (&ckpt, &limits);
                     scope.spawn(move || -> Result<Staged> {
                         let dest = root.join(&selection.name);
+                        // An earlier attempt for this name (a container the kubelet retries after
+                        // a failed restore) left its staging; start from nothing.
+                        remove_staging(&dest);
                         let archive = ckpt.dir.join(&entry.archive);
                         let extracted = archive::extract_container_archive_verified_until(&archive, digest, &dest, limits, cancel)
                             // One failed container fails the restore: stop the others early.
@@ -200,6 +234,11 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, 
                                 Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
                                 other => other,
                             })?;
+                        // Held to the policy on verified metadata, before anything is staged.
+                        if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
+                            remove_staging(&dest);
+                            return Err(e);
+                        }
                         Ok(Staged {
                             selection: (*selection).clone(),
                             original_id: entry.id.clone(),
@@ -228,9 +267,61 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, 
         ok.into_iter().collect::<Result<Vec<_>>>()
     })();
     if result.is_err() {
-        remove_staging(root);
+        remove_selected(root, selections);
     }
     result
+}
+
+/// Checks one container's request against the checkpoint (see [`policy`]): the request's CRI
+/// config and OCI spec, where given, against the checkpoint's CRI config (with its pod config)
+/// and against the spec it ran with.
+pub fn check_selection(
+    selection: &RestoreSelection,
+    pod_config: Option<&serde_json::Value>,
+    ckpt: &PodCheckpoint,
+    extracted: &archive::ExtractedContainer,
+) -> Result<()> {
+    let ckpt_pod = (!ckpt.pod_config.is_null()).then_some(&ckpt.pod_config);
+    check_request(
+        &selection.name,
+        selection.config.as_ref(),
+        pod_config,
+        selection.spec.as_ref(),
+        ckpt_pod,
+        extracted.cri_config.as_ref(),
+        &extracted.spec,
+    )
+}
+
+/// [`check_selection`] over the parts: `config`/`pod_config`/`spec` are the request, `ckpt_pod`
+/// the checkpoint's `pod.dump`, `ckpt_config`/`ckpt_spec` the container's
+/// `container-config.dump` and `spec.dump`.
+pub fn check_request(
+    name: &str,
+    config: Option<&serde_json::Value>,
+    pod_config: Option<&serde_json::Value>,
+    spec: Option<&serde_json::Value>,
+    ckpt_pod: Option<&serde_json::Value>,
+    ckpt_config: Option<&serde_json::Value>,
+    ckpt_spec: &serde_json::Value,
+) -> Result<()> {
+    use policy::{check_container, ContainerView};
+    let mut requests = Vec::new();
+    if let Some(config) = config {
+        requests.push(ContainerView::from_cri(config, pod_config));
+    }
+    if let Some(spec) = spec {
+        requests.push(ContainerView::from_oci(spec));
+    }
+    // The checkpoint's CRI config first: it says "privileged" where the spec only shows its caps.
+    let mut checkpoints: Vec<ContainerView> = ckpt_config.map(|c| ContainerView::from_cri(c, ckpt_pod)).into_iter().collect();
+    checkpoints.push(ContainerView::from_oci(ckpt_spec));
+    for r in &requests {
+        for c in &checkpoints {
+            check_container(name, r, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint is only as portable as CRIU images are: same CPU architecture, same runtime.
