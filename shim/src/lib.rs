@@ -1,6 +1,6 @@
 //! containerd-shim-podcr-v1: containerd's shim v2 sandbox runtime over runc, with pod-level
-//! checkpoint/restore. The binary's `main.rs` only dispatches to these modules; `podcr` (the CLI in
-//! `bin/podcr`) reuses the wire clients from here.
+//! checkpoint/restore. The binary's `main.rs` only dispatches to these modules. The `podcr` CLI is
+//! its own crate (`cli/`) and uses nothing from here.
 //!
 //! - [`start`], [`delete`], [`serve`]: the shim actions containerd runs.
 //! - [`task`]: the containers and the Task service; [`task::Containers`] is the handle the pod

@@ -603,7 +603,7 @@ fn warn_if_stale(shim: &Path) {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut newest = None;
-    for dir in ["shim/src", "sandbox-controller/src", "protos"] {
+    for dir in ["shim/src", "sandbox-controller/src", "archive/src", "protos"] {
         newest_mtime(&root.join(dir), &mut newest);
     }
     if newest.is_some_and(|n| n > built) {

@@ -289,10 +289,18 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
     let restored = pods::find_pod(&mut rs, "ckpt-tcp-restored").await?.context("restored pod not listed")?;
     let ids = k8s_ids(&mut rs, &restored).await?;
     let client = ids.iter().find(|(n, _)| n == "client").map(|(_, id)| id.clone()).context("no client")?;
-    let first = peer(&mut rs, client.clone()).await?;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let later = peer(&mut rs, client.clone()).await?;
     let n = |s: &str| s.strip_prefix("ok ").and_then(|n| n.parse::<u64>().ok());
+    let first = peer(&mut rs, client.clone()).await?;
+    // The peer writes on its own clock; on a loaded 2-core machine a fixed pause can fall between
+    // two of its writes, so wait (bounded) for the next one.
+    let mut later = first.clone();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        later = peer(&mut rs, client.clone()).await?;
+        if n(&later).is_none() || n(&later) > n(&first) {
+            break;
+        }
+    }
     ensure!(
         matches!((n(&first), n(&later)), (Some(a), Some(b)) if b > a && a + 5 >= seq),
         "the connection did not survive: before {seq}, after restore {first:?} then {later:?}"

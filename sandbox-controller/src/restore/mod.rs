@@ -229,7 +229,7 @@ fn extract_all(
                         let extracted = archive::extract_container_archive_verified_until(&archive, digest, &dest, limits, cancel)
                             // One failed container fails the restore: stop the others early.
                             .inspect_err(|_| cancel.cancel())
-                            .map_err(|e| match e {
+                            .map_err(|e| match Error::from(e) {
                                 // Say which container archive is damaged, not only which entry.
                                 Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
                                 other => other,

@@ -55,5 +55,5 @@ fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::Resto
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
     podcr_sandbox_controller::archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &podcr_sandbox_controller::archive::Limits::default())
         .map(|_| ())
-        .map_err(convert::controller_error)
+        .map_err(|e| convert::controller_error(e.into()))
 }

@@ -83,7 +83,7 @@ mod tests {
 
 #[cfg(test)]
 mod archive_tests {
-    use crate::archive::{tests::support, *};
+    use crate::{tests::support, *};
 
     #[test]
     fn a_cancelled_archive_write_or_extraction_leaves_no_file() {

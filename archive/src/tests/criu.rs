@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 
 use super::support::*;
-use crate::archive::*;
+use crate::*;
 
 #[test]
 fn real_criu_dump_is_readable_by_checkpointctl() {

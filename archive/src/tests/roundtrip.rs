@@ -3,11 +3,11 @@
 use std::{os::unix::fs::PermissionsExt, process::Command};
 
 use super::support::*;
-use crate::{archive::*, error::Error};
+use crate::{error::Error, *};
 
 fn entry_names(archive: &std::path::Path) -> Vec<(String, tar::EntryType, u32)> {
     let file = std::fs::File::open(archive).unwrap();
-    let (_, dec) = crate::archive::codec::Decoder::detect(file).unwrap();
+    let (_, dec) = crate::codec::Decoder::detect(file).unwrap();
     let mut a = tar::Archive::new(dec);
     a.entries()
         .unwrap()

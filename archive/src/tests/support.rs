@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::{TimeZone, Utc};
 use tar::{EntryType, Header};
 
-use crate::archive::*;
+use crate::*;
 
 pub fn meta(name: &str) -> ContainerArchiveMeta {
     let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();

@@ -95,7 +95,7 @@ fn collect<R: Read>(entries: std::io::Result<tar::Entries<'_, R>>, limits: &Limi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::{tests::support, write_container_archive, Compression};
+    use crate::{tests::support, write_container_archive, Compression};
 
     #[test]
     fn reads_metadata_of_every_compression_without_unpacking() {

@@ -9,7 +9,7 @@ use std::{
 use tar::EntryType;
 
 use super::support::*;
-use crate::{archive::*, error::Error};
+use crate::{error::Error, *};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -7,7 +7,7 @@ use std::{path::Path, sync::OnceLock};
 use proptest::prelude::*;
 
 use super::{hostile::try_extract, support::*};
-use crate::archive::*;
+use crate::*;
 
 fn config() -> ProptestConfig {
     // No regression files in the source tree; failures print the minimal input instead.
@@ -81,12 +81,12 @@ fn apply_diff(bytes: &[u8]) {
 
 fn parse_all(bytes: &[u8]) {
     let p = Path::new("fuzz");
-    let _ = crate::archive::reader::parse_bytes::<PodManifest>(bytes, p);
-    let _ = crate::archive::reader::parse_bytes::<ContainerManifest>(bytes, p);
-    let _ = crate::archive::reader::parse_bytes::<ContainerConfig>(bytes, p);
-    let _ = crate::archive::reader::parse_bytes::<PodOptions>(bytes, p);
-    let _ = crate::archive::reader::parse_bytes::<Vec<BindMount>>(bytes, p);
-    if let Ok(v) = crate::archive::reader::parse_bytes::<Vec<String>>(bytes, p) {
+    let _ = crate::reader::parse_bytes::<PodManifest>(bytes, p);
+    let _ = crate::reader::parse_bytes::<ContainerManifest>(bytes, p);
+    let _ = crate::reader::parse_bytes::<ContainerConfig>(bytes, p);
+    let _ = crate::reader::parse_bytes::<PodOptions>(bytes, p);
+    let _ = crate::reader::parse_bytes::<Vec<BindMount>>(bytes, p);
+    if let Ok(v) = crate::reader::parse_bytes::<Vec<String>>(bytes, p) {
         for s in v {
             let _ = check_deleted_path(&s);
         }

@@ -18,11 +18,8 @@
 //! Results: bench-results/results.csv (every sample), results.md (medians, ratios against the
 //! targets), plot.png (time against memory), and the tables on stdout.
 
-#[path = "../bench/podman.rs"]
 mod podman;
-#[path = "../bench/registry.rs"]
 mod registry;
-#[path = "../bench/report.rs"]
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -141,7 +138,7 @@ fn run(opts: Opts) -> Result<()> {
     let podcr_bin = podcr_tests::target_profile_dir()?.join("podcr");
     ensure!(
         podcr_bin.exists(),
-        "{} not built: cargo build --release --workspace --bins",
+        "{} not built: cargo build --release -p podcr-shim -p podcr-cli -p podcr-bench",
         podcr_bin.display()
     );
     std::fs::create_dir_all(&opts.out)?;

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 use tar::EntryType;
 
 use super::support::*;
-use crate::{
-    archive::{fsutil::digest_bytes, *},
-    error::Error,
-};
+use crate::{error::Error, fsutil::digest_bytes, *};
 
 type Spec<'a> = (&'a [u8], EntryType, &'a [u8], Option<&'a [u8]>);
 

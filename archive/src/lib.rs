@@ -23,6 +23,7 @@
 mod cancel;
 mod capture;
 mod codec;
+pub mod error;
 mod fsutil;
 mod layout;
 mod limits;
@@ -40,6 +41,7 @@ mod writer;
 mod tests;
 
 pub use cancel::{Cancel, CANCELLED};
+pub use error::{Error, Result};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
 pub use layout::*;
 pub use fsutil::read_bounded as read_bounded_file;
