@@ -23,6 +23,10 @@ pub enum Error {
     /// A checkpoint archive that is malformed, hostile or does not match its manifest.
     #[error("invalid checkpoint archive: {0}")]
     Archive(String),
+    /// A checkpoint whose signature is missing, forged or made with a key this node does not
+    /// trust (containerd's `ErrPermissionDenied` on the wire).
+    #[error("untrusted checkpoint: {0}")]
+    Untrusted(String),
     /// The OCI runtime or CRIU failed; `msg` carries their own words (runc's log, CRIU's log tail).
     #[error("{op} {id}: {msg}")]
     Runtime { op: String, id: String, msg: String },

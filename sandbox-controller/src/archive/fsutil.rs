@@ -117,6 +117,21 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Refuses an extraction of `needed` bytes into `dir` unless the file system keeps `reserve`
+/// bytes free afterwards (space available to unprivileged users, so root's reserved blocks stay
+/// untouched too).
+pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
+    let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
+    if needed.saturating_add(reserve) > avail {
+        return Err(Error::FailedPrecondition(format!(
+            "{} has {avail} bytes free; the checkpoint needs {needed} and {reserve} must stay free",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Creates a new file (never an existing one, never through a symlink) with `mode`.
 pub fn create_new(path: &Path, mode: u32) -> Result<File> {
     OpenOptions::new()

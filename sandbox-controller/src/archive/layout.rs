@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 pub const POD_OPTIONS_FILE: &str = "pod.options";
 pub const POD_DUMP_FILE: &str = "pod.dump";
 pub const POD_MANIFEST_FILE: &str = "podcr.manifest.json";
+/// The detached ed25519 signature over the exact bytes of [`POD_MANIFEST_FILE`] (see
+/// [`super::signing`]); not listed in the manifest it signs.
+pub const SIGNATURE_FILE: &str = "podcr.manifest.sig";
 /// `format` of [`POD_MANIFEST_FILE`].
 pub const POD_MANIFEST_FORMAT: &str = "podcr.pod-checkpoint";
 

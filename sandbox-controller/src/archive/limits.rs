@@ -20,6 +20,11 @@ pub struct Limits {
     pub max_containers: usize,
     /// Longest entry path, in bytes.
     pub max_path_len: usize,
+    /// Free space an extraction must leave on the target file system, beyond what the signed
+    /// manifest says it will write: a restore must not fill the node's disk.
+    pub min_free_bytes: u64,
+    /// Most container archives extracted at once (each holds a decompressor and buffers).
+    pub max_parallel: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -34,6 +39,8 @@ impl Default for Limits {
             max_total_bytes: 1024 * 1024 * MIB, // 1 TiB
             max_containers: 1024,
             max_path_len: 4096,
+            min_free_bytes: 256 * MIB,
+            max_parallel: 4,
         }
     }
 }

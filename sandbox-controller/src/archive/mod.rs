@@ -32,6 +32,8 @@ mod peek;
 mod pod;
 mod reader;
 mod rootfs;
+pub mod signing;
+mod targuard;
 mod tarout;
 mod untar;
 mod writer;
@@ -41,6 +43,7 @@ mod tests;
 
 pub use cancel::{Cancel, CANCELLED};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
+pub use fsutil::check_free_space;
 pub use layout::*;
 pub use limits::Limits;
 pub use metadata::*;
@@ -50,6 +53,7 @@ pub use peek::{read_container_metadata, ContainerMetadata};
 pub use reader::{
     extract_container_archive, extract_container_archive_verified, extract_container_archive_verified_until, ExtractedContainer,
 };
+pub use signing::{Signer, TrustPolicy};
 pub use rootfs::{apply_rootfs_diff, check_deleted_path, delete_rootfs_paths, RootfsApplyStats};
 pub use writer::{
     finish_pod_manifest, write_container_archive, write_container_archive_until, write_pod_files, ArchiveStats, PodManifestInfo,

@@ -119,6 +119,9 @@ impl<B: PodBackend> SandboxController<B> {
         };
         let (spec, state) = self.snapshot(&req.sandbox_id).await?;
         state.check_checkpointable()?;
+        // Before anything is frozen: a node without its key refuses rather than writing a
+        // checkpoint no trusting node would restore.
+        let signer = crate::archive::Signer::from_config(&self.signing_config()?)?.map(std::sync::Arc::new);
         let targets = self.select(&req, &output).await?;
         self.backend.checkpoint_begin(&output).await?;
 
@@ -128,7 +131,7 @@ impl<B: PodBackend> SandboxController<B> {
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
             let dumper_version = self.backend.dumper_version().await;
             let cancel = Cancel::new();
-            let pod = package::PodRecord { spec: &spec, pod_config, dumper_version };
+            let pod = package::PodRecord { spec: &spec, pod_config, dumper_version, signer: signer.clone() };
             let packaging = package::package_pod(&output, pod, &targets, &dumped, &options, &cancel);
             tokio::pin!(packaging);
             let packaged = tokio::select! {

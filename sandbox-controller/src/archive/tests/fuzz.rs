@@ -60,7 +60,7 @@ fn unpack_pod(bytes: &[u8]) {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("pod.tar");
     std::fs::write(&f, bytes).unwrap();
-    let res = unpack_pod_archive(&f, &tmp.path().join("dest"), &Limits::default());
+    let res = unpack_pod_archive(&f, &tmp.path().join("dest"), &Limits::default(), &trust());
     let mut want = vec!["pod.tar".to_string()];
     if res.is_ok() {
         want.insert(0, "dest".into());

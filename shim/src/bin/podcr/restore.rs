@@ -119,12 +119,13 @@ fn container_config(name: &str, c: &ArchiveMetadata) -> Result<ContainerConfig> 
 }
 
 /// Each container's name and CRI config, read from its archive's metadata without unpacking
-/// it: the shim verifies every byte when it extracts the archive for the restore.
+/// it, and only once the whole archive matches the signed manifest: these configs pick images,
+/// mounts and commands. The shim verifies every byte again when it extracts the archive.
 fn read_containers(src: &transport::Source) -> Result<Vec<(String, ContainerConfig)>> {
     let limits = Limits::default();
     let mut out = Vec::new();
-    for (name, path, _digest) in src.checkpoint.container_archives() {
-        let c = archive::read_container_metadata(&path, &limits)
+    for (name, path, digest) in src.checkpoint.container_archives() {
+        let c = archive::read_container_metadata(&path, &digest, &limits)
             .with_context(|| format!("read container {name} from {}", path.display()))?;
         out.push((name.clone(), container_config(&name, &c)?));
     }
