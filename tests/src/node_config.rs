@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::OnceLock,
 };
 
 use anyhow::{Context, Result};
@@ -25,17 +25,19 @@ fn restore_section(_dir: &Path) -> Result<String> {
     Ok(String::new())
 }
 
-/// `[signing]` for a run rooted at `dir`: a fresh key pair in `dir/keys`, its public key the
-/// only one in `dir/trusted.d`, unsigned checkpoints refused (the production default). The key
-/// is remembered for [`run_signer`], so helpers that edit a checkpoint can sign it again.
+/// `[signing]` for a run rooted at `dir`, as a node admin sets it up: the run's own key pair in
+/// `dir/keys` (`signing.key`, `signing.pub`: what `podcr key generate` writes), and in
+/// `dir/trusted.d` its public key plus the test process's editor key (see [`run_signer`]);
+/// unsigned checkpoints refused, the production default. Each run (each "node") has its own key,
+/// so a checkpoint moved to a second run is refused until that run trusts the first one's key.
 fn signing_section(dir: &Path) -> Result<String> {
     let keys = dir.join("keys");
     let trusted = dir.join("trusted.d");
     std::fs::create_dir_all(&keys).with_context(|| format!("create {}", keys.display()))?;
     std::fs::create_dir_all(&trusted).with_context(|| format!("create {}", trusted.display()))?;
     let (_, key, public) = signing::write_new_keypair(&keys)?;
-    std::fs::copy(&public, trusted.join("run.pub")).with_context(|| format!("trust {}", public.display()))?;
-    remember_key(&key);
+    std::fs::copy(&public, trusted.join("node.pub")).with_context(|| format!("trust {}", public.display()))?;
+    std::fs::write(trusted.join("test-editor.pub"), signing::public_pem(&editor().verifying_key())?)?;
     Ok(format!(
         "[signing]\nkey = {:?}\ntrusted_dir = {:?}\nallow_unsigned = false\n",
         key.display().to_string(),
@@ -43,30 +45,29 @@ fn signing_section(dir: &Path) -> Result<String> {
     ))
 }
 
-static RUN_KEY: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-fn remember_key(key: &Path) {
-    if let Ok(mut k) = RUN_KEY.lock() {
-        *k = Some(key.to_path_buf());
-    }
+fn editor() -> &'static signing::Signer {
+    static EDITOR: OnceLock<signing::Signer> = OnceLock::new();
+    EDITOR.get_or_init(signing::generate)
 }
 
-/// The signing key of the run this process provisioned last (one private containerd, so one
-/// node key, per test binary): what a test uses to model a checkpoint whose signer is trusted.
-pub fn run_signer() -> Result<signing::Signer> {
-    let key = RUN_KEY
-        .lock()
-        .ok()
-        .and_then(|k| k.clone())
-        .context("no test run was provisioned in this process, so there is no run key")?;
-    Ok(signing::Signer::load(&key)?)
+/// The key this test process signs edited checkpoints with; every run it provisions trusts it.
+/// It stands for a trusted node that is buggy or compromised, so tests of what restore refuses
+/// in a checkpoint are judged on the edit, not stopped at the signature. Only in memory.
+pub fn run_signer() -> &'static signing::Signer {
+    editor()
+}
+
+/// The public key file of the run rooted at `dir` (what another node trusts to restore its
+/// checkpoints).
+pub fn public_key(dir: &Path) -> PathBuf {
+    dir.join("keys").join(signing::PUB_FILE)
 }
 
 /// Signs `dir`'s `podcr.manifest.json` again with the run's key, as the node would have: for
 /// tests that edit a checkpoint and then want only the edit, not the signature, to be judged.
 pub fn resign(dir: &Path) -> Result<()> {
     let manifest = std::fs::read(dir.join(archive::POD_MANIFEST_FILE))?;
-    let sig = run_signer()?.sign(&manifest)?;
+    let sig = run_signer().sign(&manifest)?;
     std::fs::write(dir.join(archive::SIGNATURE_FILE), sig)?;
     Ok(())
 }

@@ -134,6 +134,12 @@ pub fn clean_dir_contents(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(Error::InvalidArgument(format!("{} is not a directory (or is a symlink)", dir.display())));
     }
+    remove_entries(dir)
+}
+
+/// [`clean_dir_contents`] without the check on `dir` itself, for a directory named through a
+/// descriptor (`/proc/<pid>/fd/<fd>` is a symlink to it by design).
+pub(crate) fn remove_entries(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(Error::io(format!("read {}", dir.display())))?;
