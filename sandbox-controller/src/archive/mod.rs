@@ -56,7 +56,7 @@ pub use reader::{
     extract_container_archive, extract_container_archive_verified, extract_container_archive_verified_until, ExtractedContainer,
 };
 pub use signing::{Signer, TrustPolicy};
-pub use rootfs::{apply_rootfs_diff, check_deleted_path, delete_rootfs_paths, RootfsApplyStats};
+pub use rootfs::{apply_rootfs_diff, check_deleted_path, delete_rootfs_paths, Privileged, RootfsApplyStats};
 pub use writer::{
     finish_pod_manifest, write_container_archive, write_container_archive_until, write_pod_files, ArchiveStats, PodManifestInfo,
 };
