@@ -5,6 +5,7 @@
 //! - `podcr checkpoint`: a whole pod at one instant, through the shim's Checkpoint service.
 //! - `podcr restore`: a new pod from a checkpoint, playing the part containerd's CRI will play
 //!   once pod restore (KEP-5823) lands there.
+//! - `podcr key generate|trust`: the node's checkpoint signing key and the keys it trusts.
 //!
 //! Namespaces: `sandbox` commands default to containerd's `default` namespace, as `ctr` does;
 //! `checkpoint` and `restore` default to `k8s.io`, where the CRI keeps its pods. `--namespace`
@@ -15,6 +16,7 @@ mod checkpoint;
 mod containerd;
 mod cri;
 mod error;
+mod key;
 mod output;
 mod restore;
 mod sandbox;
@@ -63,6 +65,9 @@ enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Restore a pod from a checkpoint directory or archive as a new CRI pod.
     Restore(restore::RestoreArgs),
+    /// The node's checkpoint signing key and the public keys whose checkpoints it restores.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,6 +173,7 @@ async fn run(cli: Cli) -> Result<()> {
             let state = state_dir(&cli).await;
             checkpoint::run(&cd, &cli.address, &state, args, cli.timeout).await
         }
+        Command::Key(cmd) => key::run(cmd),
         Command::Restore(args) => {
             let namespace = ns(CRI_NAMESPACE);
             if namespace != CRI_NAMESPACE {

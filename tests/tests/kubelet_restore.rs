@@ -123,7 +123,6 @@ fn kubelet_container(pod: &PodSandboxConfig, name: &str, image: &str, command: &
                 seccomp: Some(SecurityProfile { profile_type: 1, ..Default::default() }),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }
