@@ -101,13 +101,14 @@ fn container_config(name: &str, c: &ArchiveMetadata) -> Result<ContainerConfig> 
     Ok(config_from_dump(name, &image, &c.spec, c.status.as_ref()))
 }
 
-/// Each container's name, metadata and checkpointed CRI config, read from its archive without
-/// unpacking it: the shim verifies every byte when it extracts the archive for the restore.
+/// Each container's name, metadata and checkpointed CRI config, read from its archive's metadata
+/// without unpacking it, and only once the whole archive matches the signed manifest: these configs
+/// pick images, mounts and commands. The shim verifies every byte again when it extracts the archive.
 fn read_containers(src: &transport::Source) -> Result<Vec<(String, ArchiveMetadata, ContainerConfig)>> {
     let limits = Limits::default();
     let mut out = Vec::new();
-    for (name, path, _digest) in src.checkpoint.container_archives() {
-        let c = archive::read_container_metadata(&path, &limits)
+    for (name, path, digest) in src.checkpoint.container_archives() {
+        let c = archive::read_container_metadata(&path, &digest, &limits)
             .with_context(|| format!("read container {name} from {}", path.display()))?;
         let cfg = container_config(&name, &c)?;
         out.push((name.clone(), c, cfg));

@@ -20,6 +20,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("not implemented: {0}")]
     Unimplemented(String),
+    /// A checkpoint this node does not trust (unsigned, forged, unknown key).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The caller's deadline ran out; the work was undone (a pod checkpoint thaws and cleans up).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -70,6 +73,7 @@ impl Error {
             }
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::PermissionDenied(_) => Code::PERMISSION_DENIED,
             Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Error::Shim(containerd_shim::Error::NotFoundError(_)) => Code::NOT_FOUND,
             Error::Shim(containerd_shim::Error::FailedPreconditionError(_)) => {
@@ -129,6 +133,7 @@ mod tests {
     #[test]
     fn unimplemented() {
         assert_eq!(code_of(Error::Unimplemented("x".into())), Code::UNIMPLEMENTED);
+        assert_eq!(code_of(Error::PermissionDenied("x".into())), Code::PERMISSION_DENIED);
     }
 
     #[test]

@@ -288,7 +288,9 @@ pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
     let files = manifest["files"]
         .as_object()
         .context("manifest has no files")?;
-    let mut seen = BTreeSet::from(["podcr.manifest.json".to_string()]);
+    // The harness's node signs every checkpoint: the signature must be there.
+    anyhow::ensure!(dir.join("podcr.manifest.sig").is_file(), "the checkpoint is not signed");
+    let mut seen = BTreeSet::from(["podcr.manifest.json".to_string(), "podcr.manifest.sig".to_string()]);
     for (name, digest) in files {
         let data = std::fs::read(dir.join(name)).with_context(|| format!("read {name}"))?;
         anyhow::ensure!(
@@ -310,13 +312,15 @@ pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
     Ok(manifest)
 }
 
-/// Rewrites fields of `podcr.manifest.json` (which is not itself hashed).
+/// Rewrites fields of `podcr.manifest.json` (which is not itself hashed) and signs it again with
+/// the run's key: the edited checkpoint passes the signature and integrity checks, as one made
+/// by a trusted but buggy or compromised node would.
 pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
     let path = dir.join("podcr.manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     edit(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
-    Ok(())
+    crate::node_config::resign(dir)
 }
 
 /// Copies a checkpoint directory (plain files only).

@@ -473,7 +473,15 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
 
     let root = node_config::checkpoint_roots(cd.dir())[1].clone();
     let canary = Canary::new("edit")?;
-    let pods_before = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items.len();
+    // Only this test's pods: the others in this binary run beside it on the same containerd.
+    let ours = |items: Vec<k8s_cri::v1::PodSandbox>| {
+        items
+            .into_iter()
+            .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with("kr-cli-") || m.name.starts_with("kr-ann-")))
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+    };
+    let pods_before = ours(rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items);
     for (i, edit) in [Edit::Privileged, Edit::AddedCapability, Edit::HostRoot, Edit::LogPathOutside].into_iter().enumerate() {
         let ckpt = format!("kr-edited-{i}");
         let dir = root.join(&ckpt);
@@ -529,8 +537,8 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
         pods::remove_pod(&mut rs, &pod.id).await?;
         canary.unchanged().with_context(|| format!("after {edit:?}"))?;
     }
-    let pods_after = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items.len();
-    ensure!(pods_after <= pods_before, "pods were left behind: {pods_before} before, {pods_after} after");
+    let pods_after = ours(rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items);
+    ensure!(pods_after == pods_before, "pods were left behind: {pods_before:?} before, {pods_after:?} after");
     canary.unchanged()
 }
 

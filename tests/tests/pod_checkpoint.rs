@@ -346,6 +346,17 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         let image2 = import(node2).await?;
         ensure!(image2 == image, "the image reference differs between nodes: {image2} vs {image}");
         let mut rs2 = node2.cri_runtime().await?;
+        // Node 2 does not restore what node 1 signed until its admin trusts node 1's key.
+        let out = blocking({
+            let archive = archive.clone();
+            move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), "untrusted".into()])
+        })
+        .await?;
+        ensure!(!out.success() && out.stderr.contains("does not trust"), "node 2 restored an untrusted checkpoint: {}", out.stderr);
+        ensure!(pods::find_pod(&mut rs2, "untrusted").await?.is_none(), "a refused restore left a pod on node 2");
+        let node1_key = podcr_tests::node_config::public_key(cd.dir());
+        let out = blocking(move || pods::podcr(node2, ["key".to_string(), "trust".into(), node1_key.display().to_string()])).await?;
+        pods::ensure_success("podcr key trust on node 2", &out)?;
         let mut restored = Vec::new();
         for name in ["migrated-1", "migrated-2"] {
             let out = blocking({

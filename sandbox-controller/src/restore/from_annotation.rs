@@ -100,11 +100,17 @@ pub fn resolve(name: &str, config: &RestoreConfig) -> Result<PathBuf> {
     )))
 }
 
-/// Resolves `name`, opens the checkpoint through the archive's verifying reader, and checks it
-/// may be restored here into a pod of Kubernetes namespace `pod_namespace`.
-pub fn open(name: &str, pod_namespace: &str, config: &RestoreConfig) -> Result<PodCheckpoint> {
+/// Resolves `name`, opens the checkpoint through the archive's verifying reader (its signature
+/// checked against `trust` before anything else is read), and checks it may be restored here
+/// into a pod of Kubernetes namespace `pod_namespace`.
+pub fn open(
+    name: &str,
+    pod_namespace: &str,
+    config: &RestoreConfig,
+    trust: &archive::TrustPolicy,
+) -> Result<PodCheckpoint> {
     let path = resolve(name, config)?;
-    let ckpt = archive::open_pod_dir(&path, &Limits::default())?;
+    let ckpt = archive::open_pod_dir(&path, &Limits::default(), trust)?;
     super::check_compatible(&ckpt)?;
     check_namespace(&ckpt, pod_namespace, config)?;
     Ok(ckpt)
@@ -252,6 +258,7 @@ mod tests {
             .unwrap(),
             options: PodOptions { version: 1, containers: BTreeMap::new(), annotations },
             pod_config: serde_json::Value::Null,
+            signer: None,
         }
     }
 

@@ -23,7 +23,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    archive::{self, Cancel, Limits, PodCheckpoint},
+    archive::{self, Cancel, Limits, PodCheckpoint, TrustPolicy},
     backend::{PodBackend, RestoreStage},
     checkpoint::options::{parse_bool, CheckpointOptions},
     controller::SandboxController,
@@ -109,9 +109,10 @@ impl<B: PodBackend> SandboxController<B> {
         let pod_config = req.pod_config.clone();
         let root = staging_root.clone();
         let cancel = Cancel::new();
+        let trust = TrustPolicy::from_config(&self.signing_config()?)?;
         let extraction = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
-            move || extract_all(&checkpoint, &selections, pod_config.as_ref(), &root, &cancel)
+            move || extract_all(&checkpoint, &trust, &selections, pod_config.as_ref(), &root, &cancel)
         });
         tokio::pin!(extraction);
         let extracted = tokio::select! {
@@ -182,10 +183,13 @@ fn remove_staging(root: &Path) {
     }
 }
 
-/// Validates the checkpoint and extracts every selected container; on error (or once `cancel`
-/// is cancelled) removes all of it, after every extraction thread has stopped.
+/// Validates the checkpoint (its signature against `trust` first) and extracts every selected
+/// container, at most [`Limits::max_parallel`] at a time, each bounded by the sizes the signed
+/// manifest gives it; on error (or once `cancel` is cancelled) removes all of it, after every
+/// extraction thread has stopped.
 fn extract_all(
     checkpoint: &Path,
+    trust: &TrustPolicy,
     selections: &[RestoreSelection],
     pod_config: Option<&serde_json::Value>,
     root: &Path,
@@ -193,7 +197,10 @@ fn extract_all(
 ) -> Result<Vec<Staged>> {
     let result = (|| {
         let limits = Limits::default();
-        let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
+        let ckpt = archive::open_pod_dir(checkpoint, &limits, trust)?;
+        if let Some(key) = &ckpt.signer {
+            info!(checkpoint = %checkpoint.display(), key, "checkpoint signature verified");
+        }
         check_compatible(&ckpt)?;
         let (tcp_established, file_locks) = dump_flags(&ckpt);
         crate::checkpoint::orchestrate::create_private_dir(root)?;
@@ -210,58 +217,81 @@ fn extract_all(
                     .files
                     .get(&entry.archive)
                     .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
-                Ok((selection, entry, digest))
+                // The signed manifest says what each archive unpacks to: nothing beyond it is
+                // decompressed or written.
+                let mut bounded = limits;
+                if let Some(u) = entry.unpacked {
+                    bounded.max_total_bytes = bounded.max_total_bytes.min(u.bytes);
+                    bounded.max_entries = bounded.max_entries.min(u.entries);
+                }
+                Ok((selection, entry, digest, bounded))
             })
             .collect::<Result<Vec<_>>>()?;
-        // One thread per container: extraction is hashing plus copying, and a pod's containers
-        // are independent, so the restore takes as long as its largest container.
-        let results: Vec<Result<Staged>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|(selection, entry, digest)| {
-                    let (ckpt, limits) = (&ckpt, &limits);
-                    scope.spawn(move || -> Result<Staged> {
-                        let dest = root.join(&selection.name);
-                        // An earlier attempt for this name (a container the kubelet retries after
-                        // a failed restore) left its staging; start from nothing.
-                        remove_staging(&dest);
-                        let archive = ckpt.dir.join(&entry.archive);
-                        let extracted = archive::extract_container_archive_verified_until(&archive, digest, &dest, limits, cancel)
-                            // One failed container fails the restore: stop the others early.
-                            .inspect_err(|_| cancel.cancel())
-                            .map_err(|e| match Error::from(e) {
-                                // Say which container archive is damaged, not only which entry.
-                                Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
-                                other => other,
-                            })?;
-                        // Held to the policy on verified metadata, before anything is staged.
-                        if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
-                            cancel.cancel();
+        // Older checkpoints say only the compressed size, a lower bound of what is written.
+        let needed = jobs.iter().fold(0u64, |a, (_, e, d, _)| a.saturating_add(e.unpacked.map_or(d.size, |u| u.bytes)));
+        archive::check_free_space(root, needed, limits.min_free_bytes)?;
+        // A bounded pool: extraction is hashing, decompressing and copying, and each worker
+        // holds a decompressor's window and buffers, so a 64-container pod does not make 64.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = limits.max_parallel.clamp(1, jobs.len().max(1));
+        let mut results: Vec<(usize, Result<Staged>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (ckpt, jobs, next) = (&ckpt, &jobs, &next);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let Some((selection, entry, digest, bounded)) = jobs.get(i) else { return done };
+                            let dest = root.join(&selection.name);
+                            // An earlier attempt for this name (a container the kubelet retries
+                            // after a failed restore) left its staging; start from nothing.
                             remove_staging(&dest);
-                            return Err(e);
+                            let archive = ckpt.dir.join(&entry.archive);
+                            let staged = archive::extract_container_archive_verified_until(&archive, digest, &dest, bounded, cancel)
+                                // One failed container fails the restore: stop the others early.
+                                .inspect_err(|_| cancel.cancel())
+                                .map_err(|e| match Error::from(e) {
+                                    // Say which container archive is damaged, not only which entry.
+                                    Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
+                                    other => other,
+                                })
+                                .and_then(|extracted| {
+                                    // Held to the policy on verified metadata, before anything is staged.
+                                    if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
+                                        cancel.cancel();
+                                        remove_staging(&dest);
+                                        return Err(e);
+                                    }
+                                    Ok(extracted)
+                                })
+                                .map(|extracted| Staged {
+                                    selection: (*selection).clone(),
+                                    original_id: entry.id.clone(),
+                                    stage: RestoreStage {
+                                        image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
+                                        work_dir: extracted.dir.clone(),
+                                        rootfs_diff: extracted.rootfs_diff.clone(),
+                                        deleted: extracted.deleted_files.clone(),
+                                        tcp_established,
+                                        file_locks,
+                                    },
+                                });
+                            done.push((i, staged));
                         }
-                        Ok(Staged {
-                            selection: (*selection).clone(),
-                            original_id: entry.id.clone(),
-                            stage: RestoreStage {
-                                image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
-                                work_dir: extracted.dir.clone(),
-                                rootfs_diff: extracted.rootfs_diff.clone(),
-                                deleted: extracted.deleted_files.clone(),
-                                tcp_established,
-                                file_locks,
-                            },
-                        })
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Archive("an extraction thread panicked".into()))))
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| vec![(usize::MAX, Err(Error::Archive("an extraction thread panicked".into())))])
+                })
                 .collect()
         });
+        results.sort_by_key(|(i, _)| *i);
         // Report the container that failed, not one it cancelled.
-        let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().map(|(_, r)| r).partition(|r| r.is_ok());
         if let Some(e) = errs.into_iter().filter_map(Result::err).min_by_key(|e| e.to_string().contains(archive::CANCELLED)) {
             return Err(e);
         }

@@ -31,6 +31,7 @@ pub fn controller_error(e: ControllerError) -> Error {
         ControllerError::InvalidArgument(m) | ControllerError::Archive(m) => Error::InvalidArgument(m),
         ControllerError::FailedPrecondition(m) => Error::FailedPrecondition(m),
         ControllerError::Unimplemented(m) => Error::Unimplemented(m),
+        ControllerError::Untrusted(m) => Error::PermissionDenied(format!("untrusted checkpoint: {m}")),
         ControllerError::DeadlineExceeded(m) => Error::DeadlineExceeded(m),
         ControllerError::Runtime { op, id, msg } => Error::Runtime { op, id, msg },
         ControllerError::Io { context, source } => Error::Io { context, source },

@@ -52,8 +52,15 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
 /// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
 /// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
 fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::error::Result<()> {
+    use podcr_sandbox_controller::{archive, node_config::NodeConfig};
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
-    podcr_sandbox_controller::archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &podcr_sandbox_controller::archive::Limits::default())
-        .map(|_| ())
-        .map_err(|e| convert::controller_error(e.into()))
+    // Read per restore: `[rootfs] keep_privileged` decides whether setuid/setgid bits and file
+    // capabilities from the checkpoint are restored (by default they are dropped and logged).
+    let privileged = NodeConfig::load().map_err(convert::controller_error)?.rootfs.privileged();
+    let stats = archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &archive::Limits::default(), privileged)
+        .map_err(|e| convert::controller_error(e.into()))?;
+    if !stats.stripped.is_empty() {
+        tracing::warn!(count = stats.stripped.len(), "restored rootfs without the setuid/setgid bits and file capabilities of its diff");
+    }
+    Ok(())
 }

@@ -89,7 +89,8 @@ impl<B: PodBackend> AnnotationRestore<B> {
         let namespace = spec.namespace.clone();
         let ckpt = tokio::task::spawn_blocking(move || {
             let config = NodeConfig::load()?;
-            from_annotation::open(&name, &namespace, &config.restore)
+            let trust = podcr_sandbox_controller::archive::TrustPolicy::from_config(&config.signing)?;
+            from_annotation::open(&name, &namespace, &config.restore, &trust)
         })
         .await
         .map_err(|e| Error::Other(format!("checkpoint lookup task: {e}")))?

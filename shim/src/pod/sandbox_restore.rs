@@ -471,7 +471,13 @@ mod tests {
             )
             .await
             .unwrap();
-            let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())));
+            // These tests never reach the signature: trust nothing signed, allow nothing unsigned.
+            let signing = podcr_sandbox_controller::node_config::SigningConfig {
+                key: dir.join("no.key"),
+                trusted_dir: dir.join("no-trusted.d"),
+                allow_unsigned: false,
+            };
+            let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())).with_signing(signing));
             SandboxRestore::new(controller, store, ImageRootfs::new("", "ns"))
         }
 
