@@ -45,6 +45,7 @@ impl Containers {
         if lock(&self.inner.map).contains_key(&args.id) {
             return Err(Error::AlreadyExists(format!("container {}", args.id)));
         }
+        self.check_runc().await?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
@@ -234,9 +235,7 @@ impl Containers {
             return Err(Error::FailedPrecondition(format!("container {} is stopped", c.id)));
         }
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        tokio::fs::write(&spec_file, p.spec.as_deref().unwrap_or_default())
-            .await
-            .map_err(Error::io("write exec spec"))?;
+        write_private(&spec_file, p.spec.as_deref().unwrap_or_default().to_vec()).await?;
         let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
         let (child, pending) = io::prepare(&p.stdio)?;
         let console = pending.console_socket().map(Path::to_path_buf);
@@ -520,4 +519,28 @@ mod criu_log_tests {
         assert!(!reason.contains("RLIMIT_NOFILE"), "a harmless probe is not the reason");
         assert_eq!(criu_reason("a\nb\n"), "a\nb");
     }
+}
+
+/// Writes an exec's process spec (its environment may hold secrets) readable by root only:
+/// created new with mode 0600, never through a symlink; a stale one from a dead shim is replaced.
+async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove a stale exec spec")(e)),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(Error::io("create exec spec"))?;
+        f.write_all(&data).map_err(Error::io("write exec spec"))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("exec spec writer: {e}")))?
 }
