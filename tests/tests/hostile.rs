@@ -380,11 +380,8 @@ async fn a_forged_signature_is_refused() -> Result<()> {
     let sig_path = dir.join("podcr.manifest.sig");
     let mut sig: serde_json::Value = serde_json::from_slice(&std::fs::read(&sig_path)?)?;
     let s = sig["signature"].as_str().context("signature")?.to_string();
-    let flipped = if s.starts_with('0') {
-        format!("1{}", &s[1..])
-    } else {
-        format!("0{}", &s[1..])
-    };
+    let rest = s.get(1..).unwrap_or_default();
+    let flipped = format!("{}{rest}", if s.starts_with('0') { '1' } else { '0' });
     sig["signature"] = serde_json::json!(flipped);
     std::fs::write(&sig_path, serde_json::to_vec(&sig)?)?;
     refused(cd, "forged-bytes", &dir, &["modified or forged"]).await?;
@@ -863,7 +860,8 @@ async fn output_directories_others_own_or_may_write_are_refused() -> Result<()> 
         blocking(move || pods::wait_count(&l, 3, T).map(|_| ())).await?;
     }
     let nobody = nix::unistd::Uid::from_raw(65534);
-    let cases: Vec<(&str, Box<dyn Fn(&Path) -> Result<()>>, &str)> = vec![
+    type Make = Box<dyn Fn(&Path) -> Result<()>>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         (
             "owned",
             Box::new(move |d: &Path| Ok(nix::unistd::chown(d, Some(nobody), None)?)),

@@ -122,6 +122,7 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
 /// untouched too).
 pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<()> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
+    #[allow(clippy::useless_conversion)] // fsblkcnt_t is not u64 on every target
     let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
     if needed.saturating_add(reserve) > avail {
         return Err(Error::FailedPrecondition(format!(

@@ -506,21 +506,6 @@ fn task_io(s: &Stdio) -> TaskIO {
     }
 }
 
-#[cfg(test)]
-mod criu_log_tests {
-    use super::criu_reason;
-
-    #[test]
-    fn quotes_criu_error_lines_not_the_unwinding_tail() {
-        let log = "(00.01) Dumping processes\n(00.02) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n(00.04) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.05) Unlock network\n(00.16) Unfreezing tasks into 1\n(00.17) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
-        let reason = criu_reason(log);
-        assert!(reason.contains("Connected TCP socket"));
-        assert!(!reason.contains("Unfreezing"));
-        assert!(!reason.contains("RLIMIT_NOFILE"), "a harmless probe is not the reason");
-        assert_eq!(criu_reason("a\nb\n"), "a\nb");
-    }
-}
-
 /// Writes an exec's process spec (its environment may hold secrets) readable by root only:
 /// created new with mode 0600, never through a symlink; a stale one from a dead shim is replaced.
 async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
@@ -543,4 +528,19 @@ async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
     })
     .await
     .map_err(|e| Error::Other(format!("exec spec writer: {e}")))?
+}
+
+#[cfg(test)]
+mod criu_log_tests {
+    use super::criu_reason;
+
+    #[test]
+    fn quotes_criu_error_lines_not_the_unwinding_tail() {
+        let log = "(00.01) Dumping processes\n(00.02) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n(00.04) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.05) Unlock network\n(00.16) Unfreezing tasks into 1\n(00.17) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
+        let reason = criu_reason(log);
+        assert!(reason.contains("Connected TCP socket"));
+        assert!(!reason.contains("Unfreezing"));
+        assert!(!reason.contains("RLIMIT_NOFILE"), "a harmless probe is not the reason");
+        assert_eq!(criu_reason("a\nb\n"), "a\nb");
+    }
 }
