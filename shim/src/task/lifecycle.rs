@@ -67,6 +67,7 @@ impl Containers {
                 image_path: image.clone(),
                 work_path: args.criu_work_path.clone(),
                 flags: CriuFlags::default(),
+                discard: Vec::new(),
             }),
             (None, Some(s)) => {
                 if s.rootfs_diff.is_some() {
@@ -75,10 +76,12 @@ impl Containers {
                         return Err(e);
                     }
                 }
+                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
                 Some(RestorePlan {
                     image_path: s.image_path,
                     work_path: s.work_path,
                     flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                    discard,
                 })
             }
             (None, None) => None,
@@ -183,7 +186,9 @@ impl Containers {
         }
         let pid = match c.take_restore() {
             Some(plan) => {
-                let pid = self.runc_restore(&c, &plan).await?;
+                let restored = self.runc_restore(&c, &plan).await;
+                discard_staged(id, plan.discard).await;
+                let pid = restored?;
                 // A restored container's cgroup first exists now.
                 self.watch_oom(id, pid);
                 pid
@@ -504,6 +509,29 @@ fn task_io(s: &Stdio) -> TaskIO {
         terminal: s.terminal,
         ..Default::default()
     }
+}
+
+/// Removes a restore's staged copies once CRIU has read them (or failed to); CRIU's log in the
+/// work directory stays for diagnosis.
+async fn discard_staged(id: &str, paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        for p in paths {
+            let res = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                warn!(container = %id, path = %p.display(), error = %e, "remove a restore's staged copy");
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes an exec's process spec (its environment may hold secrets) readable by root only:
