@@ -14,7 +14,11 @@
 //! pages are dirtied). The claimed sizes
 //! (3 GiB names and PAX headers, a 16 GiB entry) are claims in headers of small files, as an
 //! attacker's would be: the readers must refuse at the header, before any of it is allocated.
-//! In every restore case the CLI refuses before a pod exists, so no shim reads these bytes.
+//! In every case but one the CLI refuses before a pod exists, so no shim reads these bytes; the
+//! one (a long name inside a container's rootfs diff, which only the shim reads) also bounds the
+//! shim's peak memory: the largest VmHWM of any new shim process, sampled while the restore runs
+//! (VmHWM never decreases, so a sample after a large allocation sees it), within
+//! [`MAX_SHIM_HWM`].
 //!
 //! The output directory cases checkpoint real pods: a symlink planted while the checkpoint runs,
 //! two pods into one directory at once, and directories another user owns or may write.
@@ -48,6 +52,8 @@ const MAX_CLI_RSS: u64 = 128 << 20;
 /// What the CLI may write (dirtied pages) on any hostile restore: the manifest and signature it
 /// unpacks before refusing, and its own logs. The measurement was 3 GiB.
 const MAX_CLI_WRITTEN: u64 = 16 << 20;
+/// A new pod's shim's VmHWM while it refuses a hostile rootfs diff: its own runtime and buffers.
+const MAX_SHIM_HWM: u64 = 256 << 20;
 const GIB: u64 = 1 << 30;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -932,5 +938,154 @@ async fn output_directories_others_own_or_may_write_are_refused() -> Result<()> 
             .with_context(|| format!("{case}: the pod stopped counting"))?;
     }
     pods::remove_pod(&mut rs, &pod.id).await?;
+    Ok(())
+}
+
+/// Samples the VmHWM of every shim of `cd` that did not exist when this started, until
+/// [`ShimSampler::finish`]: the largest seen.
+struct ShimSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, usize)>,
+}
+
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl ShimSampler {
+    fn start(cd: &Containerd) -> Result<ShimSampler> {
+        let socket = cd.socket().to_path_buf();
+        let before: std::collections::HashSet<u32> = podcr_tests::procs::shims_of(&socket)?
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut peak, mut seen) = (0u64, std::collections::HashSet::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in podcr_tests::procs::shims_of(&socket).unwrap_or_default() {
+                    if before.contains(&p.pid) {
+                        continue;
+                    }
+                    // Only after the exec: before it, the process is containerd's fork.
+                    let exe =
+                        std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap_or_default();
+                    if !exe.to_string_lossy().contains("containerd-shim-podcr-v1") {
+                        continue;
+                    }
+                    if let Some(h) = vm_hwm(p.pid) {
+                        peak = peak.max(h);
+                        seen.insert(p.pid);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (peak, seen.len())
+        });
+        Ok(ShimSampler { stop, thread })
+    }
+
+    fn finish(self) -> Result<(u64, usize)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the shim sampler panicked"))
+    }
+}
+
+/// The base container archive rebuilt with `rootfs-diff.tar` replaced by `diff` and its
+/// container manifest recomputed: an archive as a trusted node would write it.
+fn with_rootfs_diff(archive: &[u8], diff: &[u8]) -> Result<(Vec<u8>, u64, u64)> {
+    let plain = zstd::stream::decode_all(archive)?;
+    let mut entries: Vec<(String, tar::EntryType, Vec<u8>)> = Vec::new();
+    for e in tar::Archive::new(&plain[..]).entries()? {
+        let mut e = e?;
+        let path = String::from_utf8(e.path_bytes().into_owned())?;
+        let kind = e.header().entry_type();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data)?;
+        entries.push((path, kind, data));
+    }
+    ensure!(
+        entries.iter().any(|(p, _, _)| p == "rootfs-diff.tar"),
+        "the base checkpoint has no rootfs diff"
+    );
+    let mut files = serde_json::Map::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let (mut bytes, mut count) = (0u64, 0u64);
+    for (path, kind, data) in &mut entries {
+        if path == "rootfs-diff.tar" {
+            *data = diff.to_vec();
+        }
+        if path == "podcr.container.manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(data)?;
+            m["files"] = serde_json::Value::Object(files.clone());
+            *data = serde_json::to_vec_pretty(&m)?;
+        } else if *kind == tar::EntryType::Regular {
+            files.insert(
+                path.clone(),
+                serde_json::json!({"sha256": sha256_hex(data), "size": data.len()}),
+            );
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(if *kind == tar::EntryType::Directory {
+            0o700
+        } else {
+            0o600
+        });
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path.as_str(), &data[..])?;
+        bytes += data.len() as u64;
+        count += 1;
+    }
+    Ok((zstd(&b.into_inner()?)?, bytes, count))
+}
+
+/// A container archive that passes every check the CLI makes (signed, hashed, well-formed),
+/// whose rootfs diff starts with a GNU long name claiming 3 GiB: the shim reads it when it
+/// creates the container, and must refuse it at the header with its memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_gib_long_name_in_a_rootfs_diff_is_refused_by_the_shim() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cd = Containerd::shared()?;
+    let base = base(cd).await?;
+    let dir = copy_base(cd, base, "diff-long-name")?;
+    let mut diff = header(b"././@LongLink", tar::EntryType::GNULongName, 3 * GIB);
+    diff.extend(std::iter::repeat_n(b'a', 110 << 10));
+    let (archive, bytes, entries) =
+        with_rootfs_diff(&std::fs::read(dir.join("app.tar.zst"))?, &diff)?;
+    replace_archive(&dir, &archive, entries)?;
+    let (sha, size) = (sha256_hex(&archive), archive.len() as u64);
+    faults::edit_manifest(&dir, |m| {
+        m["files"]["app.tar.zst"] = serde_json::json!({"sha256": sha, "size": size});
+        if let Some(cs) = m["containers"].as_array_mut() {
+            for c in cs {
+                c["unpacked"] = serde_json::json!({"bytes": bytes, "entries": entries});
+            }
+        }
+    })?;
+    let sampler = ShimSampler::start(cd)?;
+    let refusal = refused(cd, "diff-long-name", &dir, &["GNU long name"]).await;
+    let (peak, shims) = sampler.finish()?;
+    refusal?;
+    eprintln!(
+        "diff-long-name: {shims} new shim processes, peak VmHWM {} KiB",
+        peak >> 10
+    );
+    ensure!(
+        shims > 0,
+        "no shim read the checkpoint: the case did not reach the shim"
+    );
+    ensure!(
+        peak <= MAX_SHIM_HWM,
+        "a shim peaked at {} MiB (bound {} MiB)",
+        peak >> 20,
+        MAX_SHIM_HWM >> 20
+    );
     Ok(())
 }
