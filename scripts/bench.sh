@@ -18,10 +18,10 @@ fi
 # shellcheck disable=SC1091
 command -v cargo >/dev/null || . "${CARGO_HOME:-$HOME/.cargo}/env"
 
-# Release build: the shim's own time is part of what is measured. The bench finds the shim and the
-# podcr CLI next to its own binary (target/release).
-echo "==> cargo build --release --workspace --bins" >&2
-cargo build --release --workspace --bins
+# Release build: the shim's own time is part of what is measured. The bench (bench/, on the tests
+# crate's harness) finds the shim and the podcr CLI next to its own binary (target/release).
+echo "==> cargo build --release -p podcr-shim -p podcr-cli -p podcr-bench" >&2
+cargo build --release -p podcr-shim -p podcr-cli -p podcr-bench
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 exec "$target_dir/release/podcr-bench" "$@"

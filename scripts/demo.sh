@@ -10,5 +10,5 @@ scripts/setup-host.sh
 command -v cargo >/dev/null || . "${CARGO_HOME:-$HOME/.cargo}/env"
 
 # Debug profile: the same artifacts scripts/test.sh builds, so running both does not compile twice.
-cargo build -q -p podcr-shim -p podcr-tests --bins
+cargo build -q -p podcr-shim -p podcr-cli -p podcr-tests --bins
 exec target/debug/podcr-demo "$@"

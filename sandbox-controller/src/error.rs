@@ -55,3 +55,40 @@ impl Error {
         Error::Runtime { op: op.into(), id: id.into(), msg: msg.into() }
     }
 }
+
+/// Each archive error becomes its namesake, so a hostile archive still reaches containerd as
+/// `Archive`, a bad path as `InvalidArgument`, and so on.
+impl From<podcr_archive::Error> for Error {
+    fn from(e: podcr_archive::Error) -> Self {
+        use podcr_archive::Error as A;
+        match e {
+            A::AlreadyExists(m) => Error::AlreadyExists(m),
+            A::InvalidArgument(m) => Error::InvalidArgument(m),
+            A::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            A::Archive(m) => Error::Archive(m),
+            A::Untrusted(m) => Error::Untrusted(m),
+            A::Io { context, source } => Error::Io { context, source },
+            A::Json { path, source } => Error::Json { path, source },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The archive's errors keep their meaning (and so their errdefs code) in the controller.
+    #[test]
+    fn archive_errors_become_their_namesakes() {
+        use podcr_archive::Error as A;
+        let io = || std::io::Error::other("x");
+        let json = || serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(matches!(Error::from(A::AlreadyExists("a".into())), Error::AlreadyExists(m) if m == "a"));
+        assert!(matches!(Error::from(A::InvalidArgument("a".into())), Error::InvalidArgument(m) if m == "a"));
+        assert!(matches!(Error::from(A::FailedPrecondition("a".into())), Error::FailedPrecondition(m) if m == "a"));
+        assert!(matches!(Error::from(A::Archive("a".into())), Error::Archive(m) if m == "a"));
+        assert!(matches!(Error::from(A::Untrusted("a".into())), Error::Untrusted(m) if m == "a"));
+        assert!(matches!(Error::from(A::io("c")(io())), Error::Io { context, .. } if context == "c"));
+        assert!(matches!(Error::from(A::Json { path: "p".into(), source: json() }), Error::Json { path, .. } if path.as_os_str() == "p"));
+    }
+}

@@ -6,7 +6,6 @@
 //! [`backend::PodBackend`], so another runtime can reuse the state machine, the checkpoint
 //! orchestration and the archive format unchanged.
 
-pub mod archive;
 pub mod backend;
 pub mod checkpoint;
 pub mod controller;
@@ -18,5 +17,8 @@ pub mod node_config;
 pub mod restore;
 pub mod state;
 
+/// The checkpoint archive format lives in its own crate; re-exported so `archive::...` paths
+/// keep working for the controller and its users.
+pub use podcr_archive as archive;
 pub use controller::SandboxController;
 pub use error::{Error, Result};

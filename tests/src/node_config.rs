@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use podcr_sandbox_controller::archive::{self, signing};
+use podcr_archive::{self as archive, signing};
 
 /// File name of the run's configuration inside the run dir.
 pub const FILE: &str = "podcr.toml";
@@ -20,9 +20,28 @@ pub fn provision(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `[restore]` for a run rooted at `dir`.
-fn restore_section(_dir: &Path) -> Result<String> {
-    Ok(String::new())
+/// The run's checkpoint roots (`[restore] checkpoint_roots`): the kubelet's, then podcr's own.
+pub fn checkpoint_roots(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("checkpoints").join("kubelet"), dir.join("checkpoints").join("podcr")]
+}
+
+/// Where `podcr restore` puts restored pods' logs in this run (`[restore] pod_log_root`).
+pub fn pod_log_root(dir: &Path) -> PathBuf {
+    dir.join("pod-logs")
+}
+
+/// `[restore]` for a run rooted at `dir`: checkpoint roots and the pod log root inside it.
+fn restore_section(dir: &Path) -> Result<String> {
+    let roots = checkpoint_roots(dir);
+    for root in &roots {
+        std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
+    }
+    let quoted: Vec<String> = roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
+    Ok(format!(
+        "[restore]\ncheckpoint_roots = [{}]\npod_log_root = {:?}\n",
+        quoted.join(", "),
+        pod_log_root(dir).display().to_string()
+    ))
 }
 
 /// `[signing]` for a run rooted at `dir`, as a node admin sets it up: the run's own key pair in

@@ -400,7 +400,7 @@ async fn a_checkpoint_signed_by_an_unknown_key_is_refused() -> Result<()> {
     let cd = Containerd::shared()?;
     let base = base(cd).await?;
     let dir = copy_base(cd, base, "unknown-key")?;
-    let stranger = podcr_sandbox_controller::archive::signing::generate();
+    let stranger = podcr_archive::signing::generate();
     let manifest = std::fs::read(dir.join("podcr.manifest.json"))?;
     std::fs::write(dir.join("podcr.manifest.sig"), stranger.sign(&manifest)?)?;
     refused(
@@ -426,10 +426,10 @@ async fn an_unsigned_checkpoint_is_refused() -> Result<()> {
     let out = blocking({
         let (dir, archive) = (dir.clone(), archive.clone());
         move || {
-            Ok(podcr_sandbox_controller::archive::pack_pod_dir(
+            Ok(podcr_archive::pack_pod_dir(
                 &dir,
                 &archive,
-                podcr_sandbox_controller::archive::Compression::None,
+                podcr_archive::Compression::None,
             )?)
         }
     })

@@ -16,6 +16,7 @@ pub mod image_rootfs;
 pub mod freezer;
 pub mod holder;
 pub mod recovery;
+pub mod restore_from;
 mod sandbox_restore;
 mod sandbox_service;
 
@@ -39,7 +40,9 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
     let exit_store = store.clone();
     let images = image_rootfs::ImageRootfs::new(containerd_address, store.namespace());
     let restore = SandboxRestore::new(controller.clone(), store.clone(), images);
-    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore);
+    let annotation = Arc::new(restore_from::AnnotationRestore::new(controller.clone(), store.clone()));
+    store.set_restore_hook(annotation.clone());
+    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore, annotation);
     let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
     all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller))));
     all
@@ -55,7 +58,7 @@ fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::Resto
     // capabilities from the checkpoint are restored (by default they are dropped and logged).
     let privileged = NodeConfig::load().map_err(convert::controller_error)?.rootfs.privileged();
     let stats = archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &archive::Limits::default(), privileged)
-        .map_err(convert::controller_error)?;
+        .map_err(|e| convert::controller_error(e.into()))?;
     if !stats.stripped.is_empty() {
         tracing::warn!(count = stats.stripped.len(), "restored rootfs without the setuid/setgid bits and file capabilities of its diff");
     }

@@ -290,7 +290,7 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -321,7 +321,7 @@ async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
