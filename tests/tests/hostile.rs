@@ -722,6 +722,11 @@ async fn a_symlink_planted_in_the_output_directory_is_never_followed() -> Result
         "the checkpoint succeeded over planted symlinks"
     );
     ensure!(
+        done.stderr.contains(&format!("{}/", out.display())) && !done.stderr.contains("/proc/"),
+        "the refusal does not name the output directory as the caller knows it:\n{}",
+        done.stderr
+    );
+    ensure!(
         done.stderr.contains("exists"),
         "the refusal does not say a file was in the way:\n{}",
         done.stderr
