@@ -45,6 +45,7 @@ impl Containers {
         if lock(&self.inner.map).contains_key(&args.id) {
             return Err(Error::AlreadyExists(format!("container {}", args.id)));
         }
+        self.check_runc().await?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
@@ -70,6 +71,7 @@ impl Containers {
                 image_path: image.clone(),
                 work_path: args.criu_work_path.clone(),
                 flags: CriuFlags::default(),
+                discard: Vec::new(),
             }),
             (None, Some(s)) => {
                 if s.rootfs_diff.is_some() {
@@ -78,10 +80,12 @@ impl Containers {
                         return Err(e);
                     }
                 }
+                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
                 Some(RestorePlan {
                     image_path: s.image_path,
                     work_path: s.work_path,
                     flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                    discard,
                 })
             }
             (None, None) => None,
@@ -186,7 +190,9 @@ impl Containers {
         }
         let pid = match c.take_restore() {
             Some(plan) => {
-                let pid = self.runc_restore(&c, &plan).await?;
+                let restored = self.runc_restore(&c, &plan).await;
+                discard_staged(id, plan.discard).await;
+                let pid = restored?;
                 // CRIU gives the processes the credentials in the images, not the spec's: a
                 // process holding more than the spec grants is killed before anything sees it.
                 if let Err(e) = self.check_restored_caps(&c).await {
@@ -279,9 +285,7 @@ impl Containers {
             return Err(Error::FailedPrecondition(format!("container {} is stopped", c.id)));
         }
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        tokio::fs::write(&spec_file, p.spec.as_deref().unwrap_or_default())
-            .await
-            .map_err(Error::io("write exec spec"))?;
+        write_private(&spec_file, p.spec.as_deref().unwrap_or_default().to_vec()).await?;
         let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
         let (child, pending) = io::prepare(&p.stdio)?;
         let console = pending.console_socket().map(Path::to_path_buf);
@@ -564,6 +568,53 @@ fn task_io(s: &Stdio) -> TaskIO {
         terminal: s.terminal,
         ..Default::default()
     }
+}
+
+/// Removes a restore's staged copies once CRIU has read them (or failed to); CRIU's log in the
+/// work directory stays for diagnosis.
+async fn discard_staged(id: &str, paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        for p in paths {
+            let res = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                warn!(container = %id, path = %p.display(), error = %e, "remove a restore's staged copy");
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes an exec's process spec (its environment may hold secrets) readable by root only:
+/// created new with mode 0600, never through a symlink; a stale one from a dead shim is replaced.
+async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove a stale exec spec")(e)),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(Error::io("create exec spec"))?;
+        f.write_all(&data).map_err(Error::io("write exec spec"))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("exec spec writer: {e}")))?
 }
 
 #[cfg(test)]
