@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -23,7 +23,7 @@ pub fn of_pid(pid: u32, controller: &str, probe: &str) -> Result<ControllerCgrou
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
     parse(&text, Path::new(CGROUP_ROOT), controller, probe)
-        .ok_or_else(|| Error::FailedPrecondition(format!("process {pid} has no {controller} cgroup")))
+        .ok_or_else(|| Error::failed_precondition(format!("process {pid} has no {controller} cgroup")))
 }
 
 pub(crate) fn parse(proc_cgroup: &str, root: &Path, controller: &str, probe: &str) -> Option<ControllerCgroup> {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod logging;
 pub mod pod;
 pub mod reaper;
+pub mod runc_error;
 pub mod serve;
 pub mod start;
 pub mod task;

@@ -42,7 +42,7 @@ pub fn run(flags: &Flags) -> Result<String> {
         }
         launch(flags, &address)?;
         if !alive(path) {
-            return Err(Error::Other(format!("shim server did not come up on {address}")));
+            return Err(Error::Server(format!("did not come up on {address}")));
         }
     }
     std::fs::write("address", &address).map_err(Error::io("write address"))?;
@@ -76,7 +76,7 @@ fn launch(flags: &Flags, address: &str) -> Result<()> {
     // The server lives on; if it already died, say so.
     if let Ok(Some(status)) = child.try_wait() {
         if !status.success() {
-            return Err(Error::Other(format!("shim server exited: {status}")));
+            return Err(Error::Server(format!("exited: {status}")));
         }
     }
     Ok(())

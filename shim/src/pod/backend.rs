@@ -31,7 +31,7 @@ use super::{
     recovery::{self, Marker},
 };
 use crate::{
-    error::Error,
+    runc_error::Error,
     task::{CheckpointArgs, Containers, RestoreArgs, Status},
 };
 
@@ -72,22 +72,8 @@ impl RuncPodBackend {
     }
 }
 
-fn ctl(e: Error) -> CtlError {
-    match e {
-        Error::NotFound(m) => CtlError::NotFound(m),
-        Error::AlreadyExists(m) => CtlError::AlreadyExists(m),
-        Error::InvalidArgument(m) => CtlError::InvalidArgument(m),
-        Error::FailedPrecondition(m) => CtlError::FailedPrecondition(m),
-        Error::Unimplemented(m) => CtlError::Unimplemented(m),
-        Error::DeadlineExceeded(m) => CtlError::DeadlineExceeded(m),
-        Error::Runtime { op, id, msg } => CtlError::Runtime { op, id, msg },
-        Error::Io { context, source } => CtlError::Io { context, source },
-        other => CtlError::runtime("runc", "", other.to_string()),
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::error::Result<T> + Send + 'static) -> CtlResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CtlError::runtime("task", "", e.to_string()))?.map_err(ctl)
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::runc_error::Result<T> + Send + 'static) -> CtlResult<T> {
+    Ok(tokio::task::spawn_blocking(f).await.map_err(Error::join("pod backend task"))??)
 }
 
 fn holder_config(spec: &PodSpec) -> HolderConfig {
@@ -122,7 +108,7 @@ impl PodBackend for RuncPodBackend {
     async fn create_pod(&self, spec: &PodSpec) -> CtlResult<()> {
         // From now on Task.Shutdown for a container must not end the shim: the pod owns it.
         self.store.set_sandboxed(true);
-        let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(ctl)?;
+        let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(CtlError::from)?;
         {
             let mut pod = self.pod();
             pod.files = Some(files.clone());
@@ -133,14 +119,14 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn start_pod(&self, spec: &PodSpec) -> CtlResult<PodAnchor> {
-        let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(ctl)?;
+        let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(CtlError::from)?;
         info!(pod = %spec.id, pid = holder.pid, "pod holder ready");
         let cgroup = match &spec.cgroup_parent {
             Some(parent) => match PodCgroup::join(parent, holder.holder_pid) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     holder.kill();
-                    return Err(ctl(e));
+                    return Err(e.into());
                 }
             },
             None => None,
@@ -239,8 +225,8 @@ impl PodBackend for RuncPodBackend {
     async fn freeze(&self, ids: &[String]) -> CtlResult<()> {
         let mut freezers = Vec::with_capacity(ids.len());
         for id in ids {
-            let c = self.store.snapshot(id).map_err(ctl)?;
-            freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(ctl)?));
+            let c = self.store.snapshot(id).map_err(CtlError::from)?;
+            freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(CtlError::from)?));
         }
         let all: Vec<Freezer> = freezers.iter().map(|(_, f)| f.clone()).collect();
         // Recorded before the first write to a freezer: a crash in between must still thaw.
@@ -305,19 +291,19 @@ impl PodBackend for RuncPodBackend {
             file_locks: opts.file_locks,
         };
         let Some(barrier) = &opts.barrier else {
-            self.store.checkpoint(id, &args).await.map_err(ctl)?;
+            self.store.checkpoint(id, &args).await.map_err(CtlError::from)?;
             return Ok(DumpOutcome { wall: started.elapsed() });
         };
         // Listen before runc starts: CRIU's hook connects once CRIU is set up (see criu_hook).
-        let bundle = self.store.snapshot(id).map_err(ctl)?.bundle;
-        let hook = Barrier::listen(&bundle).map_err(ctl)?;
+        let bundle = self.store.snapshot(id).map_err(CtlError::from)?.bundle;
+        let hook = Barrier::listen(&bundle).map_err(CtlError::from)?;
         let checkpoint = self.store.checkpoint(id, &args);
         tokio::pin!(checkpoint);
         let stream = tokio::select! {
-            ready = hook.ready() => ready.map_err(ctl)?,
+            ready = hook.ready() => ready.map_err(CtlError::from)?,
             done = &mut checkpoint => {
                 return Err(match done {
-                    Err(e) => ctl(e),
+                    Err(e) => e.into(),
                     Ok(()) => CtlError::runtime("dump", id, "CRIU finished without reaching the pod's freeze barrier"),
                 });
             }
@@ -328,12 +314,12 @@ impl PodBackend for RuncPodBackend {
             warn!(container = %id, error = %e, "answer the CRIU hook");
         }
         started = Instant::now();
-        checkpoint.await.map_err(ctl)?;
+        checkpoint.await.map_err(CtlError::from)?;
         Ok(DumpOutcome { wall: started.elapsed() })
     }
 
     async fn capture_rootfs(&self, id: &str, dest_dir: &Path) -> CtlResult<RootfsCapture> {
-        let c = self.store.snapshot(id).map_err(ctl)?;
+        let c = self.store.snapshot(id).map_err(CtlError::from)?;
         let diff_tar = dest_dir.join(archive::ROOTFS_DIFF_TAR);
         let Some(upperdir) = c.upperdir else {
             // No overlay (e.g. a bind-mounted rootfs): there is no writable layer to capture.
@@ -348,7 +334,7 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn kill(&self, id: &str) -> CtlResult<()> {
-        self.store.kill(id, SIGKILL, true).await.map_err(ctl)
+        self.store.kill(id, SIGKILL, true).await.map_err(CtlError::from)
     }
 
     async fn stage_restore(&self, id: &str, stage: RestoreStage) -> CtlResult<()> {

@@ -48,9 +48,9 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
 /// Puts a checkpointed container's writable layer back before CRIU restores its processes:
 /// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
 /// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
-fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::error::Result<()> {
+fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::runc_error::Result<()> {
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
     podcr_sandbox_controller::archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &podcr_sandbox_controller::archive::Limits::default())
         .map(|_| ())
-        .map_err(|e| convert::controller_error(e.into()))
+        .map_err(|e| podcr_sandbox_controller::Error::from(e).into())
 }

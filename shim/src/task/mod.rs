@@ -34,7 +34,7 @@ use container::Container;
 pub use runc::CriuFlags;
 
 use crate::{
-    error::{Error, Result},
+    runc_error::{Error, Result},
     events::EventSink,
 };
 
@@ -211,7 +211,7 @@ impl Containers {
     // ---- internals shared by the lifecycle ----
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::NotFound(format!("container {id}")))
+        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id}")))
     }
 
     fn is_empty(&self) -> bool {
