@@ -48,6 +48,22 @@ pub struct PodSpec {
     pub raw_config: Option<serde_json::Value>,
 }
 
+/// What runs a pod's containers and writes its checkpoint images. Recorded in every checkpoint
+/// (the manifest's `runtime`, the `org.criu.checkpoint.*` annotations, each container's
+/// `config.dump`), and checked on restore: images are only as portable as their dumper.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendIdentity {
+    /// The OCI runtime's name, e.g. `runc`; a checkpoint restores only on a backend of this name.
+    pub runtime: String,
+    /// Empty when unknown, like every version here.
+    pub runtime_version: String,
+    /// The tool that writes the images, e.g. `criu`; empty for a backend that cannot checkpoint.
+    pub dumper: String,
+    pub dumper_version: String,
+    /// The host's cgroup version, `1` or `2`.
+    pub cgroup_version: String,
+}
+
 /// How a pod's anchor process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
@@ -189,11 +205,8 @@ pub trait PodBackend: Send + Sync + 'static {
     /// controller never drops it, and a backend must not rely on a drop to stop its dumper.
     async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
 
-    /// Version of the tool that writes the images (CRIU for runc), recorded in the checkpoint's
-    /// metadata; empty when unknown.
-    async fn dumper_version(&self) -> String {
-        String::new()
-    }
+    /// Who this backend is (see [`BackendIdentity`]); asked once per checkpoint and restore.
+    async fn identity(&self) -> BackendIdentity;
 
     /// Whether dumps of these containers can be made ready before the pod is frozen, so their
     /// start-up (for runc and CRIU: process start, kernel probing) stays out of the freeze

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::{
-    backend::{ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
     error::{Error, Result},
 };
 
@@ -31,6 +31,8 @@ pub struct FakeBackend {
     pub prepared: Mutex<bool>,
     /// What `dump_estimate` answers.
     pub estimate: Mutex<Duration>,
+    /// The runtime name `identity` answers; `fake` when unset.
+    pub runtime: Mutex<Option<String>>,
     anchor_exit: Mutex<Option<watch::Sender<Option<ExitStatus>>>>,
 }
 
@@ -84,6 +86,17 @@ impl FakeBackend {
 
 #[async_trait]
 impl PodBackend for FakeBackend {
+    async fn identity(&self) -> BackendIdentity {
+        let runtime = self.runtime.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "fake".into());
+        BackendIdentity {
+            runtime,
+            runtime_version: "1.0".into(),
+            dumper: "fake-dumper".into(),
+            dumper_version: "2.0".into(),
+            cgroup_version: "1".into(),
+        }
+    }
+
     async fn create_pod(&self, _spec: &PodSpec) -> Result<()> {
         self.record("create_pod".into())
     }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::{
     archive::{self, Cancel, Limits, PodCheckpoint},
-    backend::{PodBackend, RestoreStage},
+    backend::{BackendIdentity, PodBackend, RestoreStage},
     checkpoint::options::{parse_bool, CheckpointOptions},
     controller::SandboxController,
     error::{Error, Result},
@@ -94,9 +94,10 @@ impl<B: PodBackend> SandboxController<B> {
         let selections = req.containers.clone();
         let root = staging_root.clone();
         let cancel = Cancel::new();
+        let backend = self.backend.identity().await;
         let extraction = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
-            move || extract_all(&checkpoint, &selections, &root, &cancel)
+            move || extract_all(&checkpoint, &selections, &backend, &root, &cancel)
         });
         tokio::pin!(extraction);
         let extracted = tokio::select! {
@@ -159,11 +160,18 @@ fn remove_staging(root: &Path) {
 
 /// Validates the checkpoint and extracts every selected container; on error (or once `cancel`
 /// is cancelled) removes all of it, after every extraction thread has stopped.
-fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, cancel: &Cancel) -> Result<Vec<Staged>> {
+fn extract_all(
+    checkpoint: &Path,
+    selections: &[RestoreSelection],
+    backend: &BackendIdentity,
+    root: &Path,
+    cancel: &Cancel,
+) -> Result<Vec<Staged>> {
     let result = (|| {
         let limits = Limits::default();
         let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
         check_compatible(&ckpt)?;
+        check_runtime(&ckpt, backend)?;
         let (tcp_established, file_locks) = dump_flags(&ckpt);
         crate::checkpoint::orchestrate::create_private_dir(root)?;
         // Resolve every container first, so a missing one fails before any extraction starts.
@@ -233,9 +241,9 @@ fn extract_all(checkpoint: &Path, selections: &[RestoreSelection], root: &Path, 
     result
 }
 
-/// A checkpoint is only as portable as CRIU images are: same CPU architecture, same runtime.
-/// Callers that create a pod for a restore check this first, so an incompatible checkpoint is
-/// refused before anything exists.
+/// A checkpoint is only as portable as CRIU images are: same CPU architecture. Callers that
+/// create a pod for a restore check this first, so an incompatible checkpoint is refused before
+/// anything exists; the runtime is checked by the backend that restores (see [`check_runtime`]).
 pub fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
     let arch = std::env::consts::ARCH;
     if ckpt.manifest.arch != arch {
@@ -244,11 +252,17 @@ pub fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
             ckpt.manifest.arch
         )));
     }
-    if ckpt.manifest.runtime != crate::checkpoint::package::RUNTIME {
+    Ok(())
+}
+
+/// The images were written for one runtime (a runc checkpoint holds CRIU images of runc
+/// containers): only a backend of that name can restore them. Checkpoints made before the
+/// backend identity existed say `runc`, which is what the runc backend is called.
+pub fn check_runtime(ckpt: &PodCheckpoint, backend: &BackendIdentity) -> Result<()> {
+    if ckpt.manifest.runtime != backend.runtime {
         return Err(Error::FailedPrecondition(format!(
-            "checkpoint was made for runtime {:?}; podcr restores {:?} checkpoints",
-            ckpt.manifest.runtime,
-            crate::checkpoint::package::RUNTIME
+            "checkpoint was made for runtime {:?}; this pod runs on {:?}",
+            ckpt.manifest.runtime, backend.runtime
         )));
     }
     Ok(())

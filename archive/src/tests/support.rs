@@ -24,6 +24,7 @@ pub fn meta(name: &str) -> ContainerArchiveMeta {
         sandbox_name: Some("pod".into()),
         sandbox_namespace: Some("default".into()),
         deleted_files: vec!["/etc/motd".into()],
+        runtime: "runc".into(),
         bind_mounts: vec![BindMount {
             source: "/var/lib/kubelet/x".into(),
             destination: "/data".into(),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use podcr_sandbox_controller::{
     archive,
-    backend::{ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
     Error as CtlError, Result as CtlResult,
 };
 use tracing::{info, warn};
@@ -38,6 +38,10 @@ use crate::{
 const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 const SIGKILL: u32 = 9;
+/// This backend's name in checkpoints; the only runtime whose checkpoints it restores. Older
+/// podcr wrote this same name as a constant.
+const RUNTIME: &str = "runc";
+const DUMPER: &str = "criu";
 /// What the CRI's pause path sets in every pod with its own network namespace.
 const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] =
     [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
@@ -69,6 +73,21 @@ impl RuncPodBackend {
     fn pod(&self) -> std::sync::MutexGuard<'_, PodResources> {
         // Poisoning means a panic mid-update of plain data; keep going with what is there.
         self.pod.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The version `binary --version` prints after `prefix`, or empty when it cannot tell.
+async fn version_line(binary: &Path, prefix: &str) -> String {
+    // Through the reaper-aware runner: a plain Command::output() races the shim's
+    // waitpid(-1) loop for the exit status.
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("--version");
+    match crate::reaper::run(cmd, crate::reaper::Io::Capture(None)).await {
+        Ok(out) if out.status == 0 => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().to_string()))
+            .unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
@@ -254,17 +273,16 @@ impl PodBackend for RuncPodBackend {
         blocking(move || freezer::thaw_all(&freezers)).await
     }
 
-    async fn dumper_version(&self) -> String {
-        // Through the reaper-aware runner: a plain Command::output() races the shim's
-        // waitpid(-1) loop for the exit status.
-        let mut cmd = tokio::process::Command::new("criu");
-        cmd.arg("--version");
-        match crate::reaper::run(cmd, crate::reaper::Io::Capture(None)).await {
-            Ok(out) if out.status == 0 => String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
-                .unwrap_or_default(),
-            _ => String::new(),
+    async fn identity(&self) -> BackendIdentity {
+        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        BackendIdentity {
+            runtime: RUNTIME.into(),
+            // `runc version 1.3.6` then commit and spec lines.
+            runtime_version: version_line(self.store.runc_binary(), "runc version").await,
+            dumper: DUMPER.into(),
+            // `Version: 4.2` (and `GitID:` for builds from git).
+            dumper_version: version_line(Path::new(DUMPER), "Version:").await,
+            cgroup_version: if cgroup_v2 { "2" } else { "1" }.into(),
         }
     }
 

@@ -151,6 +151,11 @@ impl Containers {
         Ok(store)
     }
 
+    /// The runc binary the containers run with.
+    pub fn runc_binary(&self) -> &std::path::Path {
+        &self.inner.runc_binary
+    }
+
     pub fn namespace(&self) -> &str {
         &self.inner.namespace
     }

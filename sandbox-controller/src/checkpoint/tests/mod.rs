@@ -274,6 +274,36 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
     assert_eq!(stage.deleted, vec!["/etc/motd".to_string()]);
 }
 
+/// The backend's identity is what the checkpoint records, and a backend of another runtime
+/// refuses to restore it before anything is staged.
+#[tokio::test]
+async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
+    let ckpt = archive::open_pod_dir(out.path(), &Limits::default()).unwrap();
+    assert_eq!(ckpt.manifest.runtime, "fake");
+    let annotation = |k: &str| ckpt.options.annotations.get(k).cloned().unwrap_or_default();
+    assert_eq!(annotation(archive::annotations::RUNTIME_NAME), "fake");
+    assert_eq!(annotation(archive::annotations::RUNTIME_VERSION), "1.0");
+    assert_eq!(annotation(archive::annotations::CRIU_VERSION), "2.0");
+
+    let (fake2, ctl2, _b2) = ready_pod(&[]).await;
+    *fake2.runtime.lock().unwrap() = Some("runc".into());
+    let err = ctl2
+        .restore(PodRestoreRequest {
+            sandbox_id: "pod1".into(),
+            checkpoint_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("\"fake\"")), "{err}");
+    assert!(fake2.staged.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
