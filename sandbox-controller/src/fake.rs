@@ -13,7 +13,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::{
-    backend::{BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodCheckpoint, PodRestore,
+        PodSpec, PreparedDumps, RestoreStage, RootfsCapture,
+    },
     error::{Error, Result},
 };
 
@@ -123,7 +126,10 @@ impl PodBackend for FakeBackend {
     async fn containers(&self) -> Result<Vec<ContainerInfo>> {
         Ok(self.containers.lock().map(|c| c.clone()).unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl PodCheckpoint for FakeBackend {
     async fn freeze(&self, ids: &[String]) -> Result<()> {
         self.record("freeze".into())?;
         if let Ok(mut f) = self.frozen.lock() {
@@ -140,10 +146,6 @@ impl PodBackend for FakeBackend {
             }
         }
         Ok(())
-    }
-
-    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
-        self.prepared.lock().map(|p| *p).unwrap_or(false)
     }
 
     async fn dump_estimate(&self, _ids: &[String]) -> Duration {
@@ -190,7 +192,17 @@ impl PodBackend for FakeBackend {
     async fn kill(&self, id: &str) -> Result<()> {
         self.record(format!("kill:{id}"))
     }
+}
 
+#[async_trait]
+impl PreparedDumps for FakeBackend {
+    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
+        self.prepared.lock().map(|p| *p).unwrap_or(false)
+    }
+}
+
+#[async_trait]
+impl PodRestore for FakeBackend {
     async fn stage_restore(&self, id: &str, stage: RestoreStage) -> Result<()> {
         self.record(format!("stage:{id}"))?;
         if let Ok(mut s) = self.staged.lock() {

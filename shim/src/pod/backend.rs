@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use podcr_sandbox_controller::{
     archive,
-    backend::{BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PodSpec,
+        PreparedDumps, RestoreStage, RootfsCapture,
+    },
     Error as CtlError, Result as CtlResult,
 };
 use tracing::{info, warn};
@@ -218,6 +221,22 @@ impl PodBackend for RuncPodBackend {
             .collect())
     }
 
+    async fn identity(&self) -> BackendIdentity {
+        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        BackendIdentity {
+            runtime: RUNTIME.into(),
+            // `runc version 1.3.6` then commit and spec lines.
+            runtime_version: version_line(self.store.runc_binary(), "runc version").await,
+            dumper: DUMPER.into(),
+            // `Version: 4.2` (and `GitID:` for builds from git).
+            dumper_version: version_line(Path::new(DUMPER), "Version:").await,
+            cgroup_version: if cgroup_v2 { "2" } else { "1" }.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl PodCheckpoint for RuncPodBackend {
     async fn checkpoint_begin(&self, output: &Path) -> CtlResult<()> {
         let marker = Marker::new(output);
         let bundle = self.pod().bundle.clone();
@@ -271,24 +290,6 @@ impl PodBackend for RuncPodBackend {
             ids.iter().filter_map(|id| pod.frozen.remove(id)).collect()
         };
         blocking(move || freezer::thaw_all(&freezers)).await
-    }
-
-    async fn identity(&self) -> BackendIdentity {
-        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        BackendIdentity {
-            runtime: RUNTIME.into(),
-            // `runc version 1.3.6` then commit and spec lines.
-            runtime_version: version_line(self.store.runc_binary(), "runc version").await,
-            dumper: DUMPER.into(),
-            // `Version: 4.2` (and `GitID:` for builds from git).
-            dumper_version: version_line(Path::new(DUMPER), "Version:").await,
-            cgroup_version: if cgroup_v2 { "2" } else { "1" }.into(),
-        }
-    }
-
-    async fn prepared_dumps(&self, ids: &[String]) -> bool {
-        // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
-        ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
     }
 
     async fn dump_estimate(&self, ids: &[String]) -> Duration {
@@ -354,7 +355,18 @@ impl PodBackend for RuncPodBackend {
     async fn kill(&self, id: &str) -> CtlResult<()> {
         self.store.kill(id, SIGKILL, true).await.map_err(CtlError::from)
     }
+}
 
+#[async_trait]
+impl PreparedDumps for RuncPodBackend {
+    async fn prepared_dumps(&self, ids: &[String]) -> bool {
+        // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
+        ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
+    }
+}
+
+#[async_trait]
+impl PodRestore for RuncPodBackend {
     async fn stage_restore(&self, id: &str, stage: RestoreStage) -> CtlResult<()> {
         self.store.stage_restore(
             id,
@@ -375,7 +387,6 @@ impl PodBackend for RuncPodBackend {
         Ok(())
     }
 }
-
 
 fn fs_empty_procs(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(true)

@@ -377,3 +377,82 @@ async fn a_deadline_before_every_dump_is_ready_says_so_and_freezes_nothing() {
     assert!(!fake.calls().iter().any(|c| c == "freeze"), "{:?}", fake.calls());
     assert!(dir_entries(out.path()).is_empty());
 }
+
+/// A backend that only runs pods: the core trait and three empty capability impls. A checkpoint
+/// of its pod is refused as Unimplemented and leaves nothing behind; the pod keeps running.
+mod minimal {
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::backend::{
+        BackendIdentity, ContainerInfo, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PreparedDumps,
+    };
+
+    struct RunOnly;
+
+    #[async_trait]
+    impl PodBackend for RunOnly {
+        async fn create_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn start_pod(&self, _spec: &PodSpec) -> crate::Result<PodAnchor> {
+            // The sender is dropped: the anchor never reports an exit.
+            Ok(PodAnchor { pid: 1, exit: watch::channel(None).1 })
+        }
+        async fn stop_pod(&self, _spec: &PodSpec, _timeout: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn destroy_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn containers(&self) -> crate::Result<Vec<ContainerInfo>> {
+            Ok(vec![ContainerInfo {
+                id: "c1".into(),
+                name: "app".into(),
+                pid: 2,
+                running: true,
+                bundle: std::env::temp_dir(),
+                image: None,
+                created_at: Utc::now(),
+            }])
+        }
+        async fn identity(&self) -> BackendIdentity {
+            BackendIdentity { runtime: "run-only".into(), ..Default::default() }
+        }
+    }
+    impl PodCheckpoint for RunOnly {}
+    impl PreparedDumps for RunOnly {}
+    impl PodRestore for RunOnly {}
+
+    #[tokio::test]
+    async fn a_backend_without_checkpoint_refuses_it_and_leaves_nothing() {
+        let ctl = SandboxController::new(Arc::new(RunOnly));
+        let bundle = tempfile::tempdir().unwrap();
+        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() })
+            .await
+            .unwrap();
+        ctl.start("pod1").await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let req = PodCheckpointRequest {
+            sandbox_id: "pod1".into(),
+            containers: vec![ContainerSelection { id: "c1".into(), ..Default::default() }],
+            output_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let err = ctl.checkpoint(req).await.unwrap_err();
+        assert!(matches!(&err, Error::Unimplemented(m) if m.contains("freeze")), "{err}");
+        assert!(dir_entries(out.path()).is_empty(), "{:?}", dir_entries(out.path()));
+        let restore = ctl
+            .restore(PodRestoreRequest {
+                sandbox_id: "pod1".into(),
+                checkpoint_path: out.path().to_path_buf(),
+                containers: vec![RestoreSelection { id: "c2".into(), name: "app".into() }],
+                ..Default::default()
+            })
+            .await;
+        assert!(restore.is_err(), "a restore from nothing must fail");
+    }
+}
