@@ -28,6 +28,8 @@ pub struct FakeBackend {
     pub staged: Mutex<BTreeMap<String, RestoreStage>>,
     /// Step names ("dump:<id>", "freeze", "capture:<id>", ...) that fail when reached.
     pub fail: Mutex<BTreeSet<String>>,
+    /// How long `start_pod` takes (a slow anchor).
+    pub start_delay: Mutex<Duration>,
     /// How long each dump takes, to exercise deadlines.
     pub dump_delay: Mutex<Duration>,
     /// Dumps get ready before the freeze (the barrier path).
@@ -106,6 +108,8 @@ impl PodBackend for FakeBackend {
 
     async fn start_pod(&self, _spec: &PodSpec) -> Result<PodAnchor> {
         self.record("start_pod".into())?;
+        let delay = self.start_delay.lock().map(|d| *d).unwrap_or_default();
+        tokio::time::sleep(delay).await;
         let (tx, rx) = watch::channel(None);
         if let Ok(mut g) = self.anchor_exit.lock() {
             *g = Some(tx);
