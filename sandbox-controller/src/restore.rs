@@ -108,7 +108,7 @@ impl<B: PodBackend> SandboxController<B> {
                 // written after this call answered and a second restore starts from nothing.
                 cancel.cancel();
                 let _ = extraction.await;
-                remove_staging(&staging_root);
+                discard_staging(staging_root).await;
                 let e = Error::DeadlineExceeded(
                     "validating and extracting the checkpoint: nothing was restored or left behind".into(),
                 );
@@ -131,7 +131,7 @@ impl<B: PodBackend> SandboxController<B> {
                         warn!(container = %id, error = %u, "unstage after a failed restore");
                     }
                 }
-                remove_staging(&staging_root);
+                discard_staging(staging_root).await;
                 return Err(e);
             }
             done.push(s.selection.id.clone());
@@ -148,6 +148,12 @@ fn staging_root(bundle: &Path) -> PathBuf {
     let work = bundle.join("work");
     let base = if work.is_dir() { work } else { bundle.to_path_buf() };
     base.join(RESTORE_DIR)
+}
+
+/// [`remove_staging`] on the blocking pool: the staging holds extracted CRIU images, as large as
+/// the pod's memory, and the runtime has only a couple of async workers.
+async fn discard_staging(root: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || remove_staging(&root)).await;
 }
 
 fn remove_staging(root: &Path) {

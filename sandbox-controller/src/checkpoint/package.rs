@@ -81,7 +81,8 @@ pub(super) async fn package_pod(
     }
 
     let staging_root = output.join(STAGING_DIR);
-    std::fs::remove_dir_all(&staging_root).map_err(Error::io(format!("remove {}", staging_root.display())))?;
+    // Every dumped image is under it: tokio::fs removes it on the blocking pool, off the workers.
+    tokio::fs::remove_dir_all(&staging_root).await.map_err(Error::io(format!("remove {}", staging_root.display())))?;
 
     let mut known: BTreeMap<String, FileDigest> = BTreeMap::new();
     let mut containers = Vec::new();
