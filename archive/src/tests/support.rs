@@ -125,3 +125,18 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Whether a test's outside prerequisite (`what`) is there. A missing one fails the test, naming
+/// the set-up script, so a host without it cannot pass the suite untested; with
+/// `PODCR_ALLOW_SKIP=1` (a developer box without CRIU) it prints one `SKIP:` line instead and
+/// the caller returns.
+pub fn prerequisite(test: &str, present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var_os("PODCR_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIP: {test}: {what} (PODCR_ALLOW_SKIP=1)");
+        return false;
+    }
+    panic!("{test}: {what}; run scripts/setup-host.sh, or set PODCR_ALLOW_SKIP=1 to skip it");
+}
