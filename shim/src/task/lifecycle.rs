@@ -42,9 +42,8 @@ pub struct CreateArgs {
 
 impl Containers {
     pub async fn create(&self, args: CreateArgs) -> Result<u32> {
-        if lock(&self.inner.map).contains_key(&args.id) {
-            return Err(Error::already_exists(format!("container {}", args.id)));
-        }
+        // Held until the container is in the map (or the create failed and cleaned up).
+        let _claim = self.claim(&args.id)?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
@@ -109,14 +108,8 @@ impl Containers {
                 }
             }
         };
-        let inserted = {
-            let mut map = lock(&self.inner.map);
-            !map.contains_key(&c.id) && map.insert(c.id.clone(), c.clone()).is_none()
-        };
-        if !inserted {
-            unmount(&c).await;
-            return Err(Error::already_exists(format!("container {}", c.id)));
-        }
+        // The claim kept every other Create of this id out, so nothing can be there.
+        lock(&self.inner.map).insert(c.id.clone(), c.clone());
         if pid > 0 {
             self.register(pid, &c.id, "");
         }

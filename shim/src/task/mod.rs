@@ -98,11 +98,25 @@ struct Inner {
     runc_binary: PathBuf,
     events: EventSink,
     map: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose Create is under way (see [`CreateClaim`]).
+    creating: Mutex<std::collections::HashSet<String>>,
     staged: Mutex<HashMap<String, RestoreArgs>>,
     pids: Mutex<PidTable>,
     sandboxed: AtomicBool,
     exit: CancellationToken,
     rootfs_hook: Mutex<Option<RootfsHook>>,
+}
+
+/// An id's Create under way; dropping it (on success or failure) frees the id.
+struct CreateClaim {
+    store: Containers,
+    id: String,
+}
+
+impl Drop for CreateClaim {
+    fn drop(&mut self) {
+        lock(&self.store.inner.creating).remove(&self.id);
+    }
 }
 
 /// Cheap-to-clone handle to the shim's containers (see the module docs).
@@ -132,6 +146,7 @@ impl Containers {
                 runc_binary,
                 events,
                 map: Mutex::default(),
+                creating: Mutex::default(),
                 staged: Mutex::default(),
                 pids: Mutex::default(),
                 sandboxed: AtomicBool::new(false),
@@ -214,6 +229,17 @@ impl Containers {
     }
 
     // ---- internals shared by the lifecycle ----
+
+    /// Claims `id` for one Create until the claim drops. Two Creates of one id share a bundle
+    /// and so a rootfs mount point: without the claim both mounted it and ran `runc create`, and
+    /// the one that lost the final insert unmounted the winner's rootfs.
+    fn claim(&self, id: &str) -> Result<CreateClaim> {
+        let taken = lock(&self.inner.map).contains_key(id) || !lock(&self.inner.creating).insert(id.to_string());
+        if taken {
+            return Err(Error::already_exists(format!("container {id}")));
+        }
+        Ok(CreateClaim { store: self.clone(), id: id.to_string() })
+    }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
         lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id}")))
