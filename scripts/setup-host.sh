@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything podcr is built, run and tested with, as root on Debian bookworm (or newer).
+# TEST-MACHINE SET-UP, not a node installer: installs everything podcr is built, run and tested
+# with, as root on Debian bookworm (or newer), adding Debian sid sources for CRIU and checkpointctl.
+# Nodes install podcr from a release tarball: scripts/release.sh, then install.sh (README "Install
+# on a node").
 # Idempotent and quiet: when every tool is present at the right version it returns at once.
 #
 #   scripts/setup-host.sh           build + test tools (what scripts/test.sh and scripts/demo.sh need)

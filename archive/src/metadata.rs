@@ -148,6 +148,18 @@ pub struct ManifestContainer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     pub compression: Compression,
+    /// What extracting the archive writes and how many entries it has, so a reader bounds both
+    /// by the signed manifest before it decompresses anything. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacked: Option<Unpacked>,
+}
+
+/// The extracted size of a container archive (see [`ManifestContainer::unpacked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unpacked {
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 /// `podcr.manifest.json`: written last, so its presence means the checkpoint is complete.

@@ -2,7 +2,11 @@
 //! container store. Every call carries the namespace in the `containerd-namespace` header,
 //! which is how containerd scopes all of its objects.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use containerd_client::{
@@ -14,11 +18,22 @@ use containerd_client::{
             ControllerStatusResponse, ControllerStopRequest, StoreCreateRequest, StoreDeleteRequest,
             StoreGetRequest, StoreListRequest,
         },
-        Container, ListContainersRequest,
+        introspection_client::IntrospectionClient,
+        version_client::VersionClient,
+        Container, ListContainersRequest, PluginInfoRequest,
     },
-    tonic::{metadata::MetadataValue, transport::Channel, Code, Request},
-    types::Sandbox,
+    tonic::{
+        metadata::MetadataValue,
+        transport::{Channel, Endpoint, Uri},
+        Code, Request,
+    },
+    types::{RuntimeInfo, RuntimeRequest, Sandbox},
 };
+use prost::Message;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use crate::error::Unreachable;
 use prost_types::Any;
 
 /// The sandbox controller that drives shim sandboxes (containerd's `shim` sandboxer plugin).
@@ -32,11 +47,48 @@ pub struct Containerd {
     pub namespace_name: String,
 }
 
-/// Opens a gRPC channel over a unix socket. tonic needs a URI; the connector ignores it.
+/// How long one containerd or CRI call may take, connection included (`--call-timeout`).
+/// One value per process, set by `main` before the first call; the long work (a checkpoint, a
+/// restore) runs in the shim under its own deadline, so every call here is short.
+static CALL_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn set_call_timeout(timeout: Duration) {
+    let _ = CALL_TIMEOUT.set(timeout);
+}
+
+pub fn call_timeout() -> Duration {
+    CALL_TIMEOUT.get().copied().unwrap_or(DEFAULT_CALL_TIMEOUT)
+}
+
+/// Opens a gRPC channel over a unix socket, with the call timeout on connecting (a socket that
+/// accepts and never answers the HTTP/2 handshake included) and on every request made on it.
+/// tonic needs a URI; the connector ignores it.
 pub async fn unix_channel(socket: &Path) -> Result<Channel> {
-    containerd_client::connect(socket)
-        .await
-        .with_context(|| format!("connect to {}", socket.display()))
+    let timeout = call_timeout();
+    let path = socket.to_path_buf();
+    let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(timeout).timeout(timeout);
+    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+    }));
+    let unreachable = |reason: String| Unreachable { path: socket.display().to_string(), reason };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => {
+            let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+            Err(unreachable(reason).into())
+        }
+        Err(_) => Err(unreachable(format!("no answer within {}", humantime(timeout))).into()),
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 impl Containerd {
@@ -137,6 +189,29 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(s).with_context(|| format!("shut down sandbox {id}")),
         }
+    }
+
+    /// containerd's version and commit.
+    pub async fn version(&self) -> Result<(String, String)> {
+        let resp = VersionClient::new(self.channel.clone()).version(()).await.context("containerd Version")?;
+        let v = resp.into_inner();
+        Ok((v.version, v.revision))
+    }
+
+    /// What a runtime's shim answers to `-info`, asked through containerd (so it is the shim
+    /// binary containerd itself would start, found on containerd's PATH).
+    pub async fn runtime_info(&self, runtime: &str) -> Result<RuntimeInfo> {
+        let options = Any {
+            type_url: "containerd.types.RuntimeRequest".into(),
+            value: RuntimeRequest { runtime_path: runtime.into(), options: None }.encode_to_vec(),
+        };
+        let req = PluginInfoRequest { r#type: "io.containerd.runtime.v2".into(), id: "task".into(), options: Some(options) };
+        let resp = IntrospectionClient::new(self.channel.clone())
+            .plugin_info(self.req(req))
+            .await
+            .with_context(|| format!("containerd PluginInfo of runtime {runtime}"))?;
+        let extra = resp.into_inner().extra.with_context(|| format!("containerd returned no runtime info for {runtime}"))?;
+        RuntimeInfo::decode(extra.value.as_slice()).context("decode RuntimeInfo")
     }
 
     /// Containers that belong to a sandbox. Filtering happens here rather than with a

@@ -36,6 +36,15 @@ impl Cri {
         cri_state.parent().map(std::path::Path::to_path_buf)
     }
 
+    /// The runtime handlers the CRI serves, and its configuration (the verbose status's
+    /// `config`, as containerd's Go code writes it), for `podcr check`.
+    pub async fn handlers_and_config(&self) -> Result<(Vec<String>, Option<serde_json::Value>)> {
+        let resp = self.runtime.clone().status(StatusRequest { verbose: true }).await.context("CRI Status")?.into_inner();
+        let handlers = resp.runtime_handlers.into_iter().map(|h| h.name).collect();
+        let config = resp.info.get("config").and_then(|c| serde_json::from_str(c).ok());
+        Ok((handlers, config))
+    }
+
     pub async fn list_pods(&self) -> Result<Vec<PodSandbox>> {
         let resp = self.runtime.clone().list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.context("CRI ListPodSandbox")?;
         Ok(resp.into_inner().items)

@@ -8,7 +8,17 @@ use std::{
 use podcr_protos::checkpoint::CheckpointStats;
 use prost_types::Timestamp;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How results are printed on stdout (`-o/--output` on `sandbox ls`, `--format` elsewhere).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns with a header, for people.
+    #[default]
+    Table,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SandboxRow {
     pub id: String,
     pub runtime: String,

@@ -119,7 +119,8 @@ pub async fn run(cd: &Containerd, opts: &RunOptions) -> Result<()> {
     }
 }
 
-pub async fn ls(cd: &Containerd) -> Result<()> {
+/// Lists sandboxes as a table, as JSON, or (`quiet`) as ids only, one a line.
+pub async fn ls(cd: &Containerd, format: output::Format, quiet: bool) -> Result<()> {
     let mut rows = Vec::new();
     for sb in cd.store_list().await? {
         let mut row = SandboxRow {
@@ -142,7 +143,13 @@ pub async fn ls(cd: &Containerd) -> Result<()> {
         rows.push(row);
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id));
-    print!("{}", output::sandbox_table(&rows));
+    if quiet {
+        rows.iter().for_each(|r| println!("{}", r.id));
+    } else if format == output::Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", output::sandbox_table(&rows));
+    }
     Ok(())
 }
 

@@ -49,11 +49,28 @@ pub struct SandboxController<B: PodBackend> {
     /// Held for the whole of a checkpoint or restore: a second request on the same pod is refused
     /// rather than interleaved with the first (two freezes of one pod can never be half-done).
     pub(crate) exclusive: Mutex<()>,
+    /// `[signing]` for checkpoints and restores; `None` reads the node configuration at each
+    /// one, so a rotated key or a newly trusted one needs no shim restart.
+    signing: Option<crate::node_config::SigningConfig>,
 }
 
 impl<B: PodBackend> SandboxController<B> {
     pub fn new(backend: Arc<B>) -> Self {
-        SandboxController { backend, pod: Mutex::new(None), exclusive: Mutex::new(()) }
+        SandboxController { backend, pod: Mutex::new(None), exclusive: Mutex::new(()), signing: None }
+    }
+
+    /// Uses `signing` instead of the node configuration's `[signing]` (tests, embedders).
+    pub fn with_signing(mut self, signing: crate::node_config::SigningConfig) -> Self {
+        self.signing = Some(signing);
+        self
+    }
+
+    /// The `[signing]` in force for one checkpoint or restore.
+    pub(crate) fn signing_config(&self) -> Result<crate::node_config::SigningConfig> {
+        match &self.signing {
+            Some(c) => Ok(c.clone()),
+            None => Ok(crate::node_config::NodeConfig::load()?.signing),
+        }
     }
 
     pub fn backend(&self) -> &Arc<B> {

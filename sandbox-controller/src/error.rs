@@ -23,6 +23,10 @@ pub enum Error {
     /// A checkpoint archive that is malformed, hostile or does not match its manifest.
     #[error("invalid checkpoint archive: {0}")]
     Archive(String),
+    /// A checkpoint whose signature is missing, forged or made with a key this node does not
+    /// trust (containerd's `ErrPermissionDenied` on the wire).
+    #[error("untrusted checkpoint: {0}")]
+    Untrusted(String),
     /// The OCI runtime or CRIU failed; `msg` carries their own words (runc's log, CRIU's log tail).
     #[error("{op} {id}: {msg}")]
     Runtime { op: String, id: String, msg: String },
@@ -72,6 +76,7 @@ impl From<podcr_archive::Error> for Error {
             A::InvalidArgument(m) => Error::InvalidArgument(m),
             A::FailedPrecondition(m) => Error::FailedPrecondition(m),
             A::Archive(m) => Error::Archive(m),
+            A::Untrusted(m) => Error::Untrusted(m),
             A::Io { context, source } => Error::Io { context, source },
             A::Json { path, source } => Error::Json { path, source },
         }
@@ -92,6 +97,7 @@ mod tests {
         assert!(matches!(Error::from(A::InvalidArgument("a".into())), Error::InvalidArgument(m) if m == "a"));
         assert!(matches!(Error::from(A::FailedPrecondition("a".into())), Error::FailedPrecondition(m) if m == "a"));
         assert!(matches!(Error::from(A::Archive("a".into())), Error::Archive(m) if m == "a"));
+        assert!(matches!(Error::from(A::Untrusted("a".into())), Error::Untrusted(m) if m == "a"));
         assert!(matches!(Error::from(A::io("c")(io())), Error::Io { context, .. } if context == "c"));
         assert!(matches!(Error::from(A::Json { path: "p".into(), source: json() }), Error::Json { path, .. } if path.as_os_str() == "p"));
     }

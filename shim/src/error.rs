@@ -106,6 +106,8 @@ fn pod_code(e: &PodError) -> Code {
         PodError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
         PodError::Unimplemented(_) => Code::UNIMPLEMENTED,
         PodError::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
+        // A checkpoint this node does not trust (unsigned, forged, unknown key).
+        PodError::Untrusted(_) => Code::PERMISSION_DENIED,
         PodError::Runtime { .. } | PodError::Io { .. } | PodError::Json { .. } | PodError::Backend(_) => {
             Code::UNKNOWN
         }
@@ -176,6 +178,11 @@ mod tests {
     #[test]
     fn unimplemented() {
         assert_eq!(code_of(Error::unimplemented("x")), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn permission_denied() {
+        assert_eq!(code_of(Error::Pod(PodError::Untrusted("x".into()))), Code::PERMISSION_DENIED);
     }
 
     #[test]

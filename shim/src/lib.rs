@@ -5,16 +5,19 @@
 //! - [`start`], [`delete`], [`serve`]: the shim actions containerd runs.
 //! - [`task`]: the containers and the Task service; [`task::Containers`] is the handle the pod
 //!   side drives.
+//! - [`info`]: `-info` and `-v`; [`runtime_options`]: the runc options containerd pipes in.
 //! - [`reaper`], [`events`], [`logging`], [`error`]: the plumbing they share.
 
 pub mod cgroups;
 pub mod delete;
 pub mod error;
 pub mod events;
+pub mod info;
 pub mod logging;
 pub mod pod;
 pub mod reaper;
 pub mod runc_error;
+pub mod runtime_options;
 pub mod serve;
 pub mod start;
 pub mod task;

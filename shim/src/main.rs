@@ -1,4 +1,4 @@
-//! containerd-shim-podcr-v1: dispatches to the holder mode, `-info`, `start`, `delete` or the
+//! containerd-shim-podcr-v1: dispatches to the holder mode, `-v`, `-info`, `start`, `delete` or the
 //! server. Everything else lives in the library.
 
 use std::{ffi::OsString, io::Write, process::ExitCode};
@@ -29,14 +29,14 @@ fn main() -> ExitCode {
 fn run(args: &[OsString]) -> anyhow::Result<()> {
     let flags = containerd_shim::parse(&args[1..]).context("parse flags")?;
     let mut stdout = std::io::stdout();
+    if flags.version {
+        stdout.write_all(podcr_shim::info::version_text("containerd-shim-podcr-v1").as_bytes())?;
+        return Ok(stdout.flush()?);
+    }
     if flags.info {
-        let info = containerd_shim_protos::types::introspection::RuntimeInfo {
-            name: "io.containerd.podcr.v1".into(),
-            // containerd PR 13971: with NRI enabled, its CRI restores a pod only through a shim
-            // that honours the two-phase RestoreSandbox (see pod::sandbox_restore).
-            annotations: [("io.containerd.pod-restore.staged".to_string(), "true".to_string())].into(),
-            ..Default::default()
-        };
+        // containerd pipes the handler's runtime options in (empty when it has none).
+        let options = podcr_shim::runtime_options::read_stdin()?;
+        let info = podcr_shim::info::runtime_info(&options).context("runtime info")?;
         stdout.write_all(&info.write_to_bytes()?)?;
         return Ok(stdout.flush()?);
     }

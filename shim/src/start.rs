@@ -1,6 +1,8 @@
 //! `start`: find or launch the shim server for this container's group and tell containerd
 //! where it listens. Containers of one pod share a server (grouped by the sandbox id
 //! annotation), like the runc v2 shim; with version 3 containerd then reuses the socket itself.
+//! A new server goes into the shim cgroup the runtime options name (runc.v2's `ShimCgroup`) and
+//! gets an OOM score just above containerd's, as runc.v2's does.
 
 use std::{
     io::Read,
@@ -26,9 +28,10 @@ pub fn group_of(spec: Option<&serde_json::Value>, id: &str) -> String {
 
 /// Runs the start action in the bundle (cwd) and returns the reply for stdout.
 pub fn run(flags: &Flags) -> Result<String> {
-    // containerd may pipe runtime options in; nothing in them changes how we start.
-    let mut discard = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut discard);
+    // containerd pipes the container's runtime options in.
+    let input = crate::runtime_options::read_stdin()?;
+    let options = crate::runtime_options::for_start(&input, &flags.id, &flags.namespace)?;
+    let shim_cgroup = options.map(|o| o.options.shim_cgroup).filter(|c| !c.is_empty());
 
     let spec = std::fs::read("config.json").ok().and_then(|d| serde_json::from_slice(&d).ok());
     let group = group_of(spec.as_ref(), &flags.id);
@@ -40,7 +43,7 @@ pub fn run(flags: &Flags) -> Result<String> {
             // A dead server's socket; the new one must bind the same path.
             std::fs::remove_file(path).map_err(Error::io("remove stale socket"))?;
         }
-        launch(flags, &address)?;
+        launch(flags, &address, shim_cgroup.as_deref())?;
         if !alive(path) {
             return Err(Error::Server(format!("did not come up on {address}")));
         }
@@ -53,8 +56,9 @@ fn alive(path: &str) -> bool {
     UnixStream::connect(path).is_ok()
 }
 
-/// Re-execs this binary as the server and waits until it signals readiness by closing stdout.
-fn launch(flags: &Flags, address: &str) -> Result<()> {
+/// Re-execs this binary as the server, confines it, and waits until it signals readiness by
+/// closing stdout.
+fn launch(flags: &Flags, address: &str, shim_cgroup: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe().map_err(Error::io("current exe"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address])
@@ -69,6 +73,15 @@ fn launch(flags: &Flags, address: &str) -> Result<()> {
     // Its own process group, so signals meant for containerd's start command miss it.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(Error::io("spawn shim server"))?;
+    // Before it serves anything, so every process it starts later (the pod's holder, runc)
+    // starts in the shim cgroup too. A server that cannot be put where containerd asked is
+    // killed: running it elsewhere would escape the limits the node set for shims.
+    if let Err(e) = confine(child.id(), shim_cgroup) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(address.trim_start_matches("unix://"));
+        return Err(e);
+    }
     if let Some(mut out) = child.stdout.take() {
         let mut buf = Vec::new();
         let _ = out.read_to_end(&mut buf);
@@ -79,6 +92,15 @@ fn launch(flags: &Flags, address: &str) -> Result<()> {
             return Err(Error::Server(format!("exited: {status}")));
         }
     }
+    Ok(())
+}
+
+fn confine(pid: u32, shim_cgroup: Option<&str>) -> Result<()> {
+    if let Some(cg) = shim_cgroup {
+        crate::cgroups::join(pid, cg).map_err(|e| Error::failed_precondition(format!("join shim cgroup {cg}: {e}")))?;
+    }
+    // containerd's score + 1: under memory pressure the kernel picks a shim before containerd.
+    containerd_shim::cgroup::adjust_oom_score(pid)?;
     Ok(())
 }
 

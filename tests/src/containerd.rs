@@ -110,6 +110,16 @@ pub struct Containerd {
     daemon: Daemon,
     /// Extra environment for containerd, and so for the shims it starts.
     env: Vec<(String, String)>,
+    /// podcr as `scripts/install.sh` put it in place, instead of the harness's own set-up.
+    installed: Option<Installed>,
+}
+
+/// podcr installed by `scripts/install.sh` into a scratch root: containerd imports its drop-in
+/// (the run's config then has no podcr runtime of its own) and finds the shim in `bin_dir`.
+#[derive(Clone, Debug)]
+pub struct Installed {
+    pub dropin: PathBuf,
+    pub bin_dir: PathBuf,
 }
 
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
@@ -162,7 +172,17 @@ impl Containerd {
         Containerd::launch(daemon, &[])
     }
 
+    /// Starts a private containerd that knows podcr only through what `scripts/install.sh`
+    /// installed (see [`Installed`]).
+    pub fn start_installed(installed: Installed) -> Result<Containerd> {
+        Containerd::launch_with(Daemon::from_env()?, &[], Some(installed))
+    }
+
     fn launch(daemon: Daemon, env: &[(&str, &str)]) -> Result<Containerd> {
+        Containerd::launch_with(daemon, env, None)
+    }
+
+    fn launch_with(daemon: Daemon, env: &[(&str, &str)], installed: Option<Installed>) -> Result<Containerd> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "the integration tests need root (containerd, runc, CRIU)"
@@ -214,6 +234,7 @@ impl Containerd {
             stopped: Mutex::new(false),
             daemon,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            installed,
         };
         // From here on, a failure tears the partial run down through Drop.
         cd.prepare()?;
@@ -228,6 +249,9 @@ impl Containerd {
         let dir = self.rec.dir.clone();
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin)?;
+        if self.installed.is_some() {
+            return self.prepare_network_and_config();
+        }
         // containerd finds `containerd-shim-podcr-v1` on its PATH; put just that binary there so nothing
         // else from the target dir shadows system tools.
         let shim = crate::target_profile_dir()?.join(Runtime::Podcr.shim_binary());
@@ -243,6 +267,11 @@ impl Containerd {
         if std::fs::hard_link(&shim, &linked).is_err() {
             std::fs::copy(&shim, &linked)?;
         }
+        self.prepare_network_and_config()
+    }
+
+    fn prepare_network_and_config(&self) -> Result<()> {
+        let dir = self.rec.dir.clone();
 
         let subnet = pick_subnet()?;
         std::fs::create_dir_all(dir.join("cni"))?;
@@ -251,7 +280,11 @@ impl Containerd {
             cni_conflist(&self.rec, &subnet),
         )?;
         let config = dir.join("config.toml");
-        std::fs::write(&config, containerd_config(&self.rec, self.daemon.nri))?;
+        let mut text = containerd_config(&self.rec, self.daemon.nri);
+        if let Some(i) = &self.installed {
+            text = installed_config(&text, &i.dropin)?;
+        }
+        std::fs::write(&config, text)?;
         std::fs::create_dir_all(dir.join("tmp"))?;
         crate::node_config::provision(&dir)?;
         Ok(())
@@ -279,9 +312,10 @@ impl Containerd {
             .as_ref()
             .map(|p| format!("{}:", p.display()))
             .unwrap_or_default();
+        let first = self.installed.as_ref().map_or(bin, |i| i.bin_dir.clone());
         let path = format!(
             "{}:{extra}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            bin.display()
+            first.display()
         );
         let child = Command::new(&self.daemon.containerd)
             .arg("--config")
@@ -537,6 +571,14 @@ fn cni_conflist(rec: &RunRecord, subnet: &str) -> String {
         }]
     })
     .to_string()
+}
+
+/// The run's config with its own podcr runtime taken out and `dropin` imported instead.
+fn installed_config(config: &str, dropin: &Path) -> Result<String> {
+    let table = "      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.podcr]\n        runtime_type = 'io.containerd.podcr.v1'\n        sandboxer = 'shim'\n";
+    anyhow::ensure!(config.contains(table), "the run's config no longer has the podcr table to replace");
+    let without = config.replace(table, "");
+    Ok(without.replacen("version = 3\n", &format!("version = 3\nimports = ['{}']\n", dropin.display()), 1))
 }
 
 /// containerd 2.1 config (version 3). Everything that would otherwise land in /var/lib/containerd,

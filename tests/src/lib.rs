@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 pub use cmd::{Output, Running};
-pub use containerd::{Containerd, Ctr, Runtime, TaskInfo, TestNs, CRI_NAMESPACE};
+pub use containerd::{Containerd, Ctr, Installed, Runtime, TaskInfo, TestNs, CRI_NAMESPACE};
 pub use images::{Helper, ImageSpec};
 pub use wait::{wait_for, wait_until};
 

@@ -830,6 +830,14 @@ async fn restore_without_the_base_image_names_the_image() -> Result<()> {
     let other: &'static Containerd = Box::leak(Box::new(Containerd::start()?));
     let result = async {
         let mut rs = other.cri_runtime().await?;
+        // The other node trusts this node's checkpoints, as a migration target would.
+        let key = podcr_tests::node_config::public_key(Containerd::shared()?.dir());
+        let trust = faults::podcr(
+            other,
+            &tmp_for(other, "no-image-trust"),
+            ["key".to_string(), "trust".into(), key.display().to_string()],
+        )?;
+        ensure!(trust.success(), "podcr key trust: {}", trust.stderr);
         let args = vec![
             "restore".to_string(),
             base.dir.display().to_string(),

@@ -99,10 +99,9 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
         ensure!(inspect.stdout.contains("containerd"), "checkpointctl inspect {name}:\n{}", inspect.stdout);
     }
 
-    // The original goes away entirely; its logs too, so the restored counters write fresh ones.
+    // The original goes away entirely. The restored pod logs where podcr restore, as its
+    // caller, puts a new pod's logs: never where the checkpoint says.
     pods::remove_pod(&mut rs, &pod.id).await?;
-    std::fs::remove_file(&app_log)?;
-    std::fs::remove_file(&side_log)?;
 
     let out = blocking({
         let dir = dir.clone();
@@ -112,6 +111,10 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     pods::ensure_success("podcr restore", &out)?;
     let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
     ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+    let restored_app = k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
+    let app_log = pods::log_path(&mut rs, &restored_app).await?;
+    let log_root = podcr_tests::node_config::pod_log_root(cd.dir());
+    ensure!(app_log.starts_with(&log_root), "the restored app logs to {}, not under the node's pod log root {}", app_log.display(), log_root.display());
 
     let first = {
         let a = app_log.clone();
@@ -343,6 +346,17 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         let image2 = import(node2).await?;
         ensure!(image2 == image, "the image reference differs between nodes: {image2} vs {image}");
         let mut rs2 = node2.cri_runtime().await?;
+        // Node 2 does not restore what node 1 signed until its admin trusts node 1's key.
+        let out = blocking({
+            let archive = archive.clone();
+            move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), "untrusted".into()])
+        })
+        .await?;
+        ensure!(!out.success() && out.stderr.contains("does not trust"), "node 2 restored an untrusted checkpoint: {}", out.stderr);
+        ensure!(pods::find_pod(&mut rs2, "untrusted").await?.is_none(), "a refused restore left a pod on node 2");
+        let node1_key = podcr_tests::node_config::public_key(cd.dir());
+        let out = blocking(move || pods::podcr(node2, ["key".to_string(), "trust".into(), node1_key.display().to_string()])).await?;
+        pods::ensure_success("podcr key trust on node 2", &out)?;
         let mut restored = Vec::new();
         for name in ["migrated-1", "migrated-2"] {
             let out = blocking({

@@ -31,6 +31,7 @@ both_runtimes!(
     exit_status_is_reported,
     exec_without_tty,
     exec_with_tty,
+    exec_with_tty_and_large_output,
     kill_delivers_the_signal,
     pause_and_resume,
     ps_lists_init_and_exec,
@@ -164,6 +165,41 @@ fn exec_with_tty(rt: Runtime) -> Result<()> {
         "exec'd process has no pty: {out:?}"
     );
     ensure!(out.stdout.contains("tty-ok"), "tty output missing: {out:?}");
+    Ok(())
+}
+
+/// A terminal exec whose output far exceeds the pty's buffer: every line must arrive, in order, and
+/// the exit status after it (issue 17: this once failed on podcr with runc's "cannot use console
+/// socket if runc will not detach or allocate tty").
+fn exec_with_tty_and_large_output(rt: Runtime) -> Result<()> {
+    let (ns, image) = setup("exec-tty-big", rt)?;
+    run_detached(&ns, rt, &image, "c", &["sleep", "600"])?;
+    const LINES: u32 = 50_000;
+    let out = ns.ctr().pty([
+        "task",
+        "exec",
+        "--tty",
+        "--exec-id",
+        "big",
+        "c",
+        "sh",
+        "-c",
+        &format!("seq 1 {LINES}; echo tty-big-done; exit 6"),
+    ])?;
+    ensure!(out.code == 6, "tty exec exit code: {}", out.code);
+    let numbers: Vec<u32> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').parse().ok())
+        .collect();
+    ensure!(
+        numbers.len() == LINES as usize && numbers.iter().copied().eq(1..=LINES),
+        "expected 1..={LINES} in order, got {} numbers (last {:?}); tail: {:?}",
+        numbers.len(),
+        numbers.last(),
+        &out.stdout[out.stdout.len().saturating_sub(300)..]
+    );
+    ensure!(out.stdout.contains("tty-big-done"), "output ends early: {:?}", &out.stdout[out.stdout.len().saturating_sub(300)..]);
     Ok(())
 }
 

@@ -71,7 +71,7 @@ pub fn pod_dir(tmp: &Path, names: &[&str], c: Compression) -> PathBuf {
         let archive = path.file_name().unwrap().to_str().unwrap().to_string();
         known.insert(archive.clone(), stats.digest());
         map.insert(name.to_string(), archive.clone());
-        containers.push(ManifestContainer { id: format!("{name}-id"), name: name.to_string(), archive, image: None, compression: c });
+        containers.push(ManifestContainer { id: format!("{name}-id"), name: name.to_string(), archive, image: None, compression: c, unpacked: None });
     }
     let opts = PodOptions::podcr(map, &PodIdentity { pod_name: "pod".into(), ..Default::default() });
     write_pod_files(&out, &opts, &serde_json::json!({"metadata": {"name": "pod"}})).unwrap();
@@ -84,8 +84,19 @@ pub fn pod_dir(tmp: &Path, names: &[&str], c: Compression) -> PathBuf {
         created: Utc::now(),
         containers,
     };
-    finish_pod_manifest(&out, &info, &known).unwrap();
+    finish_pod_manifest(&out, &info, &known, Some(signer())).unwrap();
     out
+}
+
+/// The key every test checkpoint is signed with.
+pub fn signer() -> &'static crate::Signer {
+    static SIGNER: std::sync::OnceLock<crate::Signer> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(crate::signing::generate)
+}
+
+/// Trusts [`signer`] only.
+pub fn trust() -> crate::TrustPolicy {
+    crate::TrustPolicy::new([signer().verifying_key()], false)
 }
 
 /// One raw tar entry: header with the name bytes written directly (no validation), optional

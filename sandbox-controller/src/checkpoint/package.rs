@@ -17,7 +17,7 @@ use super::{
 use crate::{
     archive::{
         self, Cancel, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
-        PodOptions,
+        PodOptions, Unpacked,
     },
     backend::{BackendIdentity, PodSpec},
     error::{Error, Result},
@@ -32,6 +32,8 @@ pub(super) struct PodRecord<'a> {
     pub pod_config: Option<serde_json::Value>,
     /// The backend that runs the containers and wrote the images.
     pub backend: BackendIdentity,
+    /// Signs the pod manifest; `None` only where `[signing] allow_unsigned` allows it.
+    pub signer: Option<std::sync::Arc<archive::Signer>>,
 }
 
 pub(super) async fn package_pod(
@@ -42,7 +44,7 @@ pub(super) async fn package_pod(
     options: &CheckpointOptions,
     cancel: &Cancel,
 ) -> Result<Vec<ContainerCheckpointStats>> {
-    let PodRecord { spec, pod_config, backend } = pod;
+    let PodRecord { spec, pod_config, backend, signer } = pod;
     let checkpointed = Utc::now();
     let writes = targets.iter().zip(dumped).map(|(t, d)| {
         let meta = container_meta(spec, &backend, t, d, checkpointed)?;
@@ -65,11 +67,16 @@ pub(super) async fn package_pod(
             archive: archive_name.clone(),
             image: t.info.image.clone(),
             compression,
+            unpacked: None,
         };
         Ok::<_, Error>(async move {
             let written = tokio::task::spawn_blocking(move || archive::write_container_archive_until(&staging, &meta, &dest, compression, &cancel))
                 .await
                 .map_err(|e| Error::Io { context: "archive writer task".into(), source: std::io::Error::other(e) })??;
+            let manifest_entry = ManifestContainer {
+                unpacked: Some(Unpacked { bytes: written.content_bytes, entries: written.entries }),
+                ..manifest_entry
+            };
             Ok::<_, Error>((ContainerCheckpointStats { archive_bytes: written.bytes, ..stats }, manifest_entry, written.digest(), archive_name))
         })
     });
@@ -110,7 +117,7 @@ pub(super) async fn package_pod(
     let pod_config = pod_config.unwrap_or(serde_json::Value::Null);
     tokio::task::spawn_blocking(move || {
         archive::write_pod_files(&output_owned, &pod_options, &pod_config)?;
-        archive::finish_pod_manifest(&output_owned, &info, &known)
+        archive::finish_pod_manifest(&output_owned, &info, &known, signer.as_deref())
     })
     .await
     .map_err(|e| Error::Io { context: "pod manifest task".into(), source: std::io::Error::other(e) })??;

@@ -6,6 +6,7 @@
 //! than a silent default: a typo in a trust setting must not quietly widen it.
 
 pub mod restore;
+pub mod rootfs;
 pub mod signing;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use restore::RestoreConfig;
+pub use rootfs::RootfsConfig;
 pub use signing::SigningConfig;
 
 use crate::error::{Error, Result};
@@ -27,6 +29,7 @@ pub const ENV_PATH: &str = "PODCR_CONFIG";
 pub struct NodeConfig {
     pub restore: RestoreConfig,
     pub signing: SigningConfig,
+    pub rootfs: RootfsConfig,
 }
 
 impl NodeConfig {

@@ -130,11 +130,21 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
             checkpoint_path: PathBuf::from(&req.checkpoint_path),
             deadline: deadline(ctx),
             options: options(&req.options),
+            // RestorePod: the configs are the caller's, and the controller holds the checkpoint
+            // to them (restore::policy) before anything is staged.
             containers: req
                 .containers
                 .iter()
-                .map(|c| RestoreSelection { id: c.id.clone(), name: c.name.clone() })
-                .collect(),
+                .map(|c| {
+                    Ok(RestoreSelection {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        config: convert::cri_any_json::<ContainerConfig>(c.config.as_ref(), CONTAINER_CONFIG_TYPE)?,
+                        spec: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?,
+            pod_config: convert::cri_any_json::<PodSandboxConfig>(req.sandbox_config.as_ref(), POD_SANDBOX_CONFIG_TYPE)?,
         };
         let controller = self.controller.clone();
         let restored = detached(async move { controller.restore(request).await }).await?;

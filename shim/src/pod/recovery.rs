@@ -107,7 +107,11 @@ pub fn recover(bundle: &Path) {
         }
     }
     if marker.output_path.is_absolute() {
-        match podcr_sandbox_controller::archive::clean_dir_contents(&marker.output_path) {
+        // Reopened as the checkpoint opened it (no symlink followed, root's and private,
+        // locked), and cleaned through that descriptor: the marker's path is only a name.
+        let cleaned = podcr_sandbox_controller::archive::OutputDir::open_locked(&marker.output_path)
+            .and_then(|dir| dir.clean());
+        match cleaned {
             Ok(()) => info!(output = %marker.output_path.display(), "removed a partial checkpoint"),
             Err(e) => warn!(error = %e, "remove a partial checkpoint"),
         }

@@ -247,14 +247,22 @@ impl<B: PodBackend> SandboxRestore<B> {
             checkpoint_path: PathBuf::from(&req.checkpoint_path),
             deadline,
             options: opts,
+            // 13971 carries no CRI container configs; each task's bundle holds the OCI spec the
+            // CRI generated from it, which is what runc will apply.
             containers: req
                 .tasks
                 .iter()
                 .map(|t| RestoreSelection {
                     id: t.task_id.clone(),
                     name: t.checkpoint_key.clone(),
+                    config: None,
+                    spec: read_spec(Path::new(&t.bundle)),
                 })
                 .collect(),
+            pod_config: convert::cri_any_json::<k8s_cri::v1::PodSandboxConfig>(
+                req.sandbox_options.as_ref(),
+                convert::POD_SANDBOX_CONFIG_TYPE,
+            )?,
         };
         let controller = self.controller.clone();
         let staged = detached(async move { controller.restore(request).await }).await?;
@@ -317,6 +325,12 @@ impl<B: PodBackend> SandboxRestore<B> {
             warn!(sandbox = %id, error = %e, "shut the pod down after a failed restore");
         }
     }
+}
+
+/// A task bundle's OCI spec, when it has one to read.
+fn read_spec(bundle: &Path) -> Option<serde_json::Value> {
+    let data = std::fs::read(bundle.join("config.json")).ok()?;
+    serde_json::from_slice(&data).ok()
 }
 
 /// The pod files the CRI bind-mounts into every container (see [`super::files`]).
@@ -453,7 +467,13 @@ mod tests {
             )
             .await
             .unwrap();
-            let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())));
+            // These tests never reach the signature: trust nothing signed, allow nothing unsigned.
+            let signing = podcr_sandbox_controller::node_config::SigningConfig {
+                key: dir.join("no.key"),
+                trusted_dir: dir.join("no-trusted.d"),
+                allow_unsigned: false,
+            };
+            let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())).with_signing(signing));
             SandboxRestore::new(controller, store, ImageRootfs::new("", "ns"))
         }
 

@@ -26,6 +26,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use super::{
     convert,
+    restore_from::AnnotationRestore,
     sandbox_restore::SandboxRestore,
 };
 use crate::error::Error;
@@ -37,11 +38,17 @@ pub struct SandboxService<B: PodBackend> {
     controller: Arc<SandboxController<B>>,
     on_shutdown: OnShutdown,
     restore: SandboxRestore<B>,
+    annotation: Arc<AnnotationRestore<B>>,
 }
 
 impl<B: PodBackend> SandboxService<B> {
-    pub fn new(controller: Arc<SandboxController<B>>, on_shutdown: OnShutdown, restore: SandboxRestore<B>) -> Self {
-        SandboxService { controller, on_shutdown, restore }
+    pub fn new(
+        controller: Arc<SandboxController<B>>,
+        on_shutdown: OnShutdown,
+        restore: SandboxRestore<B>,
+        annotation: Arc<AnnotationRestore<B>>,
+    ) -> Self {
+        SandboxService { controller, on_shutdown, restore, annotation }
     }
 }
 
@@ -67,6 +74,8 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         info!(sandbox = %req.sandbox_id, netns = %req.netns_path, "create sandbox");
         let config = convert::pod_config(req.options.as_ref())?;
         let spec = convert::pod_spec(&req.sandbox_id, &req.bundle_path, &req.netns_path, config.as_ref())?;
+        // A `podcr.io/restore-from` pod is checked before any of it exists (see restore_from).
+        self.annotation.plan(&spec).await?;
         self.controller.create(spec).await.map_err(wire)?;
         Ok(CreateSandboxResponse::new())
     }

@@ -53,6 +53,10 @@ impl Containers {
             Ok(data) => serde_json::from_slice(&data)?,
             Err(e) => return Err(Error::io("read config.json")(e)),
         };
+        let hook = lock(&self.inner.restore_hook).clone();
+        if let Some(hook) = &hook {
+            hook.before_create(&args.id, &spec).await?;
+        }
         let rootfs = args.bundle.join("rootfs");
         let upperdir = args.rootfs.iter().find_map(|m| container::upperdir(&m.options));
         for m in &args.rootfs {
@@ -176,8 +180,21 @@ impl Containers {
         let pid = match c.take_restore() {
             Some(plan) => {
                 let pid = self.runc_restore(&c, &plan).await?;
+                // CRIU gives the processes the credentials in the images, not the spec's: a
+                // process holding more than the spec grants is killed before anything sees it.
+                if let Err(e) = self.check_restored_caps(&c).await {
+                    warn!(container = id, error = %e, "restored container holds more than its spec grants; killed");
+                    if let Err(k) = c.runc.kill(id, 9, true).await {
+                        warn!(container = id, error = %k, "kill a refused restored container");
+                    }
+                    return Err(e);
+                }
                 // A restored container's cgroup first exists now.
                 self.watch_oom(id, pid);
+                let hook = lock(&self.inner.restore_hook).clone();
+                if let Some(hook) = hook {
+                    hook.restored(id).await;
+                }
                 pid
             }
             None => {
@@ -216,6 +233,41 @@ impl Containers {
         c.init.set_started(pid, io);
         self.register(pid, &c.id, "");
         Ok(pid)
+    }
+
+    /// Refuses a restored container any of whose processes holds a capability (effective,
+    /// permitted or bounding) that its spec does not grant.
+    async fn check_restored_caps(&self, c: &Container) -> Result<()> {
+        use podcr_sandbox_controller::restore::policy::{cap_mask, cap_name, cap_names};
+        let data = tokio::fs::read(c.bundle.join("config.json")).await.map_err(Error::io("read config.json"))?;
+        let spec: serde_json::Value = serde_json::from_slice(&data)?;
+        let caps = &spec["process"]["capabilities"];
+        let granted: Vec<String> = ["bounding", "permitted", "effective", "ambient"]
+            .iter()
+            .filter_map(|k| caps[*k].as_array())
+            .flatten()
+            .filter_map(|v| v.as_str().map(cap_name))
+            .collect();
+        let allowed = cap_mask(&granted);
+        for pid in c.runc.ps(&c.id).await? {
+            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
+            for field in ["CapEff", "CapPrm", "CapBnd"] {
+                let held = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .unwrap_or(0);
+                let extra = held & !allowed;
+                if extra != 0 {
+                    return Err(Error::failed_precondition(format!(
+                        "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
+                        c.id,
+                        cap_names(extra)
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn start_exec(&self, c: &Container, exec_id: &str) -> Result<u32> {

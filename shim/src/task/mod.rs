@@ -81,6 +81,18 @@ pub struct RestoreArgs {
 /// path and the staged [`RestoreArgs`] when `rootfs_diff` is set. Runs on a blocking thread.
 pub type RootfsHook = Arc<dyn Fn(&std::path::Path, &RestoreArgs) -> Result<()> + Send + Sync>;
 
+/// The pod side's say in a container's restore, called by the Task lifecycle.
+#[async_trait::async_trait]
+pub trait RestoreHook: Send + Sync {
+    /// Called by `Task.Create` before anything of the container exists, with the OCI spec
+    /// containerd generated: may stage a restore for `id` (a pod the kubelet creates with
+    /// `podcr.io/restore-from`), and holds any restore staged for it to the spec. An error fails
+    /// the create and leaves nothing staged. The refusals are the pod logic's, so is the error.
+    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> podcr_sandbox_controller::Result<()>;
+    /// Called once a restored container's processes run and passed the capability check.
+    async fn restored(&self, id: &str);
+}
+
 /// Routes reaped pids to processes. An exit can be reaped before its pid is known (a process
 /// dying right after `runc create`/`exec` returns), so unknown exits wait here briefly.
 #[derive(Default)]
@@ -105,6 +117,7 @@ struct Inner {
     sandboxed: AtomicBool,
     exit: CancellationToken,
     rootfs_hook: Mutex<Option<RootfsHook>>,
+    restore_hook: Mutex<Option<Arc<dyn RestoreHook>>>,
 }
 
 /// An id's Create under way; dropping it (on success or failure) frees the id.
@@ -152,6 +165,7 @@ impl Containers {
                 sandboxed: AtomicBool::new(false),
                 exit: CancellationToken::new(),
                 rootfs_hook: Mutex::default(),
+                restore_hook: Mutex::default(),
             }),
         };
         let mut sub = monitor_subscribe(Topic::Pid).await?;
@@ -221,6 +235,16 @@ impl Containers {
     /// Installs the hook that applies a staged restore's rootfs diff (see [`RootfsHook`]).
     pub fn set_rootfs_hook(&self, hook: RootfsHook) {
         *lock(&self.inner.rootfs_hook) = Some(hook);
+    }
+
+    /// Installs the pod side's [`RestoreHook`].
+    pub fn set_restore_hook(&self, hook: Arc<dyn RestoreHook>) {
+        *lock(&self.inner.restore_hook) = Some(hook);
+    }
+
+    /// The restore staged for `id`, if any, left staged.
+    pub fn staged_restore(&self, id: &str) -> Option<RestoreArgs> {
+        lock(&self.inner.staged).get(id).cloned()
     }
 
     /// Drops a staged restore; returns it if there was one.

@@ -14,9 +14,38 @@ use crate::{
     SandboxController,
 };
 
+/// A `[signing]` whose key and trusted directory live in `dir` (made on first use).
+fn signing(dir: &std::path::Path) -> crate::node_config::SigningConfig {
+    let keys = dir.join("keys");
+    let trusted = dir.join("trusted.d");
+    if !keys.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::create_dir_all(&trusted).unwrap();
+        let (_, _, public) = archive::signing::write_new_keypair(&keys).unwrap();
+        std::fs::copy(public, trusted.join("node.pub")).unwrap();
+    }
+    crate::node_config::SigningConfig { key: keys.join(archive::signing::KEY_FILE), trusted_dir: trusted, allow_unsigned: false }
+}
+
+/// What a restore on the test node trusts: checkpoints made by [`ready_pod`]'s controllers.
+fn trust() -> archive::TrustPolicy {
+    archive::TrustPolicy::from_config(&signing(&keys_dir())).unwrap()
+}
+
+/// One key pair for the whole test binary, as a node has one.
+fn keys_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf();
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        signing(&dir);
+    });
+    dir
+}
+
 async fn ready_pod(names: &[&str]) -> (Arc<FakeBackend>, SandboxController<FakeBackend>, tempfile::TempDir) {
     let fake = Arc::new(FakeBackend::with_containers(names));
-    let ctl = SandboxController::new(fake.clone());
+    let ctl = SandboxController::new(fake.clone()).with_signing(signing(&keys_dir()));
     let bundle = tempfile::tempdir().unwrap();
     let spec = PodSpec {
         id: "pod1".into(),
@@ -85,8 +114,9 @@ async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
     assert_eq!(stats.containers.len(), 2);
     assert!(stats.total_bytes > 0);
 
-    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "sidecar.tar.zst"]);
-    let ckpt = archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "podcr.manifest.sig", "sidecar.tar.zst"]);
+    let ckpt = archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
+    assert!(ckpt.signer.is_some(), "the node's key must sign the checkpoint");
     assert_eq!(ckpt.manifest.containers.len(), 2);
     assert_eq!(ckpt.pod_config["metadata"]["name"], "web");
 }
@@ -99,7 +129,7 @@ async fn the_default_checkpoint_leaves_the_pod_running() {
     let calls = fake.calls();
     assert!(!calls.iter().any(|c| c.starts_with("kill:")), "the CRI's empty options must not stop the pod: {calls:?}");
     assert!(fake.frozen.lock().unwrap().is_empty());
-    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
 }
 
 #[tokio::test]
@@ -260,7 +290,7 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -281,7 +311,7 @@ async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
     let out = tempfile::tempdir().unwrap();
     ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
-    let ckpt = archive::open_pod_dir(out.path(), &Limits::default()).unwrap();
+    let ckpt = archive::open_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
     assert_eq!(ckpt.manifest.runtime, "fake");
     let annotation = |k: &str| ckpt.options.annotations.get(k).cloned().unwrap_or_default();
     assert_eq!(annotation(archive::annotations::RUNTIME_NAME), "fake");
@@ -295,7 +325,7 @@ async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -321,7 +351,7 @@ async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -347,7 +377,7 @@ async fn prepared_dumps_are_all_ready_before_the_pod_is_frozen() {
         assert!(dump < index_of(&calls, "thaw"));
     }
     assert_eq!(stats.containers.len(), 2);
-    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
 }
 
 #[tokio::test]
@@ -375,6 +405,22 @@ async fn a_deadline_before_every_dump_is_ready_says_so_and_freezes_nothing() {
     // Not the aborted dumps' own errors: the reason is the deadline.
     assert!(matches!(&err, Error::DeadlineExceeded(m) if m.contains("nothing was frozen")), "{err}");
     assert!(!fake.calls().iter().any(|c| c == "freeze"), "{:?}", fake.calls());
+    assert!(dir_entries(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_node_without_its_key_refuses_before_freezing() {
+    let (fake, ctl, _bundle) = ready_pod(&["app"]).await;
+    let nokey = tempfile::tempdir().unwrap();
+    let ctl = ctl.with_signing(crate::node_config::SigningConfig {
+        key: nokey.path().join("signing.key"),
+        trusted_dir: nokey.path().join("trusted.d"),
+        allow_unsigned: false,
+    });
+    let out = tempfile::tempdir().unwrap();
+    let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(ref m) if m.contains("podcr key generate")), "{err}");
+    assert!(!fake.calls().iter().any(|c| c == "freeze"), "nothing may be frozen without a key");
     assert!(dir_entries(out.path()).is_empty());
 }
 
@@ -428,7 +474,7 @@ mod minimal {
 
     #[tokio::test]
     async fn a_backend_without_checkpoint_refuses_it_and_leaves_nothing() {
-        let ctl = SandboxController::new(Arc::new(RunOnly));
+        let ctl = SandboxController::new(Arc::new(RunOnly)).with_signing(signing(&keys_dir()));
         let bundle = tempfile::tempdir().unwrap();
         ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() })
             .await
@@ -449,7 +495,7 @@ mod minimal {
             .restore(PodRestoreRequest {
                 sandbox_id: "pod1".into(),
                 checkpoint_path: out.path().to_path_buf(),
-                containers: vec![RestoreSelection { id: "c2".into(), name: "app".into() }],
+                containers: vec![RestoreSelection { id: "c2".into(), name: "app".into(), ..Default::default() }],
                 ..Default::default()
             })
             .await;

@@ -6,6 +6,14 @@
 //! the new pod, and stages it with the backend: when containerd then creates the container's task,
 //! the backend restores it with CRIU instead of starting it fresh. Nothing travels through
 //! containerd's content store. Any failure unstages and removes everything staged so far.
+//!
+//! Before anything is staged each container is held to [`policy`]: the caller's configs (CRI
+//! configs on the RPCs, the OCI spec containerd generated on Task.Create) must agree with what the
+//! checkpoint is authoritative for and grant every privilege it needs. [`from_annotation`]
+//! resolves the `podcr.io/restore-from` annotation of a pod the kubelet creates.
+
+pub mod from_annotation;
+pub mod policy;
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +23,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    archive::{self, Cancel, Limits, PodCheckpoint},
+    archive::{self, Cancel, Limits, PodCheckpoint, TrustPolicy},
     backend::{BackendIdentity, PodBackend, RestoreStage},
     checkpoint::options::{parse_bool, CheckpointOptions},
     controller::SandboxController,
@@ -31,12 +39,16 @@ pub const RESTORE_DIR: &str = "podcr-restore";
 pub const ANNOTATION_TCP: &str = "io.podcr.checkpoint.tcp-established";
 pub const ANNOTATION_FILE_LOCKS: &str = "io.podcr.checkpoint.file-locks";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RestoreSelection {
     /// The new container's id (already created by the caller).
     pub id: String,
     /// Its CRI name, which selects the container in the checkpoint.
     pub name: String,
+    /// The caller's CRI `ContainerConfig` (snake_case JSON), when the wire carries it.
+    pub config: Option<serde_json::Value>,
+    /// The OCI spec the runtime will apply, when known (Task.Create of an annotation restore).
+    pub spec: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +58,8 @@ pub struct PodRestoreRequest {
     pub deadline: Option<tokio::time::Instant>,
     pub options: BTreeMap<String, String>,
     pub containers: Vec<RestoreSelection>,
+    /// The caller's CRI `PodSandboxConfig` (snake_case JSON), when the wire carries it.
+    pub pod_config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,12 +106,14 @@ impl<B: PodBackend> SandboxController<B> {
         let staging_root = staging_root(&spec.bundle);
         let checkpoint = req.checkpoint_path.clone();
         let selections = req.containers.clone();
+        let pod_config = req.pod_config.clone();
         let root = staging_root.clone();
         let cancel = Cancel::new();
+        let trust = TrustPolicy::from_config(&self.signing_config()?)?;
         let backend = self.backend.identity().await;
         let extraction = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
-            move || extract_all(&checkpoint, &selections, &backend, &root, &cancel)
+            move || extract_all(&checkpoint, &trust, &selections, pod_config.as_ref(), &backend, &root, &cancel)
         });
         tokio::pin!(extraction);
         let extracted = tokio::select! {
@@ -108,7 +124,7 @@ impl<B: PodBackend> SandboxController<B> {
                 // written after this call answered and a second restore starts from nothing.
                 cancel.cancel();
                 let _ = extraction.await;
-                discard_staging(staging_root).await;
+                discard_selected(staging_root.clone(), req.containers.clone()).await;
                 let e = Error::DeadlineExceeded(
                     "validating and extracting the checkpoint: nothing was restored or left behind".into(),
                 );
@@ -131,7 +147,7 @@ impl<B: PodBackend> SandboxController<B> {
                         warn!(container = %id, error = %u, "unstage after a failed restore");
                     }
                 }
-                discard_staging(staging_root).await;
+                discard_selected(staging_root.clone(), req.containers.clone()).await;
                 return Err(e);
             }
             done.push(s.selection.id.clone());
@@ -150,10 +166,20 @@ fn staging_root(bundle: &Path) -> PathBuf {
     base.join(RESTORE_DIR)
 }
 
-/// [`remove_staging`] on the blocking pool: the staging holds extracted CRIU images, as large as
-/// the pod's memory, and the runtime has only a couple of async workers.
-async fn discard_staging(root: PathBuf) {
-    let _ = tokio::task::spawn_blocking(move || remove_staging(&root)).await;
+/// Removes the staging of the selected containers only: a pod the kubelet restores container by
+/// container has others staged (or running from their staging) next to them.
+fn remove_selected(root: &Path, selections: &[RestoreSelection]) {
+    for s in selections {
+        remove_staging(&root.join(&s.name));
+    }
+    // Gone once empty; another container's staging keeps it.
+    let _ = std::fs::remove_dir(root);
+}
+
+/// [`remove_selected`] on the blocking pool: the staging holds extracted CRIU images, as large
+/// as the pod's memory, and the runtime has only a couple of async workers.
+async fn discard_selected(root: PathBuf, selections: Vec<RestoreSelection>) {
+    let _ = tokio::task::spawn_blocking(move || remove_selected(&root, &selections)).await;
 }
 
 fn remove_staging(root: &Path) {
@@ -164,18 +190,25 @@ fn remove_staging(root: &Path) {
     }
 }
 
-/// Validates the checkpoint and extracts every selected container; on error (or once `cancel`
-/// is cancelled) removes all of it, after every extraction thread has stopped.
+/// Validates the checkpoint (its signature against `trust` first) and extracts every selected
+/// container, at most [`Limits::max_parallel`] at a time, each bounded by the sizes the signed
+/// manifest gives it; on error (or once `cancel` is cancelled) removes all of it, after every
+/// extraction thread has stopped.
 fn extract_all(
     checkpoint: &Path,
+    trust: &TrustPolicy,
     selections: &[RestoreSelection],
+    pod_config: Option<&serde_json::Value>,
     backend: &BackendIdentity,
     root: &Path,
     cancel: &Cancel,
 ) -> Result<Vec<Staged>> {
     let result = (|| {
         let limits = Limits::default();
-        let ckpt = archive::open_pod_dir(checkpoint, &limits)?;
+        let ckpt = archive::open_pod_dir(checkpoint, &limits, trust)?;
+        if let Some(key) = &ckpt.signer {
+            info!(checkpoint = %checkpoint.display(), key, "checkpoint signature verified");
+        }
         check_compatible(&ckpt)?;
         check_runtime(&ckpt, backend)?;
         let (tcp_established, file_locks) = dump_flags(&ckpt);
@@ -193,58 +226,142 @@ fn extract_all(
                     .files
                     .get(&entry.archive)
                     .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
-                Ok((selection, entry, digest))
+                // The signed manifest says what each archive unpacks to: nothing beyond it is
+                // decompressed or written.
+                let mut bounded = limits;
+                if let Some(u) = entry.unpacked {
+                    bounded.max_total_bytes = bounded.max_total_bytes.min(u.bytes);
+                    bounded.max_entries = bounded.max_entries.min(u.entries);
+                }
+                Ok((selection, entry, digest, bounded))
             })
             .collect::<Result<Vec<_>>>()?;
-        // One thread per container: extraction is hashing plus copying, and a pod's containers
-        // are independent, so the restore takes as long as its largest container.
-        let results: Vec<Result<Staged>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|(selection, entry, digest)| {
-                    let (ckpt, limits) = (&ckpt, &limits);
-                    scope.spawn(move || -> Result<Staged> {
-                        let dest = root.join(&selection.name);
-                        let archive = ckpt.dir.join(&entry.archive);
-                        let extracted = archive::extract_container_archive_verified_until(&archive, digest, &dest, limits, cancel)
-                            // One failed container fails the restore: stop the others early.
-                            .inspect_err(|_| cancel.cancel())
-                            .map_err(|e| match Error::from(e) {
-                                // Say which container archive is damaged, not only which entry.
-                                Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
-                                other => other,
-                            })?;
-                        Ok(Staged {
-                            selection: (*selection).clone(),
-                            original_id: entry.id.clone(),
-                            stage: RestoreStage {
-                                image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
-                                work_dir: extracted.dir.clone(),
-                                rootfs_diff: extracted.rootfs_diff.clone(),
-                                deleted: extracted.deleted_files.clone(),
-                                tcp_established,
-                                file_locks,
-                            },
-                        })
+        // Older checkpoints say only the compressed size, a lower bound of what is written.
+        let needed = jobs.iter().fold(0u64, |a, (_, e, d, _)| a.saturating_add(e.unpacked.map_or(d.size, |u| u.bytes)));
+        archive::check_free_space(root, needed, limits.min_free_bytes)?;
+        // A bounded pool: extraction is hashing, decompressing and copying, and each worker
+        // holds a decompressor's window and buffers, so a 64-container pod does not make 64.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = limits.max_parallel.clamp(1, jobs.len().max(1));
+        let mut results: Vec<(usize, Result<Staged>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (ckpt, jobs, next) = (&ckpt, &jobs, &next);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let Some((selection, entry, digest, bounded)) = jobs.get(i) else { return done };
+                            let dest = root.join(&selection.name);
+                            // An earlier attempt for this name (a container the kubelet retries
+                            // after a failed restore) left its staging; start from nothing.
+                            remove_staging(&dest);
+                            let archive = ckpt.dir.join(&entry.archive);
+                            let staged = archive::extract_container_archive_verified_until(&archive, digest, &dest, bounded, cancel)
+                                // One failed container fails the restore: stop the others early.
+                                .inspect_err(|_| cancel.cancel())
+                                .map_err(|e| match Error::from(e) {
+                                    // Say which container archive is damaged, not only which entry.
+                                    Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
+                                    other => other,
+                                })
+                                .and_then(|extracted| {
+                                    // Held to the policy on verified metadata, before anything is staged.
+                                    if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
+                                        cancel.cancel();
+                                        remove_staging(&dest);
+                                        return Err(e);
+                                    }
+                                    Ok(extracted)
+                                })
+                                .map(|extracted| Staged {
+                                    selection: (*selection).clone(),
+                                    original_id: entry.id.clone(),
+                                    stage: RestoreStage {
+                                        image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
+                                        work_dir: extracted.dir.clone(),
+                                        rootfs_diff: extracted.rootfs_diff.clone(),
+                                        deleted: extracted.deleted_files.clone(),
+                                        tcp_established,
+                                        file_locks,
+                                    },
+                                });
+                            done.push((i, staged));
+                        }
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Archive("an extraction thread panicked".into()))))
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| vec![(usize::MAX, Err(Error::Archive("an extraction thread panicked".into())))])
+                })
                 .collect()
         });
+        results.sort_by_key(|(i, _)| *i);
         // Report the container that failed, not one it cancelled.
-        let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().map(|(_, r)| r).partition(|r| r.is_ok());
         if let Some(e) = errs.into_iter().filter_map(Result::err).min_by_key(|e| e.to_string().contains(archive::CANCELLED)) {
             return Err(e);
         }
         ok.into_iter().collect::<Result<Vec<_>>>()
     })();
     if result.is_err() {
-        remove_staging(root);
+        remove_selected(root, selections);
     }
     result
+}
+
+/// Checks one container's request against the checkpoint (see [`policy`]): the request's CRI
+/// config and OCI spec, where given, against the checkpoint's CRI config (with its pod config)
+/// and against the spec it ran with.
+pub fn check_selection(
+    selection: &RestoreSelection,
+    pod_config: Option<&serde_json::Value>,
+    ckpt: &PodCheckpoint,
+    extracted: &archive::ExtractedContainer,
+) -> Result<()> {
+    let ckpt_pod = (!ckpt.pod_config.is_null()).then_some(&ckpt.pod_config);
+    check_request(
+        &selection.name,
+        selection.config.as_ref(),
+        pod_config,
+        selection.spec.as_ref(),
+        ckpt_pod,
+        extracted.cri_config.as_ref(),
+        &extracted.spec,
+    )
+}
+
+/// [`check_selection`] over the parts: `config`/`pod_config`/`spec` are the request, `ckpt_pod`
+/// the checkpoint's `pod.dump`, `ckpt_config`/`ckpt_spec` the container's
+/// `container-config.dump` and `spec.dump`.
+pub fn check_request(
+    name: &str,
+    config: Option<&serde_json::Value>,
+    pod_config: Option<&serde_json::Value>,
+    spec: Option<&serde_json::Value>,
+    ckpt_pod: Option<&serde_json::Value>,
+    ckpt_config: Option<&serde_json::Value>,
+    ckpt_spec: &serde_json::Value,
+) -> Result<()> {
+    use policy::{check_container, ContainerView};
+    let mut requests = Vec::new();
+    if let Some(config) = config {
+        requests.push(ContainerView::from_cri(config, pod_config));
+    }
+    if let Some(spec) = spec {
+        requests.push(ContainerView::from_oci(spec));
+    }
+    // The checkpoint's CRI config first: it says "privileged" where the spec only shows its caps.
+    let mut checkpoints: Vec<ContainerView> = ckpt_config.map(|c| ContainerView::from_cri(c, ckpt_pod)).into_iter().collect();
+    checkpoints.push(ContainerView::from_oci(ckpt_spec));
+    for r in &requests {
+        for c in &checkpoints {
+            check_container(name, r, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint is only as portable as CRIU images are: same CPU architecture. Callers that
