@@ -31,11 +31,10 @@ use podcr_sandbox_controller::{
     backend::{PodBackend, PodSpec},
     node_config::NodeConfig,
     restore::{self, from_annotation, PodRestoreRequest, RestoreSelection},
-    SandboxController,
+    Error as PodError, Result as PodResult, SandboxController,
 };
 use tracing::info;
 
-use super::{checkpoint_service::detached, convert::controller_error};
 use crate::{
     error::{Error, Result},
     task::{Containers, RestoreHook},
@@ -94,8 +93,7 @@ impl<B: PodBackend> AnnotationRestore<B> {
             from_annotation::open(&name, &namespace, &config.restore, &trust)
         })
         .await
-        .map_err(|e| Error::Other(format!("checkpoint lookup task: {e}")))?
-        .map_err(controller_error)?;
+        .map_err(Error::join("checkpoint lookup task"))??;
         let names: BTreeSet<String> = from_annotation::container_names(&ckpt)
             .into_iter()
             .collect();
@@ -112,7 +110,7 @@ impl<B: PodBackend> AnnotationRestore<B> {
     }
 
     /// Holds a restore the RPCs staged for `id` to the spec runc will apply.
-    async fn check_staged(&self, id: &str, name: &str, spec: &serde_json::Value) -> Result<()> {
+    async fn check_staged(&self, id: &str, name: &str, spec: &serde_json::Value) -> PodResult<()> {
         let Some(staged) = self.store.staged_restore(id) else {
             return Ok(());
         };
@@ -147,11 +145,11 @@ impl<B: PodBackend> AnnotationRestore<B> {
                 )
             })
             .await
-            .map_err(|e| Error::Other(format!("restore check task: {e}")))?;
+            .map_err(PodError::backend)?;
         if let Err(e) = checked {
             // Nothing of the container exists yet: dropping the stage undoes the restore.
             self.store.unstage_restore(id);
-            return Err(controller_error(e));
+            return Err(e);
         }
         Ok(())
     }
@@ -159,7 +157,7 @@ impl<B: PodBackend> AnnotationRestore<B> {
 
 #[async_trait]
 impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
-    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> Result<()> {
+    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> PodResult<()> {
         let name = spec["annotations"][CRI_CONTAINER_NAME]
             .as_str()
             .unwrap_or(id)
@@ -193,10 +191,12 @@ impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
         info!(container = %id, %name, checkpoint = %request.checkpoint_path.display(), "restoring container from the pod's checkpoint");
         let controller = self.controller.clone();
         // Staged by the controller exactly as a Restore RPC stages it; Task.Create picks it up.
-        detached(async move { controller.restore(request).await })
+        // Detached, so that a cancelled Task.Create cannot cut the restore short mid-staging.
+        tokio::spawn(async move { controller.restore(request).await })
             .await
+            .map_err(PodError::backend)?
             .map_err(|e| match e {
-                Error::InvalidArgument(m) => Error::InvalidArgument(format!(
+                PodError::InvalidArgument(m) => PodError::InvalidArgument(format!(
                     "restore from the pod's checkpoint refused: {m}"
                 )),
                 other => other,
@@ -282,7 +282,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains(": command:")),
+            matches!(&err, PodError::InvalidArgument(m) if m.contains(": command:")),
             "{err}"
         );
         assert_eq!(
@@ -304,7 +304,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("CAP_SYS_ADMIN")),
+            matches!(&err, PodError::InvalidArgument(m) if m.contains("CAP_SYS_ADMIN")),
             "{err}"
         );
     }
