@@ -40,7 +40,8 @@ all_present() {
   # Versions are captured before grepping: `tool --version | grep -q` under pipefail fails at random
   # when grep exits early and the tool dies of SIGPIPE.
   missing="containerd >= 2.1"; version_ok containerd ' v?2\.(1|[2-9])' || return 1
-  missing="runc >= 1.3"; version_ok runc 'version 1\.(3|[4-9])' || return 1
+  # runc 1.3.3 fixes CVE-2025-31133, -52565 and -52881 (container escapes); the shim refuses older.
+  missing="runc >= 1.3.3"; version_ok runc 'version 1\.(3\.([3-9]|[1-9][0-9])|[4-9]\.|[1-9][0-9]\.)' || return 1
   missing="criu >= 4.2"; version_ok criu 'Version: 4\.([2-9])' || return 1
   # protoc: k8s-cri's build script; gcc + libc.a: zstd-sys and the static test helpers.
   for t in ctr checkpointctl umoci protoc gcc cc ip iptables jq tar curl; do
@@ -108,6 +109,18 @@ ensure_rust() {
   curl -sSf --proto '=https' --tlsv1.2 https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null
 }
 
+# The lint tools scripts/test.sh runs before the tests, from crates.io (CI starts from nothing).
+# clippy and rustfmt come with the toolchain (rust-toolchain.toml lists them).
+install_lint_tools() {
+  local cargo tool
+  cargo=$(command -v cargo || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo")
+  for tool in cargo-deny cargo-machete; do
+    command -v "$tool" >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tool" ] && continue
+    log "installing $tool from crates.io"
+    "$cargo" install --locked --quiet "$tool"
+  done
+}
+
 install_bench_tools() {
   command -v podman >/dev/null && return 0
   log "installing podman (sid) for the benchmarks"
@@ -128,6 +141,7 @@ main() {
   done
   all_present || install_system_tools
   ensure_rust
+  install_lint_tools
   [ -z "$bench" ] || install_bench_tools
 }
 

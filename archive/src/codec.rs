@@ -9,7 +9,11 @@ use crate::error::{Error, Result};
 const ZSTD_LEVEL: i32 = 3;
 /// Largest run of zero bytes accepted after the end-of-archive marker (tar pads to its record
 /// size, GNU tar to 10 KiB by default; other writers use larger blocking factors).
-const MAX_TRAILING_ZEROS: u64 = 1 << 20;
+pub(super) const MAX_TRAILING_ZEROS: u64 = 1 << 20;
+/// zstd window podcr writes with (2 MiB, level 3's own for large inputs) and the most a reader
+/// accepts: a frame may otherwise ask for up to 2 GiB of window per decoder, and a restore
+/// decodes several container archives at once.
+pub const ZSTD_WINDOW_LOG: u32 = 21;
 
 pub enum Encoder<W: Write> {
     Plain(W),
@@ -26,7 +30,8 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 // Single-threaded on purpose: a pod's containers are compressed in parallel
                 // already, and zstd's worker threads cost tens of MiB each in the shim.
-                let enc = zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(Error::io("start zstd"))?;
+                let mut enc = zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL).map_err(Error::io("start zstd"))?;
+                enc.window_log(ZSTD_WINDOW_LOG).map_err(Error::io("set the zstd window"))?;
                 Encoder::Zstd(enc)
             }
         })
@@ -76,7 +81,9 @@ impl<R: Read> Decoder<R> {
             Compression::None => Decoder::Plain(buf),
             Compression::Gzip => Decoder::Gzip(flate2::bufread::GzDecoder::new(buf)),
             Compression::Zstd => {
-                Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(buf).map_err(Error::io("start zstd"))?)
+                let mut dec = zstd::stream::read::Decoder::with_buffer(buf).map_err(Error::io("start zstd"))?;
+                dec.window_log_max(ZSTD_WINDOW_LOG).map_err(Error::io("limit the zstd window"))?;
+                Decoder::Zstd(dec)
             }
         };
         Ok((c, dec))
@@ -146,6 +153,19 @@ mod tests {
             let payload = b"checkpoint data".repeat(1000);
             assert_eq!(roundtrip(c, &payload).unwrap(), payload);
         }
+    }
+
+    #[test]
+    fn a_wider_zstd_window_than_podcr_writes_is_refused() {
+        let payload = vec![1u8; 8 << 20];
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.window_log(ZSTD_WINDOW_LOG + 4).unwrap();
+        e.include_contentsize(false).unwrap();
+        e.write_all(&payload).unwrap();
+        let bytes = e.finish().unwrap();
+        let (_, mut d) = Decoder::detect(&bytes[..]).unwrap();
+        let mut out = Vec::new();
+        assert!(d.read_to_end(&mut out).is_err());
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum Error {
     InvalidArgument(String),
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A checkpoint whose signature is missing, forged or made by a key this node does not
+    /// trust.
+    #[error("untrusted checkpoint: {0}")]
+    Untrusted(String),
     /// A checkpoint archive that is malformed, hostile or does not match its manifest.
     #[error("invalid checkpoint archive: {0}")]
     Archive(String),

@@ -117,6 +117,43 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Refuses an extraction of `needed` bytes into `dir` unless the file system keeps `reserve`
+/// bytes free afterwards (space available to unprivileged users, so root's reserved blocks stay
+/// untouched too).
+pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
+    #[allow(clippy::useless_conversion)] // fsblkcnt_t is not u64 on every target
+    let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
+    if needed.saturating_add(reserve) > avail {
+        return Err(Error::FailedPrecondition(format!(
+            "{} has {avail} bytes free; the checkpoint needs {needed} and {reserve} must stay free",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an extraction of `needed` files and directories into `dir` unless the file system
+/// keeps a reserve of free inodes afterwards (1% of them, at least 10,000): an inode flood must
+/// not leave the node unable to create files. File systems that report no inode count (btrfs)
+/// are not checked.
+pub fn check_free_inodes(dir: &Path, needed: u64) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
+    #[allow(clippy::useless_conversion)] // fsfilcnt_t is not u64 on every target
+    let (total, avail) = (u64::from(st.files()), u64::from(st.files_available()));
+    if total == 0 {
+        return Ok(());
+    }
+    let reserve = (total / 100).max(10_000);
+    if needed.saturating_add(reserve) > avail {
+        return Err(Error::FailedPrecondition(format!(
+            "{} has {avail} free inodes; the checkpoint needs {needed} and {reserve} must stay free",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Creates a new file (never an existing one, never through a symlink) with `mode`.
 pub fn create_new(path: &Path, mode: u32) -> Result<File> {
     OpenOptions::new()
@@ -141,9 +178,14 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// A file written under `<dest>.tmp` and renamed over `dest` only after an fsync, so readers
+/// A file written under a temporary name and renamed to `dest` only after an fsync, so readers
 /// see either nothing or the complete file. Dropped without [`AtomicFile::commit`], the
 /// temporary file is removed.
+///
+/// The temporary name is unique to this process and call (`<dest>.<pid>.<n>.tmp`), so one left
+/// by a killed run never blocks the next; it is created exclusively without following a
+/// symlink, and the rename is `RENAME_NOREPLACE`: an existing `dest` (a planted symlink, another
+/// writer's file) is an error, never overwritten or followed.
 pub struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,
@@ -152,8 +194,10 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tmp = dest.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".{}.{n}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let file = create_new(&tmp, FILE_MODE)?;
         Ok(AtomicFile { tmp, dest: dest.to_owned(), file: Some(file) })
@@ -168,8 +212,11 @@ impl AtomicFile {
         let file = self.file.take().ok_or_else(|| Error::Archive("atomic file committed twice".into()))?;
         file.sync_all().map_err(Error::io(format!("fsync {}", self.tmp.display())))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(Error::io(format!("rename {} to {}", self.tmp.display(), self.dest.display())))?;
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, &self.tmp, AT_FDCWD, &self.dest, RenameFlags::RENAME_NOREPLACE).map_err(|e| match e {
+            Errno::EEXIST => Error::AlreadyExists(format!("{} exists; refusing to replace it", self.dest.display())),
+            e => Error::io(format!("rename {} to {}", self.tmp.display(), self.dest.display()))(e.into()),
+        })?;
         // The rename happened: from now on Drop must not touch the (renamed) temporary path.
         self.tmp = PathBuf::new();
         fsync_dir(parent_of(&self.dest))
@@ -248,6 +295,26 @@ mod tests {
         }
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+        // Never replaces what is there, a symlink least of all; a stale temporary file of a
+        // killed writer does not block the next one.
+        std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("l")).unwrap();
+        assert!(matches!(write_atomic(&tmp.path().join("l"), b"x"), Err(Error::AlreadyExists(_))));
+        assert!(matches!(write_atomic(&dest, b"again"), Err(Error::AlreadyExists(_))));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        std::fs::write(tmp.path().join("g.tmp"), b"stale").unwrap();
+        write_atomic(&tmp.path().join("g"), b"new").unwrap();
+    }
+
+    #[test]
+    fn free_space_and_inodes_are_checked_with_a_reserve() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_free_space(tmp.path(), 0, 0).unwrap();
+        assert!(matches!(check_free_space(tmp.path(), u64::MAX / 2, 0), Err(Error::FailedPrecondition(_))));
+        check_free_inodes(tmp.path(), 0).unwrap();
+        let st = nix::sys::statvfs::statvfs(tmp.path()).unwrap();
+        if st.files() > 0 {
+            assert!(matches!(check_free_inodes(tmp.path(), u64::MAX / 2), Err(Error::FailedPrecondition(_))));
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 pub const POD_OPTIONS_FILE: &str = "pod.options";
 pub const POD_DUMP_FILE: &str = "pod.dump";
 pub const POD_MANIFEST_FILE: &str = "podcr.manifest.json";
+/// The detached ed25519 signature over the exact bytes of [`POD_MANIFEST_FILE`] (see
+/// [`super::signing`]); not listed in the manifest it signs.
+pub const SIGNATURE_FILE: &str = "podcr.manifest.sig";
 /// `format` of [`POD_MANIFEST_FILE`].
 pub const POD_MANIFEST_FORMAT: &str = "podcr.pod-checkpoint";
 
@@ -131,6 +134,12 @@ pub fn clean_dir_contents(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(Error::InvalidArgument(format!("{} is not a directory (or is a symlink)", dir.display())));
     }
+    remove_entries(dir)
+}
+
+/// [`clean_dir_contents`] without the check on `dir` itself, for a directory named through a
+/// descriptor (`/proc/<pid>/fd/<fd>` is a symlink to it by design).
+pub(crate) fn remove_entries(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(Error::io(format!("read {}", dir.display())))?;

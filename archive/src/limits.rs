@@ -20,6 +20,14 @@ pub struct Limits {
     pub max_containers: usize,
     /// Longest entry path, in bytes.
     pub max_path_len: usize,
+    /// Deepest entry path, in components (a rootfs diff of 50,000 nested directories would
+    /// otherwise cost as many open descriptors per walk).
+    pub max_depth: usize,
+    /// Free space an extraction must leave on the target file system, beyond what the signed
+    /// manifest says it will write: a restore must not fill the node's disk.
+    pub min_free_bytes: u64,
+    /// Most container archives extracted at once (each holds a decompressor and buffers).
+    pub max_parallel: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -30,10 +38,13 @@ impl Default for Limits {
             max_metadata_bytes: 4 * MIB,
             max_manifest_bytes: 16 * MIB,
             max_entries: 100_000,
-            max_rootfs_entries: 5_000_000,
+            max_rootfs_entries: 1_000_000,
             max_total_bytes: 1024 * 1024 * MIB, // 1 TiB
             max_containers: 1024,
             max_path_len: 4096,
+            max_depth: 256,
+            min_free_bytes: 256 * MIB,
+            max_parallel: 4,
         }
     }
 }

@@ -1,26 +1,27 @@
 //! A container archive's metadata without unpacking it.
 //!
 //! `podcr restore` needs each container's CRI config to create the new containers, before the
-//! shim extracts (and verifies) the archives. Unpacking a whole archive for that would copy and
-//! hash the pod's memory once more, so this reader walks the tar, keeps only the four small
-//! metadata documents (bounded in size), and skips the CRIU images: by seeking in a plain tar, by
-//! decompressing through a compressed one. Headers are held to the same rules as extraction.
-//! Nothing here is hash-verified: it only steers what gets created, and the shim verifies every
-//! byte against the manifests before it restores anything.
+//! shim extracts (and verifies again) the archives. Unpacking a whole archive for that would
+//! write the pod's memory to disk once more, so this reader streams the tar, keeps only the four
+//! small metadata documents (bounded in size) and discards the CRIU images. What it returns
+//! steers CRI calls (images, mounts, commands), so it is returned only once the whole archive
+//! file has been hashed and matches its digest in the (signed) pod manifest. Headers are held to
+//! the same rules as extraction, behind the same tar guard.
 
 use std::{io::Read, path::Path};
 
 use super::{
     codec::Decoder,
-    fsutil::open_regular_nofollow,
+    fsutil::{open_regular_nofollow, Hashing},
     layout::*,
     limits::Limits,
-    metadata::ContainerConfig,
+    metadata::{ContainerConfig, FileDigest},
     reader::{check_container_entry, parse_bytes},
+    targuard::{GuardCaps, TarGuard},
 };
 use crate::error::{Error, Result};
 
-/// What a container archive says about the container, unverified (see the module docs).
+/// What a container archive says about the container, from an archive matching its digest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerMetadata {
     pub config: ContainerConfig,
@@ -34,17 +35,30 @@ pub struct ContainerMetadata {
 
 const WANTED: [&str; 4] = [CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, CONTAINER_CONFIG_DUMP];
 
-pub fn read_container_metadata(archive: &Path, limits: &Limits) -> Result<ContainerMetadata> {
-    let file = open_regular_nofollow(archive)?;
-    let (_, decoder) = Decoder::detect(file)?;
-    let found = match decoder {
-        Decoder::Plain(reader) => collect(tar::Archive::new(reader).entries_with_seek(), limits),
-        compressed => collect(tar::Archive::new(compressed).entries(), limits),
-    }
-    .map_err(|e| match e {
+/// Reads the metadata of the container archive at `archive`, which must match `expected` (its
+/// entry in the verified pod manifest) byte for byte.
+pub fn read_container_metadata(archive: &Path, expected: &FileDigest, limits: &Limits) -> Result<ContainerMetadata> {
+    let at = |e: Error| match e {
         Error::Archive(m) => Error::Archive(format!("{}: {m}", archive.display())),
         other => other,
-    })?;
+    };
+    let file = open_regular_nofollow(archive)?;
+    let (_, decoder) = Decoder::detect(Hashing::new(file))?;
+    let mut tar = tar::Archive::new(TarGuard::new(decoder, GuardCaps::for_limits(limits)));
+    let found = collect(tar.entries(), limits).map_err(at)?;
+    let mut hashed = tar.into_inner().into_inner().finish().map_err(at)?.into_inner();
+    std::io::copy(&mut hashed, &mut std::io::sink()).map_err(Error::io(format!("read {}", archive.display())))?;
+    let got = hashed.digest().1;
+    if &got != expected {
+        return Err(Error::Archive(format!(
+            "{} does not match the pod manifest (sha256 {} size {}, manifest says {} size {})",
+            archive.display(),
+            got.sha256,
+            got.size,
+            expected.sha256,
+            expected.size
+        )));
+    }
     let doc = |name: &str| found.iter().find(|(n, _)| n == name).map(|(_, d)| d.as_slice());
     let parse_opt = |name: &str| doc(name).map(|d| parse_bytes(d, &archive.join(name))).transpose();
     Ok(ContainerMetadata {
@@ -103,13 +117,19 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let staging = support::staging(tmp.path());
             let dest = tmp.path().join(format!("app.tar{}", c.extension()));
-            write_container_archive(&staging, &support::meta("app"), &dest, c).unwrap();
-            let m = read_container_metadata(&dest, &Limits::default()).unwrap();
+            let stats = write_container_archive(&staging, &support::meta("app"), &dest, c).unwrap();
+            let m = read_container_metadata(&dest, &stats.digest(), &Limits::default()).unwrap();
             assert_eq!(m.config.name, "app");
             assert_eq!(m.cri_config.unwrap()["log_path"], "app.log");
             assert_eq!(m.status.unwrap()["state"], "CONTAINER_RUNNING");
             assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "nothing may be unpacked");
+            let other = crate::FileDigest { sha256: "0".repeat(64), size: stats.bytes };
+            assert!(matches!(read_container_metadata(&dest, &other, &Limits::default()), Err(Error::Archive(_))));
         }
+    }
+
+    fn any() -> crate::FileDigest {
+        crate::FileDigest { sha256: String::new(), size: 0 }
     }
 
     #[test]
@@ -120,11 +140,11 @@ mod tests {
         support::end(&mut out);
         let path = tmp.path().join("evil.tar");
         std::fs::write(&path, &out).unwrap();
-        assert!(matches!(read_container_metadata(&path, &Limits::default()), Err(Error::Archive(_))));
+        assert!(matches!(read_container_metadata(&path, &any(), &Limits::default()), Err(Error::Archive(_))));
         let mut out = Vec::new();
         support::raw_entry(&mut out, b"../etc/passwd", tar::EntryType::Regular, b"x", None, None);
         support::end(&mut out);
         std::fs::write(&path, &out).unwrap();
-        assert!(matches!(read_container_metadata(&path, &Limits::default()), Err(Error::Archive(_))));
+        assert!(matches!(read_container_metadata(&path, &any(), &Limits::default()), Err(Error::Archive(_))));
     }
 }

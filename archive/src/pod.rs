@@ -11,6 +11,7 @@ use super::{
     limits::Limits,
     metadata::{FileDigest, PodManifest, PodOptions},
     reader::parse_bytes,
+    signing::{TrustPolicy, MAX_SIGNATURE_BYTES},
 };
 use crate::error::{Error, Result};
 
@@ -22,6 +23,9 @@ pub struct PodCheckpoint {
     pub options: PodOptions,
     /// `pod.dump`: the `PodSandboxConfig` as snake_case JSON.
     pub pod_config: serde_json::Value,
+    /// Key id of the trusted key that signed the manifest; `None` for an unsigned checkpoint
+    /// the node's policy allowed.
+    pub signer: Option<String>,
 }
 
 impl PodCheckpoint {
@@ -38,37 +42,53 @@ impl PodCheckpoint {
     }
 }
 
-/// Verifies a pod checkpoint directory completely: `podcr.manifest.json` (format, version,
+/// Verifies a pod checkpoint directory completely: the signature over `podcr.manifest.json`
+/// against `trust` (before anything else is read), the manifest (format, version,
 /// bounded size, strict JSON), every listed file's size and SHA-256, no unlisted files, no
 /// symlinks or subdirectories, `pod.options`/`pod.dump` bounded and consistent with the
 /// manifest's containers. Reads only; the checkpoint is never modified.
-pub fn verify_pod_dir(path: &Path, limits: &Limits) -> Result<PodCheckpoint> {
-    check_pod_dir(path, limits, true)
+pub fn verify_pod_dir(path: &Path, limits: &Limits, trust: &TrustPolicy) -> Result<PodCheckpoint> {
+    check_pod_dir(path, limits, trust, true)
 }
 
 /// Like [`verify_pod_dir`] but checks only the size of the container archives, for callers that
 /// verify each archive's digest while extracting it
 /// ([`super::extract_container_archive_verified`]), which saves a full read of every archive.
-pub fn open_pod_dir(path: &Path, limits: &Limits) -> Result<PodCheckpoint> {
-    check_pod_dir(path, limits, false)
+pub fn open_pod_dir(path: &Path, limits: &Limits, trust: &TrustPolicy) -> Result<PodCheckpoint> {
+    check_pod_dir(path, limits, trust, false)
+}
+
+/// Reads the manifest's exact bytes and verifies its signature (when the directory has one)
+/// against `trust`; nothing of the manifest is parsed before this succeeds. Returns the bytes
+/// and the signer's key id.
+pub(super) fn read_signed_manifest(dir: &Path, limits: &Limits, trust: &TrustPolicy) -> Result<(Vec<u8>, Option<String>)> {
+    let manifest_path = dir.join(POD_MANIFEST_FILE);
+    let raw = read_bounded(&manifest_path, limits.max_manifest_bytes).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Archive(format!("{} has no {POD_MANIFEST_FILE}: incomplete checkpoint", dir.display()))
+        }
+        e => e,
+    })?;
+    let sig = match read_bounded(&dir.join(SIGNATURE_FILE), MAX_SIGNATURE_BYTES) {
+        Ok(s) => Some(s),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let signer = trust.verify(&raw, sig.as_deref())?;
+    Ok((raw, signer))
 }
 
 fn plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
-fn check_pod_dir(path: &Path, limits: &Limits, hash_archives: bool) -> Result<PodCheckpoint> {
+fn check_pod_dir(path: &Path, limits: &Limits, trust: &TrustPolicy, hash_archives: bool) -> Result<PodCheckpoint> {
     let meta = std::fs::symlink_metadata(path).map_err(Error::io(format!("stat {}", path.display())))?;
     if !meta.is_dir() {
         return Err(Error::InvalidArgument(format!("checkpoint {} is not a directory (or is a symlink)", path.display())));
     }
+    let (raw, signer) = read_signed_manifest(path, limits, trust)?;
     let manifest_path = path.join(POD_MANIFEST_FILE);
-    let raw = read_bounded(&manifest_path, limits.max_manifest_bytes).map_err(|e| match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            Error::Archive(format!("{} has no {POD_MANIFEST_FILE}: incomplete checkpoint", path.display()))
-        }
-        e => e,
-    })?;
     let manifest: PodManifest = parse_bytes(&raw, &manifest_path)?;
     if manifest.format != POD_MANIFEST_FORMAT || manifest.version != FORMAT_VERSION {
         return Err(Error::Archive(format!(
@@ -80,7 +100,7 @@ fn check_pod_dir(path: &Path, limits: &Limits, hash_archives: bool) -> Result<Po
         return Err(Error::Archive("pod manifest lists too many containers or files".into()));
     }
     for name in manifest.files.keys() {
-        if !plain_name(name) || name == POD_MANIFEST_FILE {
+        if !plain_name(name) || name == POD_MANIFEST_FILE || name == SIGNATURE_FILE {
             return Err(Error::Archive(format!("pod manifest lists invalid file name {name:?}")));
         }
     }
@@ -90,7 +110,8 @@ fn check_pod_dir(path: &Path, limits: &Limits, hash_archives: bool) -> Result<Po
     for entry in std::fs::read_dir(path).map_err(Error::io(format!("read {}", path.display())))? {
         let entry = entry.map_err(Error::io(format!("read {}", path.display())))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == POD_MANIFEST_FILE {
+        if name == POD_MANIFEST_FILE || name == SIGNATURE_FILE {
+            // Both were read through no-follow opens above; a non-regular one failed there.
             continue;
         }
         if !manifest.files.contains_key(&name) {
@@ -139,7 +160,7 @@ fn check_pod_dir(path: &Path, limits: &Limits, hash_archives: bool) -> Result<Po
     let options: PodOptions = parse_bytes(opts_raw, &path.join(POD_OPTIONS_FILE))?;
     let pod_config: serde_json::Value = parse_bytes(dump_raw, &path.join(POD_DUMP_FILE))?;
     check_containers(&manifest, &options)?;
-    Ok(PodCheckpoint { dir: path.to_owned(), manifest, options, pod_config })
+    Ok(PodCheckpoint { dir: path.to_owned(), manifest, options, pod_config, signer })
 }
 
 fn check_containers(manifest: &PodManifest, options: &PodOptions) -> Result<()> {

@@ -25,12 +25,14 @@ use nix::{
     unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags},
 };
 use tar::EntryType;
+use tracing::warn;
 
 use super::{
     capture::PAX_XATTR_PREFIX,
     fsutil::{open_dir_nofollow, open_regular_nofollow, open_subdir, walk_parent},
     layout::split_relative,
     limits::Limits,
+    targuard::{GuardCaps, TarGuard},
 };
 use crate::error::{Error, Result};
 
@@ -88,12 +90,29 @@ pub fn delete_rootfs_paths(rootfs: &Path, deleted: &[String]) -> Result<()> {
 }
 
 /// What [`apply_rootfs_diff`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootfsApplyStats {
     pub entries: u64,
     pub bytes: u64,
     pub deleted: u64,
+    /// Paths whose setuid/setgid bits or `security.capability` were dropped (see
+    /// [`Privileged`]), each with what was dropped.
+    pub stripped: Vec<String>,
 }
+
+/// What a rootfs diff may grant: a writable layer that adds a setuid-root binary or file
+/// capabilities turns a checkpoint into a privilege escalation inside the restored container,
+/// so by default both are dropped (and logged); an admin who restores only checkpoints of pods
+/// they built can keep them (`[rootfs] keep_privileged = true`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Privileged {
+    #[default]
+    Strip,
+    Keep,
+}
+
+/// Most stripped paths logged one by one; the rest are counted.
+const MAX_LOGGED_STRIPS: usize = 100;
 
 /// Restores a container's writable layer into `rootfs` (the new container's rootfs, not yet
 /// running): first deletes `deleted_files` (which also clears opaque directories, see
@@ -101,14 +120,25 @@ pub struct RootfsApplyStats {
 ///
 /// Accepted: regular files, directories, symlinks (created, never followed), hard links to
 /// regular files extracted earlier from the same diff, FIFOs; owners, modes, mtimes and
-/// `SCHILY.xattr.*` xattrs are restored. Refused: absolute paths, `..`, device nodes, sockets,
-/// sparse or unknown entries, duplicate paths, writing through any symlink, and anything beyond
-/// `limits`. An existing entry of the image is replaced unless both are directories.
-pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String], limits: &Limits) -> Result<RootfsApplyStats> {
+/// `SCHILY.xattr.*` xattrs are restored, except setuid/setgid bits and `security.capability`
+/// unless `privileged` keeps them. Refused: absolute paths, `..`, paths deeper than
+/// [`Limits::max_depth`], device nodes, sockets, sparse or unknown entries, duplicate paths,
+/// writing through any symlink, oversized GNU long names or PAX headers (refused before they
+/// are read), and anything beyond `limits`. An existing entry of the image is replaced unless
+/// both are directories.
+pub fn apply_rootfs_diff(
+    diff_tar: &Path,
+    rootfs: &Path,
+    deleted_files: &[String],
+    limits: &Limits,
+    privileged: Privileged,
+) -> Result<RootfsApplyStats> {
     delete_rootfs_paths(rootfs, deleted_files)?;
     let root = open_dir_nofollow(rootfs)?;
     let file = open_regular_nofollow(diff_tar)?;
-    let mut archive = tar::Archive::new(io::BufReader::with_capacity(super::fsutil::IO_BUF, file));
+    let caps = GuardCaps::for_limits(&Limits { max_entries: limits.max_rootfs_entries, ..*limits });
+    let reader = TarGuard::new(io::BufReader::with_capacity(super::fsutil::IO_BUF, file), caps);
+    let mut archive = tar::Archive::new(reader);
     let mut stats = RootfsApplyStats { deleted: deleted_files.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();
     let mut files = HashSet::new();
@@ -122,11 +152,14 @@ pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String
         }
         let raw = entry.path_bytes().into_owned();
         let comps = split_relative(&raw, limits.max_path_len)?;
+        if comps.len() > limits.max_depth {
+            return Err(Error::Archive(format!("rootfs diff entry is nested deeper than {} directories", limits.max_depth)));
+        }
         let key: Vec<u8> = comps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
         let shown = format!("/{}", String::from_utf8_lossy(&raw));
         let h = entry.header();
         let kind = h.entry_type();
-        let mode = Mode::from_bits_truncate(h.mode().map_err(corrupt)? & 0o7777);
+        let mut mode = Mode::from_bits_truncate(h.mode().map_err(corrupt)? & 0o7777);
         let (uid, gid) = (h.uid().map_err(corrupt)?, h.gid().map_err(corrupt)?);
         let mtime = TimeSpec::new(h.mtime().map_err(corrupt)?.min(i64::MAX as u64) as i64, 0);
         let size = h.size().map_err(corrupt)?;
@@ -143,7 +176,25 @@ pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String
         if stats.bytes > limits.max_total_bytes {
             return Err(Error::Archive(format!("rootfs diff exceeds {} bytes", limits.max_total_bytes)));
         }
-        let xattrs = xattrs_of(&mut entry)?;
+        let mut xattrs = xattrs_of(&mut entry)?;
+        if privileged == Privileged::Strip {
+            let mut dropped = Vec::new();
+            if kind != EntryType::Directory && mode.intersects(Mode::S_ISUID | Mode::S_ISGID) {
+                mode.remove(Mode::S_ISUID | Mode::S_ISGID);
+                dropped.push("setuid/setgid");
+            }
+            let before = xattrs.len();
+            xattrs.retain(|(name, _)| name != "security.capability");
+            if xattrs.len() != before {
+                dropped.push("security.capability");
+            }
+            if !dropped.is_empty() {
+                if stats.stripped.len() < MAX_LOGGED_STRIPS {
+                    warn!(path = %shown, dropped = ?dropped, "rootfs diff: privileged bits not restored");
+                }
+                stats.stripped.push(format!("{shown} ({})", dropped.join(", ")));
+            }
+        }
         let owner = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));
         let parent = walk_parent(&root, &comps, Some(0o755))?;
         match kind {
@@ -223,6 +274,9 @@ pub fn apply_rootfs_diff(diff_tar: &Path, rootfs: &Path, deleted_files: &[String
                 )))
             }
         }
+    }
+    if stats.stripped.len() > MAX_LOGGED_STRIPS {
+        warn!(count = stats.stripped.len(), "rootfs diff: privileged bits not restored on more paths than logged");
     }
     // Directory mtimes last, deepest first: creating their children changed them.
     for (comps, mtime) in dir_times.iter().rev() {

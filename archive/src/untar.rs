@@ -28,6 +28,7 @@ use super::{
     layout::{split_relative, Compression, DIR_MODE, FILE_MODE},
     limits::Limits,
     metadata::FileDigest,
+    targuard::{GuardCaps, TarGuard},
 };
 use crate::error::{Error, Result};
 
@@ -75,6 +76,9 @@ pub fn with_fresh_dir<T>(dest: &Path, f: impl FnOnce() -> Result<T>) -> Result<T
 /// a trailing `/` only on directories.
 fn canonical_path(raw: &[u8], is_dir: bool, limits: &Limits) -> Result<String> {
     let comps = split_relative(raw, limits.max_path_len)?;
+    if comps.len() > limits.max_depth {
+        return Err(Error::Archive(format!("entry path is nested deeper than {} directories", limits.max_depth)));
+    }
     let path = std::str::from_utf8(raw).map_err(|_| Error::Archive("entry path is not UTF-8".into()))?;
     let trimmed = if is_dir { path.strip_suffix('/').unwrap_or(path) } else { path };
     let joined: Vec<&str> = comps.iter().filter_map(|c| c.to_str()).collect();
@@ -102,7 +106,8 @@ pub fn extract_strict_until(
     let raw = CancelRead::new(open_regular_nofollow(archive)?, cancel.clone());
     let (compression, decoder) = Decoder::detect(Hashing::new(raw))?;
     let root = open_dir_nofollow(root_dir)?;
-    let mut tar = tar::Archive::new(decoder);
+    // Extension headers and the stream's size are bounded before the parser reads them.
+    let mut tar = tar::Archive::new(TarGuard::new(decoder, GuardCaps::for_limits(limits)));
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut total = 0u64;
@@ -139,7 +144,7 @@ pub fn extract_strict_until(
         let digest = write_entry(&root, &path, is_dir, size, &mut entry)?;
         out.push(Extracted { path, digest });
     }
-    let decoder = tar.into_inner();
+    let decoder = tar.into_inner().into_inner();
     let raw = decoder.finish()?;
     let mut hashed = raw.into_inner();
     // The decompressor may stop before the end of the file; hash the rest so the digest covers

@@ -27,6 +27,8 @@ pub struct ArchiveStats {
     pub sha256: String,
     /// Number of tar entries.
     pub entries: u64,
+    /// Sum of the regular files' sizes: what extracting the archive writes.
+    pub content_bytes: u64,
 }
 
 impl ArchiveStats {
@@ -101,13 +103,14 @@ pub fn write_container_archive_until(
     tar.add_bytes(CONTAINER_MANIFEST_FILE, FILE_MODE, &to_json(&manifest)?)?;
 
     let entries = tar.entries;
+    let content_bytes = tar.files.values().map(|d| d.size).sum();
     let enc = tar.finish()?;
     let hashed = enc.finish().map_err(Error::io(format!("compress {}", dest.display())))?;
     let (mut buf, digest) = hashed.digest();
     buf.flush().map_err(Error::io(format!("write {}", dest.display())))?;
     drop(buf);
     out.commit()?;
-    Ok(ArchiveStats { bytes: digest.size, sha256: digest.sha256, entries })
+    Ok(ArchiveStats { bytes: digest.size, sha256: digest.sha256, entries, content_bytes })
 }
 
 /// The pretty JSON checkpointctl writes too (2-space indent).
@@ -200,7 +203,9 @@ pub struct PodManifestInfo {
 }
 
 /// Hashes every file in the pod directory and writes `podcr.manifest.json` last and atomically,
-/// then fsyncs the directory: once the manifest exists the checkpoint is complete.
+/// then fsyncs the directory: once the manifest exists the checkpoint is complete. With a
+/// `signer`, `podcr.manifest.sig` (over the manifest's exact bytes) is written just before it,
+/// so a complete checkpoint is always a signed one.
 ///
 /// `known` may carry digests computed while writing (e.g. [`ArchiveStats::digest`]); a file whose
 /// size on disk matches its known digest is not read again. Every listed container archive must
@@ -209,6 +214,7 @@ pub fn finish_pod_manifest(
     output_path: &Path,
     info: &PodManifestInfo,
     known: &BTreeMap<String, FileDigest>,
+    signer: Option<&super::signing::Signer>,
 ) -> Result<PodManifest> {
     let mut files = BTreeMap::new();
     let entries = std::fs::read_dir(output_path).map_err(Error::io(format!("read {}", output_path.display())))?;
@@ -217,8 +223,8 @@ pub fn finish_pod_manifest(
         let name = entry.file_name().into_string().map_err(|n| {
             Error::InvalidArgument(format!("non-UTF-8 name {n:?} in {}", output_path.display()))
         })?;
-        if name == POD_MANIFEST_FILE {
-            return Err(Error::AlreadyExists(format!("{} already has a manifest", output_path.display())));
+        if name == POD_MANIFEST_FILE || name == SIGNATURE_FILE {
+            return Err(Error::AlreadyExists(format!("{} already has a manifest or signature", output_path.display())));
         }
         let ft = entry.file_type().map_err(Error::io(format!("stat {}", entry.path().display())))?;
         if !ft.is_file() {
@@ -249,6 +255,10 @@ pub fn finish_pod_manifest(
         containers: info.containers.clone(),
         files,
     };
-    write_atomic(&output_path.join(POD_MANIFEST_FILE), &to_json(&manifest)?)?;
+    let bytes = to_json(&manifest)?;
+    if let Some(signer) = signer {
+        write_atomic(&output_path.join(SIGNATURE_FILE), &signer.sign(&bytes)?)?;
+    }
+    write_atomic(&output_path.join(POD_MANIFEST_FILE), &bytes)?;
     Ok(manifest)
 }

@@ -39,9 +39,12 @@ pub enum CompressionArg {
 pub struct CheckpointArgs {
     /// Sandbox id (or a unique prefix), or the pod name with --pod-namespace.
     pub pod: String,
-    /// Output directory: created (0700) if missing, must be empty otherwise.
+    /// Output directory: created (0700) if missing, must be empty otherwise. Default for a CRI
+    /// pod: `checkpoint-<pod>_<namespace>-<RFC 3339 time>` in the node's first checkpoint root
+    /// (`/var/lib/kubelet/pod-checkpoints`, KEP-5823's place), restorable by that name with the
+    /// `podcr.io/restore-from` annotation.
     #[arg(long, short = 'o')]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     /// Treat POD as a CRI pod name in this Kubernetes namespace.
     #[arg(long)]
     pub pod_namespace: Option<String>,
@@ -63,8 +66,12 @@ pub struct CheckpointArgs {
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
     /// Also pack the checkpoint directory into this single file (.tar, or .tar.zst for zstd).
+    /// An existing file is refused unless --force.
     #[arg(long)]
     pub archive: Option<PathBuf>,
+    /// Replace an existing --archive file.
+    #[arg(long, requires = "archive")]
+    pub force: bool,
 }
 
 impl CheckpointArgs {
@@ -161,6 +168,26 @@ pub fn prepare_output(dir: &Path) -> Result<PathBuf> {
         }
     }
     Ok(abs)
+}
+
+/// KEP-5823's checkpoint location for a CRI pod: `<root>/checkpoint-<pod>_<namespace>-<time>`,
+/// with the root (the first of `[restore] checkpoint_roots`) and its parents created 0700.
+pub fn default_output(identity: Option<(String, String)>, now: chrono::DateTime<chrono::Utc>) -> Result<PathBuf> {
+    let (name, namespace) = identity
+        .filter(|(name, _)| !name.is_empty())
+        .context("this pod has no CRI name and namespace to name its checkpoint after; pass --output")?;
+    let config = podcr_sandbox_controller::node_config::NodeConfig::load()?;
+    let root = config.restore.checkpoint_roots.first().cloned().unwrap_or_else(|| {
+        PathBuf::from(podcr_sandbox_controller::node_config::restore::KUBELET_CHECKPOINT_ROOT)
+    });
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).with_context(|| format!("create {}", root.display()))?;
+    let time = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(root.join(format!("checkpoint-{name}_{namespace}-{time}")))
+}
+
+/// A CRI pod's name and Kubernetes namespace, from its config.
+fn pod_identity(pod: Option<&PodSandboxConfig>) -> Option<(String, String)> {
+    pod.and_then(|p| p.metadata.as_ref()).map(|m| (m.name.clone(), m.namespace.clone()))
 }
 
 /// A pod resolved to a sandbox id, and whether the CRI knows it.
@@ -265,7 +292,24 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
     let target = resolve(cd, address, args).await?;
     let (pod_config, inputs) = containers(cd, &target).await?;
     anyhow::ensure!(!inputs.is_empty(), "pod {} has no running containers to checkpoint", target.sandbox_id);
-    let output = prepare_output(&args.output)?;
+    // Before the pod is touched: a checkpoint that could not be packed would be wasted work.
+    if let Some(archive) = &args.archive {
+        check_archive_target(archive, args.force)?;
+    }
+    let output = match &args.output {
+        Some(dir) => prepare_output(dir)?,
+        None => {
+            let identity = match pod_identity(pod_config.as_ref()) {
+                Some(id) => Some(id),
+                // containerd's verbose status may lack the config; its pod listing has the name.
+                None => match &target.cri {
+                    Some(cri) => cri.list_pods().await?.into_iter().find(|p| p.id == target.sandbox_id).and_then(|p| p.metadata).map(|m| (m.name, m.namespace)),
+                    None => None,
+                },
+            };
+            prepare_output(&default_output(identity, chrono::Utc::now())?)?
+        }
+    };
     let req = build_request(&target.sandbox_id, &output, pod_config.as_ref(), &inputs, args.options());
     let shim = shim::Shim::connect(&shim::address_of(cd, &target.sandbox_id, state).await?).await?;
 
@@ -278,10 +322,33 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
         print!("{}", output::stats_report(stats));
     }
     if let Some(archive) = &args.archive {
+        if args.force {
+            remove_existing(archive)?;
+        }
         crate::transport::pack(&output, archive)?;
         eprintln!("packed into {}", archive.display());
     }
     Ok(())
+}
+
+/// Refuses an existing `--archive` file (or symlink) unless `force`; a directory never.
+fn check_archive_target(archive: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(archive) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("stat {}", archive.display())),
+        Ok(m) if m.is_dir() => anyhow::bail!("--archive {} is a directory", archive.display()),
+        Ok(_) if force => Ok(()),
+        Ok(_) => anyhow::bail!("--archive {} exists; pass --force to replace it", archive.display()),
+    }
+}
+
+/// `--force`: the old file (or a symlink in its place, never its target) goes just before the
+/// new one is renamed in, which never replaces anything.
+fn remove_existing(archive: &Path) -> Result<()> {
+    match std::fs::remove_file(archive) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", archive.display())),
+        _ => Ok(()),
+    }
 }
 
 
@@ -359,6 +426,25 @@ mod tests {
     }
 
     #[test]
+    fn default_output_is_the_keps_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("a/b");
+        let toml = tmp.path().join("podcr.toml");
+        std::fs::write(&toml, format!("[restore]\ncheckpoint_roots = [{:?}]\n", root.display().to_string())).unwrap();
+        std::env::set_var(podcr_sandbox_controller::node_config::ENV_PATH, &toml);
+        let pod = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata { name: "web".into(), namespace: "shop".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T03:04:05.678Z").unwrap().with_timezone(&chrono::Utc);
+        let out = default_output(pod_identity(Some(&pod)), now).unwrap();
+        std::env::remove_var(podcr_sandbox_controller::node_config::ENV_PATH);
+        assert_eq!(out, root.join("checkpoint-web_shop-2026-12-07T03:04:05Z"));
+        assert_eq!(std::fs::metadata(tmp.path().join("a")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(default_output(None, now).is_err(), "a pod outside the CRI needs --output");
+    }
+
+    #[test]
     fn output_dir_is_created_private_and_must_be_empty() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out");
@@ -368,5 +454,26 @@ mod tests {
         std::fs::write(dir.join("f"), b"x").unwrap();
         assert!(prepare_output(&dir).is_err());
         assert!(prepare_output(&dir.join("f")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod archive_target_tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_archive_needs_force_and_a_stale_temporary_blocks_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("pod.tar.zst");
+        check_archive_target(&archive, false).unwrap();
+        std::fs::write(&archive, b"old").unwrap();
+        let err = check_archive_target(&archive, false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        check_archive_target(&archive, true).unwrap();
+        assert!(check_archive_target(tmp.path(), true).is_err(), "a directory is never replaced");
+        // A killed run's temporary file, under the old fixed name, does not matter.
+        std::fs::write(tmp.path().join("pod.tar.zst.tmp"), b"stale").unwrap();
+        remove_existing(&archive).unwrap();
+        check_archive_target(&archive, false).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 //! - `podcr checkpoint`: a whole pod at one instant, through the shim's Checkpoint service.
 //! - `podcr restore`: a new pod from a checkpoint, playing the part containerd's CRI will play
 //!   once pod restore (KEP-5823) lands there.
+//! - `podcr key generate|trust`: the node's checkpoint signing key and the keys it trusts.
 //!
 //! - `podcr version`, `podcr check`: what is installed, and whether this node is ready.
 //! - `podcr completion SHELL`, `podcr man DIR`: shell completion and man pages.
@@ -13,12 +14,14 @@
 //! `checkpoint` and `restore` default to `k8s.io`, where the CRI keeps its pods. `--namespace`
 //! (or `$CONTAINERD_NAMESPACE`) overrides both. Exit codes: see [`error::exit`].
 
+mod caller;
 mod check;
 mod checkpoint;
 mod containerd;
 mod cri;
 mod endpoint;
 mod error;
+mod key;
 mod output;
 mod restore;
 mod sandbox;
@@ -81,6 +84,9 @@ enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Restore a pod from a checkpoint directory or archive as a new CRI pod.
     Restore(restore::RestoreArgs),
+    /// The node's checkpoint signing key and the public keys whose checkpoints it restores.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Versions of podcr, its shim (as containerd runs it), containerd, runc and CRIU.
     Version {
         #[arg(long, short = 'o', value_enum, default_value_t)]
@@ -207,8 +213,9 @@ fn split_pod(pod: &mut String, pod_namespace: &mut Option<String>) -> Result<(),
 fn check_local(command: &Command) -> Result<(), UsageError> {
     match command {
         Command::Checkpoint(a) => {
-            let out = &a.output;
-            if let Ok(meta) = std::fs::symlink_metadata(out) {
+            // Without -o the output is a new, time-stamped directory under the checkpoint root.
+            if let Some(meta) = a.output.as_deref().and_then(|out| std::fs::symlink_metadata(out).ok().map(|m| (out, m))) {
+                let (out, meta) = meta;
                 if !meta.is_dir() {
                     return Err(UsageError(format!("output {} exists and is not a directory", out.display())));
                 }
@@ -287,6 +294,7 @@ async fn run(mut cli: Cli) -> Result<()> {
             let state = state_dir(&cli, &ep).await;
             checkpoint::run(&cd, &ep.cri, &state, args, cli.timeout).await
         }
+        Command::Key(cmd) => key::run(cmd),
         Command::Restore(args) => {
             let namespace = ns(CRI_NAMESPACE);
             if namespace != CRI_NAMESPACE {

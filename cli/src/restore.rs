@@ -1,24 +1,34 @@
-//! `podcr restore`: plays containerd's CRI part of PR 13822's RestorePod. A normal CRI pod and
-//! containers are created from the checkpoint's configs, the shim is told to restore them
-//! (it stages CRIU's images and restores when containerd creates each task), and the containers
-//! are started. Any failure removes the new pod again.
+//! `podcr restore`: plays containerd's CRI part of PR 13822's RestorePod, as the caller. A CRI
+//! pod and containers are created from the caller's configs ([`crate::caller`]: the checkpoint's
+//! without anything that reaches the host, or the operator's files), the shim is told to restore
+//! them with those configs (it holds the checkpoint to them, stages CRIU's images and restores
+//! when containerd creates each task), and the containers are started. Whatever the configs
+//! cannot give the checkpointed processes is refused before anything is created; any later
+//! failure removes the new pod again.
 
 use std::{path::Path, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use k8s_cri::v1::{ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, PodSandboxConfig, PodSandboxMetadata};
+use k8s_cri::v1::{ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, PodSandboxConfig};
 use podcr_protos::checkpoint::{RestoreContainer, RestoreRequest};
 use podcr_sandbox_controller::archive::{self, ContainerMetadata as ArchiveMetadata, Limits};
 use serde_json::Value;
 use tracing::warn;
 
-use crate::{containerd::Containerd, cri::Cri, error::LookupError, output, shim, transport, zerofill::from_go_json};
+use podcr_sandbox_controller::node_config::NodeConfig;
+use prost::Message;
+
+use crate::{caller, containerd::Containerd, cri::Cri, error::LookupError, output, shim, transport, zerofill::from_go_json};
+
+/// `type_url`s of the CRI messages in the request, as containerd's CRI writes them.
+const POD_SANDBOX_CONFIG_TYPE: &str = "runtime.v1.PodSandboxConfig";
+const CONTAINER_CONFIG_TYPE: &str = "runtime.v1.ContainerConfig";
 
 /// The CRI runtime handler podcr is registered under.
 pub const HANDLER: &str = "podcr";
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
     /// Checkpoint directory, or an archive made with `podcr checkpoint --archive`.
     pub checkpoint: PathBuf,
@@ -28,44 +38,17 @@ pub struct RestoreArgs {
     /// Kubernetes namespace of the new pod (default: the checkpointed pod's).
     #[arg(long)]
     pub pod_namespace: Option<String>,
-    /// Give a hostNetwork pod its own network namespace instead: containerd 2.1's CRI crashes
-    /// (nil spec in NewBundle) when it creates a hostNetwork pod with a shim sandboxer.
-    #[arg(long)]
-    pub pod_network: bool,
+    /// The new pod's CRI PodSandboxConfig as JSON (snake_case), instead of the checkpoint's
+    /// with its host-reaching fields removed: what it grants is the operator's decision.
+    #[arg(long, value_name = "FILE")]
+    pub pod_config: Option<PathBuf>,
+    /// A container's CRI ContainerConfig as JSON (snake_case), instead of the checkpoint's with
+    /// its host-reaching fields removed. Repeat per container.
+    #[arg(long = "container-config", value_name = "NAME=FILE", value_parser = caller::parse_container_arg)]
+    pub container_configs: Vec<(String, PathBuf)>,
     /// Leave the restored containers created, not started (as CRI RestorePod does).
     #[arg(long)]
     pub created_only: bool,
-}
-
-/// The checkpointed pod config with a new identity: name and namespace as asked, a new uid
-/// and attempt 0; everything else as it was.
-pub fn pod_config(dump: Value, name: Option<&str>, namespace: Option<&str>, uid: &str) -> Result<PodSandboxConfig> {
-    let mut cfg: PodSandboxConfig = from_go_json(dump).context("pod.dump is not a CRI PodSandboxConfig")?;
-    let old = cfg.metadata.take().unwrap_or_default();
-    cfg.metadata = Some(PodSandboxMetadata {
-        name: name.map(str::to_string).unwrap_or(old.name),
-        namespace: namespace.map(str::to_string).unwrap_or(old.namespace),
-        uid: uid.to_string(),
-        attempt: 0,
-    });
-    anyhow::ensure!(!cfg.metadata.as_ref().is_some_and(|m| m.name.is_empty()), "the checkpoint has no pod name; pass --name");
-    Ok(cfg)
-}
-
-/// CRI `NamespaceMode::NODE`.
-const NS_NODE: i32 = 2;
-
-/// Refuses hostNetwork pods (see `--pod-network`), or moves them into a pod network.
-pub fn check_network(cfg: &mut PodSandboxConfig, pod_network: bool) -> Result<()> {
-    let ns = cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut());
-    let Some(ns) = ns.filter(|ns| ns.network == NS_NODE) else { return Ok(()) };
-    anyhow::ensure!(
-        pod_network,
-        "the checkpointed pod uses the host network, and containerd 2.1's CRI crashes creating such a pod with a \
-         shim sandboxer; pass --pod-network to restore it into its own network namespace"
-    );
-    ns.network = 0;
-    Ok(())
 }
 
 /// A CRI ContainerConfig rebuilt from the container's OCI spec when the checkpoint carries no
@@ -118,15 +101,17 @@ fn container_config(name: &str, c: &ArchiveMetadata) -> Result<ContainerConfig> 
     Ok(config_from_dump(name, &image, &c.spec, c.status.as_ref()))
 }
 
-/// Each container's name and CRI config, read from its archive's metadata without unpacking
-/// it: the shim verifies every byte when it extracts the archive for the restore.
-fn read_containers(src: &transport::Source) -> Result<Vec<(String, ContainerConfig)>> {
+/// Each container's name, metadata and checkpointed CRI config, read from its archive's metadata
+/// without unpacking it, and only once the whole archive matches the signed manifest: these configs
+/// pick images, mounts and commands. The shim verifies every byte again when it extracts the archive.
+fn read_containers(src: &transport::Source) -> Result<Vec<(String, ArchiveMetadata, ContainerConfig)>> {
     let limits = Limits::default();
     let mut out = Vec::new();
-    for (name, path, _digest) in src.checkpoint.container_archives() {
-        let c = archive::read_container_metadata(&path, &limits)
+    for (name, path, digest) in src.checkpoint.container_archives() {
+        let c = archive::read_container_metadata(&path, &digest, &limits)
             .with_context(|| format!("read container {name} from {}", path.display()))?;
-        out.push((name.clone(), container_config(&name, &c)?));
+        let cfg = container_config(&name, &c)?;
+        out.push((name.clone(), c, cfg));
     }
     anyhow::ensure!(!out.is_empty(), "the checkpoint has no containers");
     Ok(out)
@@ -137,17 +122,69 @@ fn new_uid() -> Result<String> {
     Ok(raw.trim().to_string())
 }
 
+/// The caller's configs for the pod and each container, checked against the checkpoint (see
+/// [`caller`]); nothing is created yet.
+fn caller_configs(src: &transport::Source, args: &RestoreArgs) -> Result<(PodSandboxConfig, Vec<(String, ContainerConfig)>)> {
+    let containers = read_containers(src)?;
+    for (name, _) in &args.container_configs {
+        anyhow::ensure!(
+            containers.iter().any(|(n, _, _)| n == name),
+            "--container-config {name}=...: the checkpoint has no container {name:?}"
+        );
+    }
+    let config = NodeConfig::load()?;
+    let given_pod = args.pod_config.as_deref().map(|p| caller::read_json::<PodSandboxConfig>(p, "PodSandboxConfig")).transpose()?;
+    let uid = new_uid()?;
+    let new = caller::NewPod {
+        name: args.name.as_deref(),
+        namespace: args.pod_namespace.as_deref(),
+        uid: &uid,
+        log_root: &config.restore.pod_log_root,
+    };
+    let pod = caller::pod_config(src.checkpoint.pod_config.clone(), given_pod, &new)?;
+    let ckpt_pod = (!src.checkpoint.pod_config.is_null()).then_some(&src.checkpoint.pod_config);
+    let mut out = Vec::new();
+    for (name, meta, checkpointed) in containers {
+        let given = args
+            .container_configs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| caller::read_json::<ContainerConfig>(p, "ContainerConfig"))
+            .transpose()?;
+        let cfg = caller::container_config(&name, checkpointed, given);
+        caller::check(&name, &cfg, &pod, ckpt_pod, meta.cri_config.as_ref(), &meta.spec)?;
+        out.push((name, cfg));
+    }
+    Ok((pod, out))
+}
+
+/// Makes the pod's log directory and each container's, as the kubelet does before it creates
+/// the pod (containerd's CRI only opens the files). Returns the pod's directory if this call
+/// made it, for a rollback to remove.
+fn make_log_dirs(pod: &PodSandboxConfig, containers: &[(String, ContainerConfig)]) -> Result<Option<PathBuf>> {
+    if pod.log_directory.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(&pod.log_directory);
+    let made = (!dir.exists()).then(|| dir.clone());
+    for (_, cfg) in containers {
+        if let Some(parent) = dir.join(&cfg.log_path).parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(made)
+}
+
 pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreArgs, timeout: Duration) -> Result<()> {
-    let path = args.checkpoint.clone();
-    let (src, containers) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let src = transport::open(&path)?;
-        let containers = read_containers(&src)?;
-        Ok((src, containers))
+    let owned = args.clone();
+    let (src, pod, containers) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let src = transport::open(&owned.checkpoint)?;
+        let (pod, containers) = caller_configs(&src, &owned)?;
+        Ok((src, pod, containers))
     })
     .await
     .context("checkpoint reader task")??;
-    let mut pod = pod_config(src.checkpoint.pod_config.clone(), args.name.as_deref(), args.pod_namespace.as_deref(), &new_uid()?)?;
-    check_network(&mut pod, args.pod_network)?;
 
     let cri = Cri::connect(address).await?;
     for (name, cfg) in &containers {
@@ -156,8 +193,17 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             return Err(LookupError::MissingImage(image, name.clone()).into());
         }
     }
+    let log_dir = make_log_dirs(&pod, &containers)?;
 
-    let pod_id = cri.run_pod(pod.clone(), HANDLER).await?;
+    let pod_id = match cri.run_pod(pod.clone(), HANDLER).await {
+        Ok(id) => id,
+        Err(e) => {
+            if let Some(dir) = &log_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
+    };
     let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
@@ -174,6 +220,11 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             }
             if let Err(re) = cri.remove_pod(&pod_id).await {
                 return Err(e.context(format!("and rolling back pod {pod_id} failed too: {re:#}")));
+            }
+            if let Some(dir) = log_dir {
+                if let Err(le) = std::fs::remove_dir_all(&dir) {
+                    warn!(dir = %dir.display(), error = %le, "rollback: remove the pod's log directory");
+                }
             }
             Err(e.context(format!("restore failed; pod {pod_id} was removed")))
         }
@@ -196,7 +247,7 @@ async fn restore_into(
     for (name, cfg) in containers {
         ids.push((name.clone(), cri.create_container(pod_id, cfg.clone(), pod.clone()).await?));
     }
-    let req = restore_request(pod_id, checkpoint, &ids);
+    let req = restore_request(pod_id, checkpoint, pod, containers, &ids);
     let shim = shim::Shim::connect(&shim::address_of(cd, pod_id, state).await?).await?;
     let progress = output::Progress::start(&format!("restoring pod {pod_id}"));
     let result = shim.restore(&req, timeout).await;
@@ -211,16 +262,29 @@ async fn restore_into(
     Ok(ids)
 }
 
-pub fn restore_request(pod_id: &str, checkpoint: &Path, ids: &[(String, String)]) -> RestoreRequest {
+fn any_of(type_url: &str, msg: &impl Message) -> protobuf::well_known_types::any::Any {
+    protobuf::well_known_types::any::Any { type_url: type_url.to_string(), value: msg.encode_to_vec(), ..Default::default() }
+}
+
+/// RestorePod's request as the shim sees it: the new ids by name, with the caller's configs.
+pub fn restore_request(
+    pod_id: &str,
+    checkpoint: &Path,
+    pod: &PodSandboxConfig,
+    configs: &[(String, ContainerConfig)],
+    ids: &[(String, String)],
+) -> RestoreRequest {
     let mut req = RestoreRequest::new();
     req.sandbox_id = pod_id.to_string();
     req.checkpoint_path = checkpoint.to_string_lossy().into_owned();
+    req.sandbox_config = Some(any_of(POD_SANDBOX_CONFIG_TYPE, pod)).into();
     req.containers = ids
         .iter()
         .map(|(name, id)| {
             let mut c = RestoreContainer::new();
             c.id = id.clone();
             c.name = name.clone();
+            c.config = configs.iter().find(|(n, _)| n == name).map(|(_, cfg)| any_of(CONTAINER_CONFIG_TYPE, cfg)).into();
             c
         })
         .collect();
@@ -232,44 +296,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn pod_gets_a_new_identity() {
-        let dump = serde_json::to_value(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "web".into(), namespace: "prod".into(), uid: "old".into(), attempt: 3 }),
-            hostname: "web-0".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        let cfg = pod_config(dump.clone(), None, None, "new").unwrap();
-        assert_eq!(cfg.metadata, Some(PodSandboxMetadata { name: "web".into(), namespace: "prod".into(), uid: "new".into(), attempt: 0 }));
-        assert_eq!(cfg.hostname, "web-0");
-        let cfg = pod_config(dump, Some("web2"), Some("dev"), "u").unwrap();
-        let m = cfg.metadata.unwrap();
-        assert_eq!((m.name.as_str(), m.namespace.as_str()), ("web2", "dev"));
-        assert!(pod_config(json!({}), None, None, "u").is_err());
-        assert!(pod_config(json!({}), Some("x"), None, "u").is_ok());
-    }
-
-    #[test]
-    fn host_network_needs_consent() {
-        use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption};
-        let host = || PodSandboxConfig {
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption { network: NS_NODE, ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert!(check_network(&mut host(), false).is_err());
-        let mut cfg = host();
-        check_network(&mut cfg, true).unwrap();
-        assert_eq!(cfg.linux.unwrap().security_context.unwrap().namespace_options.unwrap().network, 0);
-        check_network(&mut PodSandboxConfig::default(), false).unwrap();
-    }
 
     #[test]
     fn config_from_spec_keeps_the_exact_process() {
@@ -287,10 +313,17 @@ mod tests {
     }
 
     #[test]
-    fn request_names_new_ids() {
-        let req = restore_request("pod", Path::new("/ckpt"), &[("app".into(), "c1".into())]);
+    fn request_names_new_ids_and_carries_the_callers_configs() {
+        let pod = PodSandboxConfig { hostname: "h".into(), ..Default::default() };
+        let cfg = ContainerConfig { command: vec!["/bin/true".into()], ..Default::default() };
+        let req = restore_request("pod", Path::new("/ckpt"), &pod, &[("app".into(), cfg.clone())], &[("app".into(), "c1".into())]);
         assert_eq!((req.sandbox_id.as_str(), req.checkpoint_path.as_str()), ("pod", "/ckpt"));
         assert_eq!((req.containers[0].id.as_str(), req.containers[0].name.as_str()), ("c1", "app"));
         assert!(req.options.is_empty());
+        let any = req.containers[0].config.as_ref().unwrap();
+        assert_eq!(any.type_url, CONTAINER_CONFIG_TYPE);
+        assert_eq!(ContainerConfig::decode(any.value.as_slice()).unwrap(), cfg);
+        let pod_any = req.sandbox_config.as_ref().unwrap();
+        assert_eq!(PodSandboxConfig::decode(pod_any.value.as_slice()).unwrap(), pod);
     }
 }

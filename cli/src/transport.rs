@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use podcr_sandbox_controller::archive::{self, Compression, Limits, PodCheckpoint};
+use podcr_sandbox_controller::{
+    archive::{self, Compression, Limits, PodCheckpoint, TrustPolicy},
+    node_config::NodeConfig,
+};
 
 /// Compression chosen by the file name: `.zst`/`.tzst` zstd, `.gz`/`.tgz` gzip, else plain tar.
 pub fn compression_for(file: &Path) -> Compression {
@@ -35,24 +38,32 @@ pub struct Source {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// What this node's `[signing]` trusts.
+pub fn trust_policy() -> Result<TrustPolicy> {
+    let cfg = NodeConfig::load().with_context(|| format!("read the node configuration {}", NodeConfig::path().display()))?;
+    TrustPolicy::from_config(&cfg.signing).context("load the trusted checkpoint keys")
+}
+
 /// Opens `path` for restore: a directory is verified in place and never modified; a file is
-/// unpacked into a fresh private directory and verified there.
+/// unpacked into a fresh private directory and verified there. Either way the signature is
+/// verified against the node's trusted keys before anything else of the checkpoint is read.
 pub fn open(path: &Path) -> Result<Source> {
     let limits = Limits::default();
+    let trust = trust_policy()?;
     let meta = std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
     if meta.is_dir() {
         let dir = std::fs::canonicalize(path).with_context(|| format!("resolve {}", path.display()))?;
         // Every check but re-hashing the container archives: the shim hashes each one while it
         // extracts it, so hashing here too would read the pod's memory once more for nothing.
         let checkpoint =
-            archive::open_pod_dir(&dir, &limits).with_context(|| format!("open checkpoint {}", dir.display()))?;
+            archive::open_pod_dir(&dir, &limits, &trust).with_context(|| format!("open checkpoint {}", dir.display()))?;
         compatible(&checkpoint)?;
         return Ok(Source { checkpoint, dir, _tmp: None });
     }
     // tempfile creates the directory with mode 0700; the unpacker wants to create `dest` itself.
     let tmp = tempfile::Builder::new().prefix("podcr-restore-").tempdir().context("create a temporary directory")?;
     let dir = tmp.path().join("checkpoint");
-    let checkpoint = archive::unpack_pod_archive(path, &dir, &limits)
+    let checkpoint = archive::unpack_pod_archive(path, &dir, &limits, &trust)
         .with_context(|| format!("unpack checkpoint archive {}", path.display()))?;
     compatible(&checkpoint)?;
     Ok(Source { checkpoint, dir, _tmp: Some(tmp) })

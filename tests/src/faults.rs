@@ -288,7 +288,9 @@ pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
     let files = manifest["files"]
         .as_object()
         .context("manifest has no files")?;
-    let mut seen = BTreeSet::from(["podcr.manifest.json".to_string()]);
+    // The harness's node signs every checkpoint: the signature must be there.
+    anyhow::ensure!(dir.join("podcr.manifest.sig").is_file(), "the checkpoint is not signed");
+    let mut seen = BTreeSet::from(["podcr.manifest.json".to_string(), "podcr.manifest.sig".to_string()]);
     for (name, digest) in files {
         let data = std::fs::read(dir.join(name)).with_context(|| format!("read {name}"))?;
         anyhow::ensure!(
@@ -310,13 +312,15 @@ pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
     Ok(manifest)
 }
 
-/// Rewrites fields of `podcr.manifest.json` (which is not itself hashed).
+/// Rewrites fields of `podcr.manifest.json` (which is not itself hashed) and signs it again with
+/// the run's key: the edited checkpoint passes the signature and integrity checks, as one made
+/// by a trusted but buggy or compromised node would.
 pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
     let path = dir.join("podcr.manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     edit(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
-    Ok(())
+    crate::node_config::resign(dir)
 }
 
 /// Copies a checkpoint directory (plain files only).
@@ -411,6 +415,63 @@ pub fn rewrite_member_rehashed(
     edit_manifest(dir, |m| {
         m["files"][archive]["sha256"] = serde_json::json!(sha256_hex(&whole))
     })
+}
+
+/// Edits a JSON document of a plain (uncompressed) container archive, `member` of `archive` in
+/// checkpoint `dir`, to any length: the archive is rewritten entry by entry, the member's digest
+/// in the container manifest and the archive's in the pod manifest are fixed, so the edited
+/// checkpoint passes every integrity check (as one edited by someone with write access would).
+pub fn edit_member_json(dir: &Path, archive: &str, member: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
+    let tar_path = dir.join(archive);
+    let mut entries: Vec<(tar::Header, String, Vec<u8>)> = Vec::new();
+    {
+        let mut ar = tar::Archive::new(std::fs::File::open(&tar_path)?);
+        for e in ar.entries()? {
+            let mut e = e?;
+            let path = e.path()?.to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)?;
+            entries.push((e.header().clone(), path, data));
+        }
+    }
+    let (old, new) = {
+        let entry = entries.iter_mut().find(|(_, p, _)| p == member).with_context(|| format!("{member} not in {archive}"))?;
+        let mut doc: serde_json::Value = serde_json::from_slice(&entry.2).with_context(|| format!("{member} is not JSON"))?;
+        edit(&mut doc);
+        let new = serde_json::to_vec(&doc)?;
+        (std::mem::replace(&mut entry.2, new.clone()), new)
+    };
+    let manifest = entries
+        .iter_mut()
+        .find(|(_, p, _)| p == "podcr.container.manifest.json")
+        .context("no container manifest")?;
+    let mut m: serde_json::Value = serde_json::from_slice(&manifest.2)?;
+    anyhow::ensure!(m["files"][member]["sha256"] == sha256_hex(&old), "the container manifest does not list {member}");
+    m["files"][member] = serde_json::json!({"sha256": sha256_hex(&new), "size": new.len()});
+    manifest.2 = serde_json::to_vec(&m)?;
+    let tmp = dir.join(format!(".{archive}.edit"));
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tmp)?);
+        for (mut h, path, data) in entries {
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, &path, data.as_slice())?;
+        }
+        b.into_inner()?.sync_all()?;
+    }
+    std::fs::rename(&tmp, &tar_path)?;
+    let whole = std::fs::read(&tar_path)?;
+    edit_manifest(dir, |m| m["files"][archive] = serde_json::json!({"sha256": sha256_hex(&whole), "size": whole.len()}))
+}
+
+/// Edits a JSON file of the pod directory (`pod.dump`, `pod.options`) and fixes its digest in
+/// the pod manifest.
+pub fn edit_pod_json(dir: &Path, file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
+    let path = dir.join(file);
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    edit(&mut doc);
+    let data = serde_json::to_vec(&doc)?;
+    std::fs::write(&path, &data)?;
+    edit_manifest(dir, |m| m["files"][file] = serde_json::json!({"sha256": sha256_hex(&data), "size": data.len()}))
 }
 
 /// A tmpfs of `size` (e.g. "2m") on a new directory `dir`, unmounted and removed on drop.

@@ -117,6 +117,20 @@ where
     crate::cmd::run(&mut cmd, Duration::from_secs(180))
 }
 
+/// A container's CRI log file as containerd reports it (the pod's log directory joined with the
+/// container's log path): where a restored pod, whose log paths are its own, writes.
+pub async fn log_path(rs: &mut Cri, container: &str) -> Result<PathBuf> {
+    let status = rs
+        .container_status(ContainerStatusRequest { container_id: container.into(), verbose: false })
+        .await
+        .with_context(|| format!("ContainerStatus {container}"))?
+        .into_inner()
+        .status
+        .context("no container status")?;
+    anyhow::ensure!(!status.log_path.is_empty(), "container {container} has no log path");
+    Ok(PathBuf::from(status.log_path))
+}
+
 /// The state of every container of a pod, by container name.
 pub async fn container_states(rs: &mut Cri, pod: &str) -> Result<Vec<(String, i32)>> {
     let items = rs

@@ -42,6 +42,28 @@ async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
     out.parse().with_context(|| format!("{file} holds {out:?}"))
 }
 
+/// Whether pod `id`'s shim has a restore staging directory (`podcr-restore/`) below `dir`, and
+/// the CRIU image files left in it; symlinks are not followed.
+fn staged_images(dir: &std::path::Path, id: &str) -> Result<(bool, Vec<std::path::PathBuf>)> {
+    fn walk(dir: &std::path::Path, id: &str, in_staging: bool, found: &mut bool, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            let ft = e.file_type()?;
+            let here = e.file_name() == "podcr-restore" && e.path().to_string_lossy().contains(id);
+            *found |= here && ft.is_dir();
+            if ft.is_dir() {
+                walk(&e.path(), id, in_staging || here, found, out)?;
+            } else if in_staging && e.file_name().to_string_lossy().ends_with(".img") {
+                out.push(e.path());
+            }
+        }
+        Ok(())
+    }
+    let (mut found, mut out) = (false, Vec::new());
+    walk(dir, id, false, &mut found, &mut out)?;
+    Ok((found, out))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
 }
@@ -99,10 +121,9 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
         ensure!(inspect.stdout.contains("containerd"), "checkpointctl inspect {name}:\n{}", inspect.stdout);
     }
 
-    // The original goes away entirely; its logs too, so the restored counters write fresh ones.
+    // The original goes away entirely. The restored pod logs where podcr restore, as its
+    // caller, puts a new pod's logs: never where the checkpoint says.
     pods::remove_pod(&mut rs, &pod.id).await?;
-    std::fs::remove_file(&app_log)?;
-    std::fs::remove_file(&side_log)?;
 
     let out = blocking({
         let dir = dir.clone();
@@ -112,6 +133,14 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     pods::ensure_success("podcr restore", &out)?;
     let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
     ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+    // CRIU has read the staged images: the shim's copy of the pod's memory is gone.
+    let (found, left) = staged_images(cd.dir(), &restored)?;
+    ensure!(found, "no restore staging directory of pod {restored} under {}", cd.dir().display());
+    ensure!(left.is_empty(), "staged CRIU images left after the restore: {left:?}");
+    let restored_app = k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
+    let app_log = pods::log_path(&mut rs, &restored_app).await?;
+    let log_root = podcr_tests::node_config::pod_log_root(cd.dir());
+    ensure!(app_log.starts_with(&log_root), "the restored app logs to {}, not under the node's pod log root {}", app_log.display(), log_root.display());
 
     let first = {
         let a = app_log.clone();
@@ -343,6 +372,17 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         let image2 = import(node2).await?;
         ensure!(image2 == image, "the image reference differs between nodes: {image2} vs {image}");
         let mut rs2 = node2.cri_runtime().await?;
+        // Node 2 does not restore what node 1 signed until its admin trusts node 1's key.
+        let out = blocking({
+            let archive = archive.clone();
+            move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), "untrusted".into()])
+        })
+        .await?;
+        ensure!(!out.success() && out.stderr.contains("does not trust"), "node 2 restored an untrusted checkpoint: {}", out.stderr);
+        ensure!(pods::find_pod(&mut rs2, "untrusted").await?.is_none(), "a refused restore left a pod on node 2");
+        let node1_key = podcr_tests::node_config::public_key(cd.dir());
+        let out = blocking(move || pods::podcr(node2, ["key".to_string(), "trust".into(), node1_key.display().to_string()])).await?;
+        pods::ensure_success("podcr key trust on node 2", &out)?;
         let mut restored = Vec::new();
         for name in ["migrated-1", "migrated-2"] {
             let out = blocking({

@@ -60,7 +60,7 @@ fn unpack_pod(bytes: &[u8]) {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("pod.tar");
     std::fs::write(&f, bytes).unwrap();
-    let res = unpack_pod_archive(&f, &tmp.path().join("dest"), &Limits::default());
+    let res = unpack_pod_archive(&f, &tmp.path().join("dest"), &Limits::default(), &trust());
     let mut want = vec!["pod.tar".to_string()];
     if res.is_ok() {
         want.insert(0, "dest".into());
@@ -74,7 +74,7 @@ fn apply_diff(bytes: &[u8]) {
     std::fs::write(&f, bytes).unwrap();
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
-    let _ = apply_rootfs_diff(&f, &rootfs, &[], &Limits::default());
+    let _ = apply_rootfs_diff(&f, &rootfs, &[], &Limits::default(), Privileged::Strip);
     // Whatever the diff did, it did it inside rootfs.
     assert_eq!(listing(tmp.path()), vec!["d.tar".to_string(), "rootfs".to_string()]);
 }

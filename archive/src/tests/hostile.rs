@@ -202,7 +202,8 @@ fn pod_archive_err(entries: &[Spec]) {
     end(&mut out);
     std::fs::write(&file, out).unwrap();
     let dest = tmp.path().join("dest");
-    assert!(matches!(unpack_pod_archive(&file, &dest, &Limits::default()), Err(Error::Archive(_))));
+    let res = unpack_pod_archive(&file, &dest, &Limits::default(), &trust());
+    assert!(matches!(res, Err(Error::Archive(_) | Error::Untrusted(_))), "{res:?}");
     assert_eq!(listing(tmp.path()), vec!["pod.tar".to_string()]);
 }
 
@@ -214,16 +215,18 @@ fn hostile_pod_archives_are_refused() {
     pod_archive_err(&[(b"app.tar", EntryType::Symlink, b"", Some(b"/etc/shadow"))]);
     pod_archive_err(&[(b"pod.options", EntryType::Regular, b"{}", None)]);
     pod_archive_err(&[(b"podcr.manifest.json", EntryType::Regular, b"not json", None)]);
-    // A well-formed pod archive whose manifest does not vouch for an extra file.
+    // A well-formed, signed pod archive whose manifest does not vouch for an extra file, and one
+    // whose manifest comes last (after data a reader would have to take on trust).
     let tmp = tempfile::tempdir().unwrap();
     let dir = pod_dir(tmp.path(), &["app"], Compression::None);
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = listing(&dir)
-        .into_iter()
-        .filter(|n| n != POD_MANIFEST_FILE)
-        .map(|n| (n.clone().into_bytes(), std::fs::read(dir.join(&n)).unwrap()))
-        .collect();
+    let head = [POD_MANIFEST_FILE.to_string(), SIGNATURE_FILE.to_string()];
+    let read = |n: &str| (n.as_bytes().to_vec(), std::fs::read(dir.join(n)).unwrap());
+    let rest: Vec<String> = listing(&dir).into_iter().filter(|n| !head.contains(n)).collect();
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = head.iter().chain(&rest).map(|n| read(n)).collect();
     entries.push((b"extra".to_vec(), b"x".to_vec()));
-    entries.push((POD_MANIFEST_FILE.as_bytes().to_vec(), std::fs::read(dir.join(POD_MANIFEST_FILE)).unwrap()));
     let specs: Vec<Spec> = entries.iter().map(|(n, d)| (n.as_slice(), EntryType::Regular, d.as_slice(), None)).collect();
+    pod_archive_err(&specs);
+    let last: Vec<(Vec<u8>, Vec<u8>)> = rest.iter().chain(&head).map(|n| read(n)).collect();
+    let specs: Vec<Spec> = last.iter().map(|(n, d)| (n.as_slice(), EntryType::Regular, d.as_slice(), None)).collect();
     pod_archive_err(&specs);
 }

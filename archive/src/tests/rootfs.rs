@@ -69,7 +69,7 @@ fn capture_then_apply_restores_the_upper_layer() {
     assert!(capture_overlay_upperdir(&up, &tar).is_err(), "never overwrites an existing tar");
 
     let rootfs = lower(tmp.path());
-    apply_rootfs_diff(&tar, &rootfs, &stats.deleted, &Limits::default()).unwrap();
+    apply_rootfs_diff(&tar, &rootfs, &stats.deleted, &Limits::default(), Privileged::Keep).unwrap();
     let conf = rootfs.join("etc/app/conf");
     assert_eq!(std::fs::read(&conf).unwrap(), b"new conf");
     assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o7777, 0o4750);
@@ -84,6 +84,50 @@ fn capture_then_apply_restores_the_upper_layer() {
     }
     let up_mtime = std::fs::metadata(up.join("etc/app")).unwrap().mtime();
     assert_eq!(std::fs::metadata(rootfs.join("etc/app")).unwrap().mtime(), up_mtime);
+}
+
+#[test]
+fn setid_bits_and_file_capabilities_are_dropped_unless_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upperdir(tmp.path());
+    if is_root() {
+        // A v2 file capability granting cap_setuid: what a hostile diff would carry.
+        let mut cap = vec![0u8; 20];
+        cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap[4..8].copy_from_slice(&(1u32 << 7).to_le_bytes());
+        xattr::set(up.join("etc/app/conf"), "security.capability", &cap).unwrap();
+    }
+    let tar = tmp.path().join("diff.tar");
+    let stats = capture_overlay_upperdir(&up, &tar).unwrap();
+    let rootfs = lower(tmp.path());
+    let applied = apply_rootfs_diff(&tar, &rootfs, &stats.deleted, &Limits::default(), Privileged::Strip).unwrap();
+    let conf = rootfs.join("etc/app/conf");
+    assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o7777, 0o0750);
+    assert_eq!(xattr::get(&conf, "security.capability").unwrap(), None);
+    assert_eq!(xattr::get(&conf, "user.podcr.test").unwrap(), Some(b"v".to_vec()), "other xattrs stay");
+    assert!(applied.stripped.iter().any(|p| p.starts_with("/etc/app/conf (setuid/setgid")), "{:?}", applied.stripped);
+    if is_root() {
+        assert!(applied.stripped.iter().any(|p| p.contains("security.capability")), "{:?}", applied.stripped);
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = "d/".repeat(300) + "f";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+    let out = b.into_inner().unwrap();
+    let tar = tmp.path().join("deep.tar");
+    std::fs::write(&tar, &out).unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let err = apply_rootfs_diff(&tar, &rootfs, &[], &Limits::default(), Privileged::Strip).unwrap_err();
+    assert!(err.to_string().contains("deeper"), "{err}");
+    assert!(listing(&rootfs).is_empty());
 }
 
 #[test]
@@ -121,7 +165,7 @@ fn apply_raw(entries: &[Raw], deleted: &[&str]) -> crate::error::Result<()> {
     let tar = tmp.path().join("d.tar");
     std::fs::write(&tar, bytes).unwrap();
     let deleted: Vec<String> = deleted.iter().map(|s| s.to_string()).collect();
-    let res = apply_rootfs_diff(&tar, &rootfs, &deleted, &Limits::default()).map(|_| ());
+    let res = apply_rootfs_diff(&tar, &rootfs, &deleted, &Limits::default(), Privileged::Strip).map(|_| ());
     assert_eq!(listing(&outside), vec!["secret".to_string()]);
     assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"s");
     assert_eq!(listing(tmp.path()), vec!["d.tar".to_string(), "outside".to_string(), "rootfs".to_string()]);

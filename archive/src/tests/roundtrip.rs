@@ -105,20 +105,20 @@ fn pod_dir_verify_pack_unpack() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = pod_dir(tmp.path(), &["app", "side-car"], c);
         let before = listing(&dir);
-        let pod = verify_pod_dir(&dir, &Limits::default()).unwrap();
+        let pod = verify_pod_dir(&dir, &Limits::default(), &trust()).unwrap();
         assert_eq!(pod.manifest.containers.len(), 2);
         assert_eq!(pod.options.containers["app"], format!("app.tar{}", c.extension()));
         assert_eq!(pod.pod_config["metadata"]["name"], "pod");
         assert_eq!(pod.options.annotations[annotations::ENGINE_NAME], "podcr");
         assert_eq!(listing(&dir), before, "verification must not modify the checkpoint");
-        open_pod_dir(&dir, &Limits::default()).unwrap();
+        open_pod_dir(&dir, &Limits::default(), &trust()).unwrap();
 
         let packed = tmp.path().join("pod.tar.zst");
         let stats = pack_pod_dir(&dir, &packed, Compression::Zstd).unwrap();
         assert_eq!(stats.entries as usize, before.len());
         assert!(matches!(pack_pod_dir(&dir, &dir.join("x.tar"), Compression::None), Err(Error::InvalidArgument(_))));
         let dest = tmp.path().join("unpacked");
-        let pod2 = unpack_pod_archive(&packed, &dest, &Limits::default()).unwrap();
+        let pod2 = unpack_pod_archive(&packed, &dest, &Limits::default(), &trust()).unwrap();
         assert_eq!(pod2.manifest, pod.manifest);
         assert_eq!(listing(&dest), before);
         for (name, path, digest) in pod2.container_archives() {
@@ -138,30 +138,30 @@ fn pod_dir_tampering_is_detected() {
     let mut data = std::fs::read(&archive).unwrap();
     data[600] ^= 1;
     std::fs::write(&archive, &data).unwrap();
-    assert!(matches!(verify_pod_dir(&dir, &limits), Err(Error::Archive(_))));
+    assert!(matches!(verify_pod_dir(&dir, &limits, &trust()), Err(Error::Archive(_))));
     // open_pod_dir defers the archive hash to the extraction, which catches it.
-    let pod = open_pod_dir(&dir, &limits).unwrap();
+    let pod = open_pod_dir(&dir, &limits, &trust()).unwrap();
     let (_, path, digest) = pod.container_archives().remove(0);
     assert!(extract_container_archive_verified(&path, &digest, &tmp.path().join("x"), &limits).is_err());
     data[600] ^= 1;
     std::fs::write(&archive, &data).unwrap();
-    verify_pod_dir(&dir, &limits).unwrap();
+    verify_pod_dir(&dir, &limits, &trust()).unwrap();
 
     std::fs::write(dir.join("extra"), b"x").unwrap();
-    assert!(matches!(verify_pod_dir(&dir, &limits), Err(Error::Archive(_))));
+    assert!(matches!(verify_pod_dir(&dir, &limits, &trust()), Err(Error::Archive(_))));
     std::fs::remove_file(dir.join("extra")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("evil")).unwrap();
-    assert!(verify_pod_dir(&dir, &limits).is_err());
+    assert!(verify_pod_dir(&dir, &limits, &trust()).is_err());
     std::fs::remove_file(dir.join("evil")).unwrap();
     let opts = std::fs::read(dir.join(POD_OPTIONS_FILE)).unwrap();
     std::fs::remove_file(dir.join(POD_OPTIONS_FILE)).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join(POD_OPTIONS_FILE)).unwrap();
-    assert!(verify_pod_dir(&dir, &limits).is_err());
+    assert!(verify_pod_dir(&dir, &limits, &trust()).is_err());
     std::fs::remove_file(dir.join(POD_OPTIONS_FILE)).unwrap();
     std::fs::write(dir.join(POD_OPTIONS_FILE), opts).unwrap();
-    verify_pod_dir(&dir, &limits).unwrap();
+    verify_pod_dir(&dir, &limits, &trust()).unwrap();
     std::fs::remove_file(dir.join(POD_MANIFEST_FILE)).unwrap();
-    let err = verify_pod_dir(&dir, &limits).unwrap_err();
+    let err = verify_pod_dir(&dir, &limits, &trust()).unwrap_err();
     assert!(err.to_string().contains("incomplete"), "{err}");
 }
 
@@ -169,7 +169,7 @@ fn pod_dir_tampering_is_detected() {
 fn finish_manifest_refuses_a_second_manifest_and_subdirs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = pod_dir(tmp.path(), &["app"], Compression::None);
-    let pod = verify_pod_dir(&dir, &Limits::default()).unwrap();
+    let pod = verify_pod_dir(&dir, &Limits::default(), &trust()).unwrap();
     let info = PodManifestInfo {
         sandbox_id: "sb".into(),
         engine: "e".into(),
@@ -179,10 +179,10 @@ fn finish_manifest_refuses_a_second_manifest_and_subdirs() {
         created: chrono::Utc::now(),
         containers: pod.manifest.containers.clone(),
     };
-    assert!(matches!(finish_pod_manifest(&dir, &info, &Default::default()), Err(Error::AlreadyExists(_))));
+    assert!(matches!(finish_pod_manifest(&dir, &info, &Default::default(), None), Err(Error::AlreadyExists(_))));
     std::fs::remove_file(dir.join(POD_MANIFEST_FILE)).unwrap();
     std::fs::create_dir(dir.join("sub")).unwrap();
-    assert!(finish_pod_manifest(&dir, &info, &Default::default()).is_err());
+    assert!(finish_pod_manifest(&dir, &info, &Default::default(), None).is_err());
 }
 
 fn checkpointctl() -> Option<&'static str> {
@@ -192,10 +192,11 @@ fn checkpointctl() -> Option<&'static str> {
 
 #[test]
 fn checkpointctl_reads_our_container_archives() {
-    let Some(bin) = checkpointctl() else {
-        eprintln!("checkpointctl not installed; skipping");
+    let found = checkpointctl();
+    if !prerequisite("checkpointctl_reads_our_container_archives", found.is_some(), "no /usr/bin/checkpointctl") {
         return;
-    };
+    }
+    let Some(bin) = found else { return };
     for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
         let tmp = tempfile::tempdir().unwrap();
         let (path, _) = container_archive(tmp.path(), tmp.path(), "app", c);
@@ -214,4 +215,29 @@ fn checkpointctl_reads_our_container_archives() {
         assert_eq!(v["checkpoint_size"]["memory_pages_size"], 70_000, "{v}");
         assert_eq!(v["engine"], "containerd", "{v}");
     }
+}
+
+#[test]
+fn signatures_are_checked_before_anything_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = pod_dir(tmp.path(), &["app"], Compression::None);
+    let limits = Limits::default();
+    assert_eq!(verify_pod_dir(&dir, &limits, &trust()).unwrap().signer.as_deref(), Some(signer().key_id()));
+    let stranger = TrustPolicy::new([signing::generate().verifying_key()], false);
+    assert!(matches!(verify_pod_dir(&dir, &limits, &stranger), Err(Error::Untrusted(_))));
+    // A manifest edited into other valid JSON, which its digests alone would not notice.
+    let m = dir.join(POD_MANIFEST_FILE);
+    let orig = std::fs::read(&m).unwrap();
+    std::fs::write(&m, String::from_utf8(orig.clone()).unwrap().replace("\"sb\"", "\"sX\"")).unwrap();
+    assert!(matches!(verify_pod_dir(&dir, &limits, &trust()), Err(Error::Untrusted(_))));
+    std::fs::write(&m, &orig).unwrap();
+    std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    assert!(matches!(verify_pod_dir(&dir, &limits, &trust()), Err(Error::Untrusted(_))));
+    assert_eq!(verify_pod_dir(&dir, &limits, &TrustPolicy::unsigned_only()).unwrap().signer, None);
+    // The transport form is refused at its first entries, and nothing is left behind.
+    let packed = tmp.path().join("p.tar");
+    pack_pod_dir(&dir, &packed, Compression::None).unwrap();
+    let dest = tmp.path().join("u");
+    assert!(matches!(unpack_pod_archive(&packed, &dest, &limits, &trust()), Err(Error::Untrusted(_))));
+    assert!(!dest.exists());
 }

@@ -24,6 +24,7 @@ pub fn meta(name: &str) -> ContainerArchiveMeta {
         sandbox_name: Some("pod".into()),
         sandbox_namespace: Some("default".into()),
         deleted_files: vec!["/etc/motd".into()],
+        runtime: "runc".into(),
         bind_mounts: vec![BindMount {
             source: "/var/lib/kubelet/x".into(),
             destination: "/data".into(),
@@ -70,7 +71,7 @@ pub fn pod_dir(tmp: &Path, names: &[&str], c: Compression) -> PathBuf {
         let archive = path.file_name().unwrap().to_str().unwrap().to_string();
         known.insert(archive.clone(), stats.digest());
         map.insert(name.to_string(), archive.clone());
-        containers.push(ManifestContainer { id: format!("{name}-id"), name: name.to_string(), archive, image: None, compression: c });
+        containers.push(ManifestContainer { id: format!("{name}-id"), name: name.to_string(), archive, image: None, compression: c, unpacked: None });
     }
     let opts = PodOptions::podcr(map, &PodIdentity { pod_name: "pod".into(), ..Default::default() });
     write_pod_files(&out, &opts, &serde_json::json!({"metadata": {"name": "pod"}})).unwrap();
@@ -83,8 +84,19 @@ pub fn pod_dir(tmp: &Path, names: &[&str], c: Compression) -> PathBuf {
         created: Utc::now(),
         containers,
     };
-    finish_pod_manifest(&out, &info, &known).unwrap();
+    finish_pod_manifest(&out, &info, &known, Some(signer())).unwrap();
     out
+}
+
+/// The key every test checkpoint is signed with.
+pub fn signer() -> &'static crate::Signer {
+    static SIGNER: std::sync::OnceLock<crate::Signer> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(crate::signing::generate)
+}
+
+/// Trusts [`signer`] only.
+pub fn trust() -> crate::TrustPolicy {
+    crate::TrustPolicy::new([signer().verifying_key()], false)
 }
 
 /// One raw tar entry: header with the name bytes written directly (no validation), optional
@@ -123,4 +135,19 @@ pub fn listing(dir: &Path) -> Vec<String> {
     };
     v.sort();
     v
+}
+
+/// Whether a test's outside prerequisite (`what`) is there. A missing one fails the test, naming
+/// the set-up script, so a host without it cannot pass the suite untested; with
+/// `PODCR_ALLOW_SKIP=1` (a developer box without CRIU) it prints one `SKIP:` line instead and
+/// the caller returns.
+pub fn prerequisite(test: &str, present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var_os("PODCR_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIP: {test}: {what} (PODCR_ALLOW_SKIP=1)");
+        return false;
+    }
+    panic!("{test}: {what}; run scripts/setup-host.sh, or set PODCR_ALLOW_SKIP=1 to skip it");
 }

@@ -110,7 +110,10 @@ impl<B: PodBackend> SandboxController<B> {
             .deadline
             .ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod checkpoint".into()))?;
         let options = CheckpointOptions::parse(&req.options)?;
-        let output = crate::archive::check_output_dir(&req.output_path)?;
+        // Opened and locked once; everything below goes through the descriptor (its
+        // /proc/self/fd path), never through the caller's path again.
+        let out_dir = crate::archive::OutputDir::open(&req.output_path)?;
+        let output = out_dir.path().to_path_buf();
         let Ok(_exclusive) = self.exclusive.try_lock() else {
             return Err(Error::FailedPrecondition(format!(
                 "pod {}: another checkpoint or restore is in progress",
@@ -119,16 +122,19 @@ impl<B: PodBackend> SandboxController<B> {
         };
         let (spec, state) = self.snapshot(&req.sandbox_id).await?;
         state.check_checkpointable()?;
+        // Before anything is frozen: a node without its key refuses rather than writing a
+        // checkpoint no trusting node would restore.
+        let signer = crate::archive::Signer::from_config(&self.signing_config()?)?.map(std::sync::Arc::new);
         let targets = self.select(&req, &output).await?;
-        self.backend.checkpoint_begin(&output).await?;
+        self.backend.checkpoint_begin(out_dir.given()).await?;
 
         let result = async {
             let (freeze_window, dumped) = self.freeze_and_dump(&targets, &options, deadline).await?;
             let write_started = Instant::now();
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
-            let dumper_version = self.backend.dumper_version().await;
+            let backend = self.backend.identity().await;
             let cancel = Cancel::new();
-            let pod = package::PodRecord { spec: &spec, pod_config, dumper_version };
+            let pod = package::PodRecord { spec: &spec, pod_config, backend, signer: signer.clone() };
             let packaging = package::package_pod(&output, pod, &targets, &dumped, &options, &cancel);
             tokio::pin!(packaging);
             let packaged = tokio::select! {
@@ -161,9 +167,10 @@ impl<B: PodBackend> SandboxController<B> {
                 Ok(stats)
             }
             Err(e) => {
+                let e = e.reworded(&output.display().to_string(), &out_dir.given().display().to_string());
                 warn!(pod = %req.sandbox_id, error = %e, "pod checkpoint failed");
                 // The CRI contract: on error nothing the call wrote remains.
-                if let Err(clean) = crate::archive::clean_dir_contents(&output) {
+                if let Err(clean) = out_dir.clean() {
                     warn!(pod = %req.sandbox_id, error = %clean, "removing a failed checkpoint's files");
                 }
                 Err(e)
@@ -215,8 +222,14 @@ impl<B: PodBackend> SandboxController<B> {
         options: &CheckpointOptions,
         deadline: tokio::time::Instant,
     ) -> Result<(Duration, Vec<Dumped>)> {
+        // One component at a time, each new (an existing one, e.g. planted, is refused), so no
+        // mkdir ever follows a symlink inside the output directory.
+        if let Some(root) = targets.first().and_then(|t| t.staging.parent()) {
+            mkdir_new(root)?;
+        }
         for t in targets {
-            create_private_dir(&t.staging.join(crate::archive::CHECKPOINT_DIR))?;
+            mkdir_new(&t.staging)?;
+            mkdir_new(&t.staging.join(crate::archive::CHECKPOINT_DIR))?;
         }
         let ids: Vec<String> = targets.iter().map(|t| t.info.id.clone()).collect();
         if self.backend.prepared_dumps(&ids).await {
@@ -448,6 +461,17 @@ fn name_container(e: Error, name: &str) -> Error {
         Error::Runtime { op, id, msg } => Error::Runtime { op, id: format!("{id} ({name})"), msg },
         other => other,
     }
+}
+
+/// Creates one new directory, mode 0700; refuses one that exists (or a symlink in its place).
+fn mkdir_new(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            Error::AlreadyExists(format!("{} exists in the output directory; refusing to use it", path.display()))
+        }
+        _ => Error::io(format!("create {}", path.display()))(e),
+    })
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod metrics;
 pub mod restore;
+pub mod rootfs;
 pub mod signing;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use metrics::MetricsConfig;
 pub use restore::RestoreConfig;
+pub use rootfs::RootfsConfig;
 pub use signing::SigningConfig;
 
 use crate::error::{Error, Result};
@@ -29,6 +31,7 @@ pub const ENV_PATH: &str = "PODCR_CONFIG";
 pub struct NodeConfig {
     pub restore: RestoreConfig,
     pub signing: SigningConfig,
+    pub rootfs: RootfsConfig,
     pub metrics: MetricsConfig,
 }
 

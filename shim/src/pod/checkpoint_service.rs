@@ -28,7 +28,7 @@ use podcr_sandbox_controller::{
 use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
-use super::convert::{self, controller_error, CONTAINER_CONFIG_TYPE, CONTAINER_STATUS_TYPE, POD_SANDBOX_CONFIG_TYPE};
+use super::convert::{self, CONTAINER_CONFIG_TYPE, CONTAINER_STATUS_TYPE, POD_SANDBOX_CONFIG_TYPE};
 use super::observe::{Observer, Outcome};
 use crate::error::Error;
 
@@ -63,8 +63,8 @@ pub(super) async fn detached<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::spawn(work)
         .await
-        .map_err(|e| Error::Other(format!("checkpoint task failed: {e}")))?
-        .map_err(controller_error)
+        .map_err(Error::join("checkpoint task"))?
+        .map_err(Error::from)
 }
 
 fn stats_to_wire(stats: &PodCheckpointStats) -> CheckpointStats {
@@ -142,11 +142,21 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
             checkpoint_path: PathBuf::from(&req.checkpoint_path),
             deadline: deadline(ctx),
             options: options(&req.options),
+            // RestorePod: the configs are the caller's, and the controller holds the checkpoint
+            // to them (restore::policy) before anything is staged.
             containers: req
                 .containers
                 .iter()
-                .map(|c| RestoreSelection { id: c.id.clone(), name: c.name.clone() })
-                .collect(),
+                .map(|c| {
+                    Ok(RestoreSelection {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        config: convert::cri_any_json::<ContainerConfig>(c.config.as_ref(), CONTAINER_CONFIG_TYPE)?,
+                        spec: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?,
+            pod_config: convert::cri_any_json::<PodSandboxConfig>(req.sandbox_config.as_ref(), POD_SANDBOX_CONFIG_TYPE)?,
         };
         let controller = self.controller.clone();
         let (started, count) = (std::time::Instant::now(), req.containers.len());

@@ -17,6 +17,7 @@ pub mod freezer;
 pub mod holder;
 pub mod observe;
 pub mod recovery;
+pub mod restore_from;
 mod sandbox_restore;
 mod sandbox_service;
 
@@ -40,7 +41,9 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
     let exit_store = store.clone();
     let images = image_rootfs::ImageRootfs::new(containerd_address, store.namespace());
     let restore = SandboxRestore::new(controller.clone(), store.clone(), images);
-    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore);
+    let annotation = Arc::new(restore_from::AnnotationRestore::new(controller.clone(), store.clone()));
+    store.set_restore_hook(annotation.clone());
+    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore, annotation);
     let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
     let observer = Arc::new(observe::Observer::from_node_config(store.events().clone()));
     all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller, observer))));
@@ -50,9 +53,16 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
 /// Puts a checkpointed container's writable layer back before CRIU restores its processes:
 /// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
 /// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
-fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::error::Result<()> {
+fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::runc_error::Result<()> {
+    use podcr_sandbox_controller::{archive, node_config::NodeConfig, Error as PodError};
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
-    podcr_sandbox_controller::archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &podcr_sandbox_controller::archive::Limits::default())
-        .map(|_| ())
-        .map_err(|e| convert::controller_error(e.into()))
+    // Read per restore: `[rootfs] keep_privileged` decides whether setuid/setgid bits and file
+    // capabilities from the checkpoint are restored (by default they are dropped and logged).
+    let privileged = NodeConfig::load()?.rootfs.privileged();
+    let stats = archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &archive::Limits::default(), privileged)
+        .map_err(PodError::from)?;
+    if !stats.stripped.is_empty() {
+        tracing::warn!(count = stats.stripped.len(), "restored rootfs without the setuid/setgid bits and file capabilities of its diff");
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::freezer::{self, Freezer};
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// In the sandbox bundle, next to containerd's files.
 pub const MARKER: &str = "podcr-checkpoint-recovery.json";
@@ -51,7 +51,7 @@ pub fn write(bundle: &Path, marker: &Marker) -> Result<()> {
     let path = bundle.join(MARKER);
     let tmp = bundle.join(format!("{MARKER}.tmp"));
     let data = serde_json::to_vec(marker)
-        .map_err(|e| Error::Other(format!("encode recovery marker: {e}")))?;
+        ?;
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -107,7 +107,11 @@ pub fn recover(bundle: &Path) {
         }
     }
     if marker.output_path.is_absolute() {
-        match podcr_sandbox_controller::archive::clean_dir_contents(&marker.output_path) {
+        // Reopened as the checkpoint opened it (no symlink followed, root's and private,
+        // locked), and cleaned through that descriptor: the marker's path is only a name.
+        let cleaned = podcr_sandbox_controller::archive::OutputDir::open_locked(&marker.output_path)
+            .and_then(|dir| dir.clean());
+        match cleaned {
             Ok(()) => info!(output = %marker.output_path.display(), "removed a partial checkpoint"),
             Err(e) => warn!(error = %e, "remove a partial checkpoint"),
         }

@@ -25,7 +25,8 @@ use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
 use super::{
-    convert::{self, controller_error},
+    convert,
+    restore_from::AnnotationRestore,
     sandbox_restore::SandboxRestore,
 };
 use crate::error::Error;
@@ -37,18 +38,24 @@ pub struct SandboxService<B: PodBackend> {
     controller: Arc<SandboxController<B>>,
     on_shutdown: OnShutdown,
     restore: SandboxRestore<B>,
+    annotation: Arc<AnnotationRestore<B>>,
 }
 
 impl<B: PodBackend> SandboxService<B> {
-    pub fn new(controller: Arc<SandboxController<B>>, on_shutdown: OnShutdown, restore: SandboxRestore<B>) -> Self {
-        SandboxService { controller, on_shutdown, restore }
+    pub fn new(
+        controller: Arc<SandboxController<B>>,
+        on_shutdown: OnShutdown,
+        restore: SandboxRestore<B>,
+        annotation: Arc<AnnotationRestore<B>>,
+    ) -> Self {
+        SandboxService { controller, on_shutdown, restore, annotation }
     }
 }
 
 type RpcResult<T> = ttrpc::Result<T>;
 
 fn wire(e: podcr_sandbox_controller::Error) -> ttrpc::Error {
-    controller_error(e).into()
+    Error::from(e).into()
 }
 
 /// Go's GOARCH names, which containerd compares image platforms against.
@@ -67,6 +74,8 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         info!(sandbox = %req.sandbox_id, netns = %req.netns_path, "create sandbox");
         let config = convert::pod_config(req.options.as_ref())?;
         let spec = convert::pod_spec(&req.sandbox_id, &req.bundle_path, &req.netns_path, config.as_ref())?;
+        // A `podcr.io/restore-from` pod is checked before any of it exists (see restore_from).
+        self.annotation.plan(&spec).await?;
         self.controller.create(spec).await.map_err(wire)?;
         Ok(CreateSandboxResponse::new())
     }
@@ -129,7 +138,7 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
     async fn sandbox_metrics(&self, _ctx: &TtrpcContext, req: SandboxMetricsRequest) -> RpcResult<SandboxMetricsResponse> {
         // containerd 2.1's CRI reads the pod cgroup itself and never calls this (it first does
         // in 2.4); say so rather than return an empty metric the CRI would reject.
-        Err(Error::Unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
+        Err(Error::unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
     }
 
     async fn update_sandbox(&self, _ctx: &TtrpcContext, req: UpdateSandboxRequest) -> RpcResult<UpdateSandboxResponse> {

@@ -27,7 +27,7 @@ use super::{
     runc::{CriuFlags, CriuImages, Runc},
     CheckpointArgs, Containers, Status,
 };
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// What `Task.Create` asks for, stripped of protobuf.
 pub struct CreateArgs {
@@ -42,9 +42,9 @@ pub struct CreateArgs {
 
 impl Containers {
     pub async fn create(&self, args: CreateArgs) -> Result<u32> {
-        if lock(&self.inner.map).contains_key(&args.id) {
-            return Err(Error::AlreadyExists(format!("container {}", args.id)));
-        }
+        // Held until the container is in the map (or the create failed and cleaned up).
+        let _claim = self.claim(&args.id)?;
+        self.check_runc().await?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
@@ -54,6 +54,10 @@ impl Containers {
             Ok(data) => serde_json::from_slice(&data)?,
             Err(e) => return Err(Error::io("read config.json")(e)),
         };
+        let hook = lock(&self.inner.restore_hook).clone();
+        if let Some(hook) = &hook {
+            hook.before_create(&args.id, &spec).await?;
+        }
         let rootfs = args.bundle.join("rootfs");
         let upperdir = args.rootfs.iter().find_map(|m| container::upperdir(&m.options));
         for m in &args.rootfs {
@@ -66,6 +70,7 @@ impl Containers {
                 image_path: image.clone(),
                 work_path: args.criu_work_path.clone(),
                 flags: CriuFlags::default(),
+                discard: Vec::new(),
             }),
             (None, Some(s)) => {
                 if s.rootfs_diff.is_some() {
@@ -74,10 +79,12 @@ impl Containers {
                         return Err(e);
                     }
                 }
+                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
                 Some(RestorePlan {
                     image_path: s.image_path,
                     work_path: s.work_path,
                     flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                    discard,
                 })
             }
             (None, None) => None,
@@ -109,14 +116,8 @@ impl Containers {
                 }
             }
         };
-        let inserted = {
-            let mut map = lock(&self.inner.map);
-            !map.contains_key(&c.id) && map.insert(c.id.clone(), c.clone()).is_none()
-        };
-        if !inserted {
-            unmount(&c).await;
-            return Err(Error::AlreadyExists(format!("container {}", c.id)));
-        }
+        // The claim kept every other Create of this id out, so nothing can be there.
+        lock(&self.inner.map).insert(c.id.clone(), c.clone());
         if pid > 0 {
             self.register(pid, &c.id, "");
         }
@@ -139,11 +140,11 @@ impl Containers {
     async fn apply_rootfs_hook(&self, rootfs: &Path, args: &super::RestoreArgs) -> Result<()> {
         let hook = lock(&self.inner.rootfs_hook)
             .clone()
-            .ok_or_else(|| Error::FailedPrecondition("a rootfs diff is staged but no rootfs hook is set".into()))?;
+            .ok_or_else(|| Error::failed_precondition("a rootfs diff is staged but no rootfs hook is set"))?;
         let (rootfs, args) = (rootfs.to_path_buf(), args.clone());
         tokio::task::spawn_blocking(move || hook(&rootfs, &args))
             .await
-            .map_err(|e| Error::Other(format!("rootfs hook: {e}")))?
+            .map_err(Error::join("rootfs hook"))?
     }
 
     async fn runc_create(&self, c: &Container) -> Result<u32> {
@@ -178,13 +179,28 @@ impl Containers {
             return self.start_exec(&c, exec_id).await;
         }
         if c.init.started() {
-            return Err(Error::FailedPrecondition(format!("container {id} already started")));
+            return Err(Error::failed_precondition(format!("container {id} already started")));
         }
         let pid = match c.take_restore() {
             Some(plan) => {
-                let pid = self.runc_restore(&c, &plan).await?;
+                let restored = self.runc_restore(&c, &plan).await;
+                discard_staged(id, plan.discard).await;
+                let pid = restored?;
+                // CRIU gives the processes the credentials in the images, not the spec's: a
+                // process holding more than the spec grants is killed before anything sees it.
+                if let Err(e) = self.check_restored_caps(&c).await {
+                    warn!(container = id, error = %e, "restored container holds more than its spec grants; killed");
+                    if let Err(k) = c.runc.kill(id, 9, true).await {
+                        warn!(container = id, error = %k, "kill a refused restored container");
+                    }
+                    return Err(e);
+                }
                 // A restored container's cgroup first exists now.
                 self.watch_oom(id, pid);
+                let hook = lock(&self.inner.restore_hook).clone();
+                if let Some(hook) = hook {
+                    hook.restored(id).await;
+                }
                 pid
             }
             None => {
@@ -225,18 +241,44 @@ impl Containers {
         Ok(pid)
     }
 
+    /// Refuses a restored container any of whose processes holds a capability (effective,
+    /// permitted or bounding) that its spec does not grant.
+    async fn check_restored_caps(&self, c: &Container) -> Result<()> {
+        use podcr_sandbox_controller::restore::policy::{cap_mask, cap_name, cap_names};
+        let data = tokio::fs::read(c.bundle.join("config.json")).await.map_err(Error::io("read config.json"))?;
+        let spec: serde_json::Value = serde_json::from_slice(&data)?;
+        let caps = &spec["process"]["capabilities"];
+        let granted: Vec<String> = ["bounding", "permitted", "effective", "ambient"]
+            .iter()
+            .filter_map(|k| caps[*k].as_array())
+            .flatten()
+            .filter_map(|v| v.as_str().map(cap_name))
+            .collect();
+        let allowed = cap_mask(&granted);
+        for pid in c.runc.ps(&c.id).await? {
+            // A process that exited meanwhile holds nothing.
+            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
+            if let Some((field, extra)) = excess_caps(&status, allowed) {
+                return Err(Error::failed_precondition(format!(
+                    "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
+                    c.id,
+                    cap_names(extra)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn start_exec(&self, c: &Container, exec_id: &str) -> Result<u32> {
         let p = c.exec(exec_id)?;
         if p.started() {
-            return Err(Error::FailedPrecondition(format!("exec {exec_id} already started")));
+            return Err(Error::failed_precondition(format!("exec {exec_id} already started")));
         }
         if c.status() == Status::Stopped {
-            return Err(Error::FailedPrecondition(format!("container {} is stopped", c.id)));
+            return Err(Error::failed_precondition(format!("container {} is stopped", c.id)));
         }
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        tokio::fs::write(&spec_file, p.spec.as_deref().unwrap_or_default())
-            .await
-            .map_err(Error::io("write exec spec"))?;
+        write_private(&spec_file, p.spec.as_deref().unwrap_or_default().to_vec()).await?;
         let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
         let (child, pending) = io::prepare(&p.stdio)?;
         let console = pending.console_socket().map(Path::to_path_buf);
@@ -262,7 +304,7 @@ impl Containers {
     pub fn add_exec(&self, id: &str, exec_id: &str, stdio: Stdio, spec: Vec<u8>) -> Result<()> {
         let c = self.get(id)?;
         if c.status() == Status::Stopped {
-            return Err(Error::FailedPrecondition(format!("container {id} is stopped")));
+            return Err(Error::failed_precondition(format!("container {id} is stopped")));
         }
         c.add_exec(Arc::new(Process::new(exec_id, stdio, Some(spec))))?;
         self.inner.events.send(
@@ -283,19 +325,19 @@ impl Containers {
         let p = c.process(exec_id)?;
         if !exec_id.is_empty() {
             if p.exit().is_some() || p.pid() == 0 {
-                return Err(Error::NotFound(format!("exec {exec_id} is not running")));
+                return Err(Error::not_found(format!("exec {exec_id} is not running")));
             }
             let sig = nix::sys::signal::Signal::try_from(signal as i32)
-                .map_err(|_| Error::InvalidArgument(format!("signal {signal}")))?;
+                .map_err(|_| Error::invalid_argument(format!("signal {signal}")))?;
             return nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig)
                 .map_err(Error::nix("kill exec"));
         }
         if p.exit().is_some() && !all {
-            return Err(Error::NotFound(format!("container {id} is not running")));
+            return Err(Error::not_found(format!("container {id} is not running")));
         }
         if p.pid() == 0 {
             // A pending restore has nothing to signal yet.
-            return Err(Error::NotFound(format!("container {id} has no process")));
+            return Err(Error::not_found(format!("container {id} has no process")));
         }
         match c.runc.kill(id, signal, all).await {
             // `--all` after the init died still finds stragglers; nothing left is fine.
@@ -309,7 +351,7 @@ impl Containers {
         let c = self.get(id)?;
         let p = c.process(exec_id)?;
         if p.started() && p.exit().is_none() {
-            return Err(Error::FailedPrecondition(format!("process {id}/{exec_id} is running")));
+            return Err(Error::failed_precondition(format!("process {id}/{exec_id} is running")));
         }
         let exit = p.exit().unwrap_or(Exit { status: 0, at: SystemTime::now() });
         if !exec_id.is_empty() {
@@ -416,7 +458,7 @@ impl Containers {
     pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let p = self.get(id)?.process(exec_id)?;
         let io: ProcessIo = p.io();
-        let pty = io.pty.ok_or_else(|| Error::FailedPrecondition(format!("{id}/{exec_id} has no terminal")))?;
+        let pty = io.pty.ok_or_else(|| Error::failed_precondition(format!("{id}/{exec_id} has no terminal")))?;
         io::resize(&pty, width, height)
     }
 
@@ -449,7 +491,7 @@ async fn unmount_path(id: &str, rootfs: &Path, mounted: bool) {
 
 async fn read_pid(path: &Path) -> Result<u32> {
     let s = tokio::fs::read_to_string(path).await.map_err(Error::io(format!("read {}", path.display())))?;
-    s.trim().parse().map_err(|_| Error::Other(format!("bad pid in {}: {s:?}", path.display())))
+    s.trim().parse().map_err(|_| Error::Process(format!("bad pid in {}: {s:?}", path.display())))
 }
 
 /// Adds CRIU's own reason to a runc error, which only says "criu failed". CRIU logs its failure
@@ -493,6 +535,20 @@ pub(super) fn criu_reason(log: &str) -> String {
     errors.join("\n")
 }
 
+/// The first of a `/proc/<pid>/status`'s capability sets (effective, permitted, bounding) that
+/// holds a capability outside `allowed`, with the excess; an unreadable field counts as all set.
+pub(super) fn excess_caps(status: &str, allowed: u64) -> Option<(&'static str, u64)> {
+    ["CapEff", "CapPrm", "CapBnd"].into_iter().find_map(|field| {
+        let held = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        let extra = held & !allowed;
+        (extra != 0).then_some((field, extra))
+    })
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -507,9 +563,67 @@ fn task_io(s: &Stdio) -> TaskIO {
     }
 }
 
+/// Removes a restore's staged copies once CRIU has read them (or failed to); CRIU's log in the
+/// work directory stays for diagnosis.
+async fn discard_staged(id: &str, paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        for p in paths {
+            let res = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                warn!(container = %id, path = %p.display(), error = %e, "remove a restore's staged copy");
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes an exec's process spec (its environment may hold secrets) readable by root only:
+/// created new with mode 0600, never through a symlink; a stale one from a dead shim is replaced.
+async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove a stale exec spec")(e)),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(Error::io("create exec spec"))?;
+        f.write_all(&data).map_err(Error::io("write exec spec"))
+    })
+    .await
+    .map_err(Error::join("exec spec writer"))?
+}
+
 #[cfg(test)]
 mod criu_log_tests {
-    use super::criu_reason;
+    use super::{criu_reason, excess_caps};
+
+    #[test]
+    fn restored_capabilities_beyond_the_spec_are_found() {
+        let status = "Name:\tcounter\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n";
+        assert_eq!(excess_caps(status, 0xa80425fb), None);
+        let admin = status.replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a82425fb");
+        assert_eq!(excess_caps(&admin, 0xa80425fb), Some(("CapEff", 1 << 21)));
+        let bounding = status.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t000001ffffffffff");
+        assert_eq!(excess_caps(&bounding, 0xa80425fb).map(|(f, _)| f), Some("CapBnd"));
+        assert!(excess_caps("Name:\tx\n", 0xa80425fb).is_some(), "unreadable sets are not trusted");
+    }
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {

@@ -34,7 +34,7 @@ use container::Container;
 pub use runc::CriuFlags;
 
 use crate::{
-    error::{Error, Result},
+    runc_error::{Error, Result},
     events::EventSink,
 };
 
@@ -81,6 +81,18 @@ pub struct RestoreArgs {
 /// path and the staged [`RestoreArgs`] when `rootfs_diff` is set. Runs on a blocking thread.
 pub type RootfsHook = Arc<dyn Fn(&std::path::Path, &RestoreArgs) -> Result<()> + Send + Sync>;
 
+/// The pod side's say in a container's restore, called by the Task lifecycle.
+#[async_trait::async_trait]
+pub trait RestoreHook: Send + Sync {
+    /// Called by `Task.Create` before anything of the container exists, with the OCI spec
+    /// containerd generated: may stage a restore for `id` (a pod the kubelet creates with
+    /// `podcr.io/restore-from`), and holds any restore staged for it to the spec. An error fails
+    /// the create and leaves nothing staged. The refusals are the pod logic's, so is the error.
+    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> podcr_sandbox_controller::Result<()>;
+    /// Called once a restored container's processes run and passed the capability check.
+    async fn restored(&self, id: &str);
+}
+
 /// Routes reaped pids to processes. An exit can be reaped before its pid is known (a process
 /// dying right after `runc create`/`exec` returns), so unknown exits wait here briefly.
 #[derive(Default)]
@@ -96,13 +108,32 @@ struct Inner {
     namespace: String,
     runc_root: PathBuf,
     runc_binary: PathBuf,
+    /// Whether runc's version is checked before the first container (not for unit tests' fakes),
+    /// and the outcome, once known.
+    check_runc: bool,
+    runc_checked: tokio::sync::OnceCell<std::result::Result<(), String>>,
     events: EventSink,
     map: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose Create is under way (see [`CreateClaim`]).
+    creating: Mutex<std::collections::HashSet<String>>,
     staged: Mutex<HashMap<String, RestoreArgs>>,
     pids: Mutex<PidTable>,
     sandboxed: AtomicBool,
     exit: CancellationToken,
     rootfs_hook: Mutex<Option<RootfsHook>>,
+    restore_hook: Mutex<Option<Arc<dyn RestoreHook>>>,
+}
+
+/// An id's Create under way; dropping it (on success or failure) frees the id.
+struct CreateClaim {
+    store: Containers,
+    id: String,
+}
+
+impl Drop for CreateClaim {
+    fn drop(&mut self) {
+        lock(&self.store.inner.creating).remove(&self.id);
+    }
 }
 
 /// Cheap-to-clone handle to the shim's containers (see the module docs).
@@ -120,23 +151,41 @@ impl Containers {
     /// A store for `namespace` whose runc state lives in `runc_root`. Starts the exit router,
     /// which must be subscribed before the first container process exists.
     pub async fn new(namespace: &str, runc_root: PathBuf, events: EventSink) -> Result<Self> {
-        Self::with_runc(namespace, runc_root, "runc".into(), events).await
+        Self::build(namespace, runc_root, "runc".into(), events, true).await
+    }
+
+    /// Refuses to run containers with a runc older than [`runc::MIN_VERSION`] (asked once).
+    pub(crate) async fn check_runc(&self) -> Result<()> {
+        if !self.inner.check_runc {
+            return Ok(());
+        }
+        let binary = self.inner.runc_binary.clone();
+        let checked = self.inner.runc_checked.get_or_init(|| async move { runc::check_version(&binary).await }).await;
+        checked.clone().map_err(Error::failed_precondition)
     }
 
     /// Like [`Containers::new`] with another runc binary (unit tests use a fake).
     pub async fn with_runc(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink) -> Result<Self> {
+        Self::build(namespace, runc_root, runc_binary, events, false).await
+    }
+
+    async fn build(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink, check_runc: bool) -> Result<Self> {
         let store = Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 runc_root,
                 runc_binary,
+                check_runc,
+                runc_checked: tokio::sync::OnceCell::new(),
                 events,
                 map: Mutex::default(),
+                creating: Mutex::default(),
                 staged: Mutex::default(),
                 pids: Mutex::default(),
                 sandboxed: AtomicBool::new(false),
                 exit: CancellationToken::new(),
                 rootfs_hook: Mutex::default(),
+                restore_hook: Mutex::default(),
             }),
         };
         let mut sub = monitor_subscribe(Topic::Pid).await?;
@@ -149,6 +198,11 @@ impl Containers {
             }
         });
         Ok(store)
+    }
+
+    /// The runc binary the containers run with.
+    pub fn runc_binary(&self) -> &std::path::Path {
+        &self.inner.runc_binary
     }
 
     pub fn namespace(&self) -> &str {
@@ -203,6 +257,16 @@ impl Containers {
         *lock(&self.inner.rootfs_hook) = Some(hook);
     }
 
+    /// Installs the pod side's [`RestoreHook`].
+    pub fn set_restore_hook(&self, hook: Arc<dyn RestoreHook>) {
+        *lock(&self.inner.restore_hook) = Some(hook);
+    }
+
+    /// The restore staged for `id`, if any, left staged.
+    pub fn staged_restore(&self, id: &str) -> Option<RestoreArgs> {
+        lock(&self.inner.staged).get(id).cloned()
+    }
+
     /// Drops a staged restore; returns it if there was one.
     pub fn unstage_restore(&self, id: &str) -> Option<RestoreArgs> {
         lock(&self.inner.staged).remove(id)
@@ -210,8 +274,19 @@ impl Containers {
 
     // ---- internals shared by the lifecycle ----
 
+    /// Claims `id` for one Create until the claim drops. Two Creates of one id share a bundle
+    /// and so a rootfs mount point: without the claim both mounted it and ran `runc create`, and
+    /// the one that lost the final insert unmounted the winner's rootfs.
+    fn claim(&self, id: &str) -> Result<CreateClaim> {
+        let taken = lock(&self.inner.map).contains_key(id) || !lock(&self.inner.creating).insert(id.to_string());
+        if taken {
+            return Err(Error::already_exists(format!("container {id}")));
+        }
+        Ok(CreateClaim { store: self.clone(), id: id.to_string() })
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::NotFound(format!("container {id}")))
+        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id}")))
     }
 
     fn is_empty(&self) -> bool {

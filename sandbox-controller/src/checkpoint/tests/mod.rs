@@ -14,9 +14,38 @@ use crate::{
     SandboxController,
 };
 
+/// A `[signing]` whose key and trusted directory live in `dir` (made on first use).
+fn signing(dir: &std::path::Path) -> crate::node_config::SigningConfig {
+    let keys = dir.join("keys");
+    let trusted = dir.join("trusted.d");
+    if !keys.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::create_dir_all(&trusted).unwrap();
+        let (_, _, public) = archive::signing::write_new_keypair(&keys).unwrap();
+        std::fs::copy(public, trusted.join("node.pub")).unwrap();
+    }
+    crate::node_config::SigningConfig { key: keys.join(archive::signing::KEY_FILE), trusted_dir: trusted, allow_unsigned: false }
+}
+
+/// What a restore on the test node trusts: checkpoints made by [`ready_pod`]'s controllers.
+fn trust() -> archive::TrustPolicy {
+    archive::TrustPolicy::from_config(&signing(&keys_dir())).unwrap()
+}
+
+/// One key pair for the whole test binary, as a node has one.
+fn keys_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf();
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        signing(&dir);
+    });
+    dir
+}
+
 async fn ready_pod(names: &[&str]) -> (Arc<FakeBackend>, SandboxController<FakeBackend>, tempfile::TempDir) {
     let fake = Arc::new(FakeBackend::with_containers(names));
-    let ctl = SandboxController::new(fake.clone());
+    let ctl = SandboxController::new(fake.clone()).with_signing(signing(&keys_dir()));
     let bundle = tempfile::tempdir().unwrap();
     let spec = PodSpec {
         id: "pod1".into(),
@@ -85,8 +114,9 @@ async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
     assert_eq!(stats.containers.len(), 2);
     assert!(stats.total_bytes > 0);
 
-    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "sidecar.tar.zst"]);
-    let ckpt = archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "podcr.manifest.sig", "sidecar.tar.zst"]);
+    let ckpt = archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
+    assert!(ckpt.signer.is_some(), "the node's key must sign the checkpoint");
     assert_eq!(ckpt.manifest.containers.len(), 2);
     assert_eq!(ckpt.pod_config["metadata"]["name"], "web");
 }
@@ -99,7 +129,7 @@ async fn the_default_checkpoint_leaves_the_pod_running() {
     let calls = fake.calls();
     assert!(!calls.iter().any(|c| c.starts_with("kill:")), "the CRI's empty options must not stop the pod: {calls:?}");
     assert!(fake.frozen.lock().unwrap().is_empty());
-    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
 }
 
 #[tokio::test]
@@ -260,7 +290,7 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -272,6 +302,67 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
     assert!(stage.image_dir.join("pages-1.img").is_file());
     assert_eq!(std::fs::read_to_string(stage.image_dir.join("pages-1.img")).unwrap(), "memory of id-app");
     assert_eq!(stage.deleted, vec!["/etc/motd".to_string()]);
+}
+
+/// The backend's identity is what the checkpoint records, and a backend of another runtime
+/// refuses to restore it before anything is staged.
+#[tokio::test]
+async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
+    let ckpt = archive::open_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
+    assert_eq!(ckpt.manifest.runtime, "fake");
+    let annotation = |k: &str| ckpt.options.annotations.get(k).cloned().unwrap_or_default();
+    assert_eq!(annotation(archive::annotations::RUNTIME_NAME), "fake");
+    assert_eq!(annotation(archive::annotations::RUNTIME_VERSION), "1.0");
+    assert_eq!(annotation(archive::annotations::CRIU_VERSION), "2.0");
+
+    let (fake2, ctl2, _b2) = ready_pod(&[]).await;
+    *fake2.runtime.lock().unwrap() = Some("runc".into());
+    let err = ctl2
+        .restore(PodRestoreRequest {
+            sandbox_id: "pod1".into(),
+            checkpoint_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("\"fake\"")), "{err}");
+    assert!(fake2.staged.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn restore_holds_the_checkpoint_to_the_callers_configs() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(&fake, out.path(), &[("leave-running", "true")]);
+    let privileged = serde_json::json!({"command": ["/app"], "linux": {"security_context": {"privileged": true}}});
+    req.containers[0].config = Some(privileged.clone());
+    ctl.checkpoint(req).await.unwrap();
+
+    let (fake2, ctl2, bundle2) = ready_pod(&[]).await;
+    let restore = |config: serde_json::Value| PodRestoreRequest {
+        sandbox_id: "pod1".into(),
+        checkpoint_path: out.path().to_path_buf(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), config: Some(config), spec: None }],
+        ..Default::default()
+    };
+    for (config, field) in [
+        (serde_json::json!({"command": ["/app"]}), "privileged"),
+        (serde_json::json!({"command": ["/other"], "linux": {"security_context": {"privileged": true}}}), "command"),
+    ] {
+        let err = ctl2.restore(restore(config)).await.unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains(&format!(": {field}:"))), "{err}");
+        assert!(fake2.staged.lock().unwrap().is_empty(), "a refused restore staged something");
+        let staging = bundle2.path().join(crate::restore::RESTORE_DIR);
+        assert!(!staging.join("app").exists(), "a refused restore left its extraction");
+    }
+    ctl2.restore(restore(privileged)).await.unwrap();
+    assert!(fake2.staged.lock().unwrap().contains_key("new-app"));
 }
 
 #[tokio::test]
@@ -291,7 +382,7 @@ async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
             sandbox_id: "pod1".into(),
             checkpoint_path: out.path().to_path_buf(),
             deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into() }],
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
             ..Default::default()
         })
         .await
@@ -317,7 +408,7 @@ async fn prepared_dumps_are_all_ready_before_the_pod_is_frozen() {
         assert!(dump < index_of(&calls, "thaw"));
     }
     assert_eq!(stats.containers.len(), 2);
-    archive::verify_pod_dir(out.path(), &Limits::default()).unwrap();
+    archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
 }
 
 #[tokio::test]
@@ -346,4 +437,99 @@ async fn a_deadline_before_every_dump_is_ready_says_so_and_freezes_nothing() {
     assert!(matches!(&err, Error::DeadlineExceeded(m) if m.contains("nothing was frozen")), "{err}");
     assert!(!fake.calls().iter().any(|c| c == "freeze"), "{:?}", fake.calls());
     assert!(dir_entries(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_node_without_its_key_refuses_before_freezing() {
+    let (fake, ctl, _bundle) = ready_pod(&["app"]).await;
+    let nokey = tempfile::tempdir().unwrap();
+    let ctl = ctl.with_signing(crate::node_config::SigningConfig {
+        key: nokey.path().join("signing.key"),
+        trusted_dir: nokey.path().join("trusted.d"),
+        allow_unsigned: false,
+    });
+    let out = tempfile::tempdir().unwrap();
+    let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(ref m) if m.contains("podcr key generate")), "{err}");
+    assert!(!fake.calls().iter().any(|c| c == "freeze"), "nothing may be frozen without a key");
+    assert!(dir_entries(out.path()).is_empty());
+}
+
+/// A backend that only runs pods: the core trait and three empty capability impls. A checkpoint
+/// of its pod is refused as Unimplemented and leaves nothing behind; the pod keeps running.
+mod minimal {
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::backend::{
+        BackendIdentity, ContainerInfo, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PreparedDumps,
+    };
+
+    struct RunOnly;
+
+    #[async_trait]
+    impl PodBackend for RunOnly {
+        async fn create_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn start_pod(&self, _spec: &PodSpec) -> crate::Result<PodAnchor> {
+            // The sender is dropped: the anchor never reports an exit.
+            Ok(PodAnchor { pid: 1, exit: watch::channel(None).1 })
+        }
+        async fn stop_pod(&self, _spec: &PodSpec, _timeout: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn destroy_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn containers(&self) -> crate::Result<Vec<ContainerInfo>> {
+            Ok(vec![ContainerInfo {
+                id: "c1".into(),
+                name: "app".into(),
+                pid: 2,
+                running: true,
+                bundle: std::env::temp_dir(),
+                image: None,
+                created_at: Utc::now(),
+            }])
+        }
+        async fn identity(&self) -> BackendIdentity {
+            BackendIdentity { runtime: "run-only".into(), ..Default::default() }
+        }
+    }
+    impl PodCheckpoint for RunOnly {}
+    impl PreparedDumps for RunOnly {}
+    impl PodRestore for RunOnly {}
+
+    #[tokio::test]
+    async fn a_backend_without_checkpoint_refuses_it_and_leaves_nothing() {
+        let ctl = SandboxController::new(Arc::new(RunOnly)).with_signing(signing(&keys_dir()));
+        let bundle = tempfile::tempdir().unwrap();
+        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() })
+            .await
+            .unwrap();
+        ctl.start("pod1").await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let req = PodCheckpointRequest {
+            sandbox_id: "pod1".into(),
+            containers: vec![ContainerSelection { id: "c1".into(), ..Default::default() }],
+            output_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let err = ctl.checkpoint(req).await.unwrap_err();
+        assert!(matches!(&err, Error::Unimplemented(m) if m.contains("freeze")), "{err}");
+        assert!(dir_entries(out.path()).is_empty(), "{:?}", dir_entries(out.path()));
+        let restore = ctl
+            .restore(PodRestoreRequest {
+                sandbox_id: "pod1".into(),
+                checkpoint_path: out.path().to_path_buf(),
+                containers: vec![RestoreSelection { id: "c2".into(), name: "app".into(), ..Default::default() }],
+                ..Default::default()
+            })
+            .await;
+        assert!(restore.is_err(), "a restore from nothing must fail");
+    }
 }
