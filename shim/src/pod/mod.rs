@@ -40,12 +40,12 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
     let controller = Arc::new(SandboxController::new(backend));
     let exit_store = store.clone();
     let images = image_rootfs::ImageRootfs::new(containerd_address, store.namespace());
-    let restore = SandboxRestore::new(controller.clone(), store.clone(), images);
+    let observer = Arc::new(observe::Observer::from_node_config(store.events().clone()));
+    let restore = SandboxRestore::new(controller.clone(), store.clone(), images, observer.clone());
     let annotation = Arc::new(restore_from::AnnotationRestore::new(controller.clone(), store.clone()));
     store.set_restore_hook(annotation.clone());
     let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore, annotation);
     let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
-    let observer = Arc::new(observe::Observer::from_node_config(store.events().clone()));
     all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller, observer))));
     all
 }

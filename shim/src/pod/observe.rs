@@ -255,7 +255,7 @@ mod tests {
             ..failed
         });
 
-        let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        let next = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
             let (topic, ev): (&str, Box<dyn protobuf::MessageDyn + Send>) = rx.try_recv().unwrap();
             let ev: Box<dyn protobuf::MessageDyn> = ev;
             (topic, ev.downcast_box::<PodOperation>().unwrap())

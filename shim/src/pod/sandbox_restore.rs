@@ -41,6 +41,7 @@ use super::{
     convert,
     files::PodFiles,
     image_rootfs::ImageRootfs,
+    observe::{Observer, Outcome},
 };
 use crate::{
     error::Error,
@@ -105,6 +106,7 @@ pub struct SandboxRestore<B: PodBackend> {
     controller: Arc<SandboxController<B>>,
     store: Containers,
     images: ImageRootfs,
+    observer: Arc<Observer>,
 }
 
 impl<B: PodBackend> SandboxRestore<B> {
@@ -112,11 +114,13 @@ impl<B: PodBackend> SandboxRestore<B> {
         controller: Arc<SandboxController<B>>,
         store: Containers,
         images: ImageRootfs,
+        observer: Arc<Observer>,
     ) -> Self {
         SandboxRestore {
             controller,
             store,
             images,
+            observer,
         }
     }
 
@@ -153,7 +157,17 @@ impl<B: PodBackend> SandboxRestore<B> {
             ..Default::default()
         };
         let controller = self.controller.clone();
-        detached(async move { controller.checkpoint(request).await }).await?;
+        let (started, count) = (std::time::Instant::now(), req.tasks.len());
+        let result = detached(async move { controller.checkpoint(request).await }).await;
+        let outcome = Outcome {
+            sandbox_id: &req.sandbox_id,
+            path: std::path::Path::new(&req.output_path),
+            elapsed: started.elapsed(),
+            containers: count,
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        self.observer.checkpointed(&outcome, result.as_ref().ok());
+        result?;
         Ok(CheckpointSandboxResponse::new())
     }
 
@@ -479,7 +493,12 @@ mod tests {
                 allow_unsigned: false,
             };
             let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())).with_signing(signing));
-            SandboxRestore::new(controller, store, ImageRootfs::new("", "ns"))
+            SandboxRestore::new(
+                controller,
+                store,
+                ImageRootfs::new("", "ns"),
+                Arc::new(Observer::new(crate::events::EventSink::discard(), None)),
+            )
         }
 
         fn restore_req(
