@@ -61,13 +61,31 @@ pub fn call_timeout() -> Duration {
     CALL_TIMEOUT.get().copied().unwrap_or(DEFAULT_CALL_TIMEOUT)
 }
 
+/// The deadline of the calls that do a pod's real work through the CRI (RunPodSandbox, and
+/// StartContainer, which runs CRIU's restore): the operation's `--timeout`, never less than the
+/// call timeout. Connecting still has to happen within the call timeout.
+static WORK_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+pub fn set_work_timeout(timeout: Duration) {
+    let _ = WORK_TIMEOUT.set(timeout);
+}
+
+pub fn work_timeout() -> Duration {
+    WORK_TIMEOUT.get().copied().unwrap_or(DEFAULT_CALL_TIMEOUT).max(call_timeout())
+}
+
 /// Opens a gRPC channel over a unix socket, with the call timeout on connecting (a socket that
 /// accepts and never answers the HTTP/2 handshake included) and on every request made on it.
 /// tonic needs a URI; the connector ignores it.
 pub async fn unix_channel(socket: &Path) -> Result<Channel> {
+    unix_channel_with(socket, call_timeout()).await
+}
+
+/// [`unix_channel`] whose requests may take `request_timeout` (connecting: the call timeout).
+pub async fn unix_channel_with(socket: &Path, request_timeout: Duration) -> Result<Channel> {
     let timeout = call_timeout();
     let path = socket.to_path_buf();
-    let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(timeout).timeout(timeout);
+    let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(timeout).timeout(request_timeout);
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
         let path = path.clone();
         async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }

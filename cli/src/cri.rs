@@ -13,18 +13,24 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::{containerd::unix_channel, zerofill::from_go_json};
+use crate::{
+    containerd::{unix_channel, unix_channel_with, work_timeout},
+    zerofill::from_go_json,
+};
 
 #[derive(Clone)]
 pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
+    /// For the calls that do the pod's work (see `containerd::work_timeout`).
+    work: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
 }
 
 impl Cri {
     pub async fn connect(socket: &Path) -> Result<Cri> {
         let channel = unix_channel(socket).await?;
-        Ok(Cri { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) })
+        let work = RuntimeServiceClient::new(unix_channel_with(socket, work_timeout()).await?);
+        Ok(Cri { runtime: RuntimeServiceClient::new(channel.clone()), work, images: ImageServiceClient::new(channel) })
     }
 
     /// containerd's state directory, from the CRI plugin's own state dir (`<state>/io.containerd.grpc.v1.cri`)
@@ -87,12 +93,12 @@ impl Cri {
 
     pub async fn run_pod(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {
         let req = RunPodSandboxRequest { config: Some(config), runtime_handler: handler.to_string() };
-        let resp = self.runtime.clone().run_pod_sandbox(req).await.context("CRI RunPodSandbox")?;
+        let resp = self.work.clone().run_pod_sandbox(req).await.context("CRI RunPodSandbox")?;
         Ok(resp.into_inner().pod_sandbox_id)
     }
 
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        self.runtime
+        self.work
             .clone()
             .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.to_string() })
             .await
@@ -101,7 +107,7 @@ impl Cri {
     }
 
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        self.runtime
+        self.work
             .clone()
             .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
             .await
@@ -117,7 +123,7 @@ impl Cri {
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
-        self.runtime
+        self.work
             .clone()
             .start_container(StartContainerRequest { container_id: id.to_string() })
             .await

@@ -240,6 +240,7 @@ fn check_local(command: &Command) -> Result<(), UsageError> {
 
 async fn run(mut cli: Cli) -> Result<()> {
     containerd::set_call_timeout(cli.call_timeout);
+    containerd::set_work_timeout(cli.timeout);
     if let Command::Checkpoint(a) = &mut cli.command {
         split_pod(&mut a.pod, &mut a.pod_namespace)?;
     }
