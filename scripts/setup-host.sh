@@ -40,7 +40,8 @@ all_present() {
   # Versions are captured before grepping: `tool --version | grep -q` under pipefail fails at random
   # when grep exits early and the tool dies of SIGPIPE.
   missing="containerd >= 2.1"; version_ok containerd ' v?2\.(1|[2-9])' || return 1
-  missing="runc >= 1.3"; version_ok runc 'version 1\.(3|[4-9])' || return 1
+  # runc 1.3.3 fixes CVE-2025-31133, -52565 and -52881 (container escapes); the shim refuses older.
+  missing="runc >= 1.3.3"; version_ok runc 'version 1\.(3\.([3-9]|[1-9][0-9])|[4-9]\.|[1-9][0-9]\.)' || return 1
   missing="criu >= 4.2"; version_ok criu 'Version: 4\.([2-9])' || return 1
   # protoc: k8s-cri's build script; gcc + libc.a: zstd-sys and the static test helpers.
   for t in ctr checkpointctl umoci protoc gcc cc ip iptables jq tar curl; do

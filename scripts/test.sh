@@ -85,8 +85,10 @@ tier() {
   if "$@"; then summary+=("$name: passed"); else status=1; summary+=("$name: FAILED"); fi
 }
 filter=${1:-}
-# The two pod checkpoint/restore designs, each through its own wire (CRI CheckpointPod/RestorePod).
-tier "pr13822+pr13971 wire" cargo test -p podcr-tests --test upstream_wire -- --test-threads=2
+# The two pod checkpoint/restore designs, each through its own wire (CRI CheckpointPod/RestorePod),
+# and RestorePod's trust rules on each (kubelet_restore's pr13* tests).
+tier "pr13822+pr13971 wire" cargo test -p podcr-tests --no-fail-fast --test upstream_wire --test kubelet_restore \
+  -- --test-threads=2 pr13
 # containerd main: what differs from 2.1.9, then a smoke subset of the existing tests against it.
 tier "main" cargo test -p podcr-tests --test upstream_main -- --test-threads=2
 tier "main smoke" env PODCR_TEST_CONTAINERD=main cargo test -p podcr-tests --no-fail-fast \

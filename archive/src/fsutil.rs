@@ -122,10 +122,32 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
 /// untouched too).
 pub fn check_free_space(dir: &Path, needed: u64, reserve: u64) -> Result<()> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
-    let avail = st.blocks_available().saturating_mul(st.fragment_size());
+    #[allow(clippy::useless_conversion)] // fsblkcnt_t is not u64 on every target
+    let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
     if needed.saturating_add(reserve) > avail {
         return Err(Error::FailedPrecondition(format!(
             "{} has {avail} bytes free; the checkpoint needs {needed} and {reserve} must stay free",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an extraction of `needed` files and directories into `dir` unless the file system
+/// keeps a reserve of free inodes afterwards (1% of them, at least 10,000): an inode flood must
+/// not leave the node unable to create files. File systems that report no inode count (btrfs)
+/// are not checked.
+pub fn check_free_inodes(dir: &Path, needed: u64) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(format!("statvfs {}", dir.display()))(e.into()))?;
+    #[allow(clippy::useless_conversion)] // fsfilcnt_t is not u64 on every target
+    let (total, avail) = (u64::from(st.files()), u64::from(st.files_available()));
+    if total == 0 {
+        return Ok(());
+    }
+    let reserve = (total / 100).max(10_000);
+    if needed.saturating_add(reserve) > avail {
+        return Err(Error::FailedPrecondition(format!(
+            "{} has {avail} free inodes; the checkpoint needs {needed} and {reserve} must stay free",
             dir.display()
         )));
     }
@@ -281,6 +303,18 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
         std::fs::write(tmp.path().join("g.tmp"), b"stale").unwrap();
         write_atomic(&tmp.path().join("g"), b"new").unwrap();
+    }
+
+    #[test]
+    fn free_space_and_inodes_are_checked_with_a_reserve() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_free_space(tmp.path(), 0, 0).unwrap();
+        assert!(matches!(check_free_space(tmp.path(), u64::MAX / 2, 0), Err(Error::FailedPrecondition(_))));
+        check_free_inodes(tmp.path(), 0).unwrap();
+        let st = nix::sys::statvfs::statvfs(tmp.path()).unwrap();
+        if st.files() > 0 {
+            assert!(matches!(check_free_inodes(tmp.path(), u64::MAX / 2), Err(Error::FailedPrecondition(_))));
+        }
     }
 
     #[test]

@@ -47,7 +47,7 @@ mod tests;
 pub use cancel::{Cancel, CANCELLED};
 pub use error::{Error, Result};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
-pub use fsutil::check_free_space;
+pub use fsutil::{check_free_inodes, check_free_space};
 pub use layout::*;
 pub use fsutil::read_bounded as read_bounded_file;
 pub use limits::Limits;

@@ -107,6 +107,7 @@ pub fn unpack_pod_archive(file: &Path, dest: &Path, limits: &Limits, trust: &Tru
                 let manifest: PodManifest = parse_bytes(&raw, &dest.join(POD_MANIFEST_FILE))?;
                 let needed = manifest.files.values().fold(0u64, |a, d| a.saturating_add(d.size));
                 super::fsutil::check_free_space(dest, needed, limits.min_free_bytes)?;
+                super::fsutil::check_free_inodes(dest, manifest.files.len() as u64)?;
                 signed = Some(manifest);
             }
             let want = signed.as_ref().and_then(|m| m.files.get(path)).ok_or_else(|| {

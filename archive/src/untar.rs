@@ -76,6 +76,9 @@ pub fn with_fresh_dir<T>(dest: &Path, f: impl FnOnce() -> Result<T>) -> Result<T
 /// a trailing `/` only on directories.
 fn canonical_path(raw: &[u8], is_dir: bool, limits: &Limits) -> Result<String> {
     let comps = split_relative(raw, limits.max_path_len)?;
+    if comps.len() > limits.max_depth {
+        return Err(Error::Archive(format!("entry path is nested deeper than {} directories", limits.max_depth)));
+    }
     let path = std::str::from_utf8(raw).map_err(|_| Error::Archive("entry path is not UTF-8".into()))?;
     let trimmed = if is_dir { path.strip_suffix('/').unwrap_or(path) } else { path };
     let joined: Vec<&str> = comps.iter().filter_map(|c| c.to_str()).collect();

@@ -66,8 +66,12 @@ pub struct CheckpointArgs {
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
     /// Also pack the checkpoint directory into this single file (.tar, or .tar.zst for zstd).
+    /// An existing file is refused unless --force.
     #[arg(long)]
     pub archive: Option<PathBuf>,
+    /// Replace an existing --archive file.
+    #[arg(long, requires = "archive")]
+    pub force: bool,
 }
 
 impl CheckpointArgs {
@@ -288,6 +292,10 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
     let target = resolve(cd, address, args).await?;
     let (pod_config, inputs) = containers(cd, &target).await?;
     anyhow::ensure!(!inputs.is_empty(), "pod {} has no running containers to checkpoint", target.sandbox_id);
+    // Before the pod is touched: a checkpoint that could not be packed would be wasted work.
+    if let Some(archive) = &args.archive {
+        check_archive_target(archive, args.force)?;
+    }
     let output = match &args.output {
         Some(dir) => prepare_output(dir)?,
         None => {
@@ -314,10 +322,33 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
         print!("{}", output::stats_report(stats));
     }
     if let Some(archive) = &args.archive {
+        if args.force {
+            remove_existing(archive)?;
+        }
         crate::transport::pack(&output, archive)?;
         eprintln!("packed into {}", archive.display());
     }
     Ok(())
+}
+
+/// Refuses an existing `--archive` file (or symlink) unless `force`; a directory never.
+fn check_archive_target(archive: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(archive) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("stat {}", archive.display())),
+        Ok(m) if m.is_dir() => anyhow::bail!("--archive {} is a directory", archive.display()),
+        Ok(_) if force => Ok(()),
+        Ok(_) => anyhow::bail!("--archive {} exists; pass --force to replace it", archive.display()),
+    }
+}
+
+/// `--force`: the old file (or a symlink in its place, never its target) goes just before the
+/// new one is renamed in, which never replaces anything.
+fn remove_existing(archive: &Path) -> Result<()> {
+    match std::fs::remove_file(archive) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", archive.display())),
+        _ => Ok(()),
+    }
 }
 
 
@@ -423,5 +454,26 @@ mod tests {
         std::fs::write(dir.join("f"), b"x").unwrap();
         assert!(prepare_output(&dir).is_err());
         assert!(prepare_output(&dir.join("f")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod archive_target_tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_archive_needs_force_and_a_stale_temporary_blocks_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("pod.tar.zst");
+        check_archive_target(&archive, false).unwrap();
+        std::fs::write(&archive, b"old").unwrap();
+        let err = check_archive_target(&archive, false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        check_archive_target(&archive, true).unwrap();
+        assert!(check_archive_target(tmp.path(), true).is_err(), "a directory is never replaced");
+        // A killed run's temporary file, under the old fixed name, does not matter.
+        std::fs::write(tmp.path().join("pod.tar.zst.tmp"), b"stale").unwrap();
+        remove_existing(&archive).unwrap();
+        check_archive_target(&archive, false).unwrap();
     }
 }

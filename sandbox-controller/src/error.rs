@@ -64,6 +64,30 @@ impl Error {
     pub fn runtime(op: impl Into<String>, id: impl Into<String>, msg: impl Into<String>) -> Error {
         Error::Runtime { op: op.into(), id: id.into(), msg: msg.into() }
     }
+
+    /// The same error with `from` replaced by `to` in its words: a checkpoint works through its
+    /// output directory's descriptor path, the caller knows the directory by its own.
+    pub fn reworded(self, from: &str, to: &str) -> Error {
+        let r = |m: String| m.replace(from, to);
+        match self {
+            Error::NotFound(m) => Error::NotFound(r(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(r(m)),
+            Error::InvalidArgument(m) => Error::InvalidArgument(r(m)),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(r(m)),
+            Error::Unimplemented(m) => Error::Unimplemented(r(m)),
+            Error::DeadlineExceeded(m) => Error::DeadlineExceeded(r(m)),
+            Error::Archive(m) => Error::Archive(r(m)),
+            Error::Untrusted(m) => Error::Untrusted(r(m)),
+            Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: r(msg) },
+            Error::Io { context, source } => Error::Io { context: r(context), source },
+            Error::Json { path, source } => {
+                Error::Json { path: PathBuf::from(r(path.display().to_string())), source }
+            }
+            // Kept whole, with its source chain: a backend's own failures (a helper's protocol,
+            // a lost exit) do not name the output directory; its I/O errors arrive as `Io`.
+            Error::Backend(e) => Error::Backend(e),
+        }
+    }
 }
 
 /// Each archive error becomes its namesake, so a hostile archive still reaches containerd as
@@ -100,5 +124,18 @@ mod tests {
         assert!(matches!(Error::from(A::Untrusted("a".into())), Error::Untrusted(m) if m == "a"));
         assert!(matches!(Error::from(A::io("c")(io())), Error::Io { context, .. } if context == "c"));
         assert!(matches!(Error::from(A::Json { path: "p".into(), source: json() }), Error::Json { path, .. } if path.as_os_str() == "p"));
+    }
+}
+
+#[cfg(test)]
+mod reworded_tests {
+    use super::*;
+
+    #[test]
+    fn reworded_replaces_the_descriptor_path_everywhere() {
+        let e = Error::AlreadyExists("/proc/1/fd/7/app.tar exists".into()).reworded("/proc/1/fd/7", "/out");
+        assert!(matches!(e, Error::AlreadyExists(ref m) if m == "/out/app.tar exists"), "{e}");
+        let e = Error::io("create /proc/1/fd/7/x")(std::io::Error::other("boom")).reworded("/proc/1/fd/7", "/out");
+        assert_eq!(e.to_string(), "create /out/x: boom");
     }
 }

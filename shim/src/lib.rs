@@ -21,3 +21,6 @@ pub mod runtime_options;
 pub mod serve;
 pub mod start;
 pub mod task;
+
+#[cfg(test)]
+mod cgroup2_tests;

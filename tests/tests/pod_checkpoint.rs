@@ -42,6 +42,28 @@ async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
     out.parse().with_context(|| format!("{file} holds {out:?}"))
 }
 
+/// Whether pod `id`'s shim has a restore staging directory (`podcr-restore/`) below `dir`, and
+/// the CRIU image files left in it; symlinks are not followed.
+fn staged_images(dir: &std::path::Path, id: &str) -> Result<(bool, Vec<std::path::PathBuf>)> {
+    fn walk(dir: &std::path::Path, id: &str, in_staging: bool, found: &mut bool, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            let ft = e.file_type()?;
+            let here = e.file_name() == "podcr-restore" && e.path().to_string_lossy().contains(id);
+            *found |= here && ft.is_dir();
+            if ft.is_dir() {
+                walk(&e.path(), id, in_staging || here, found, out)?;
+            } else if in_staging && e.file_name().to_string_lossy().ends_with(".img") {
+                out.push(e.path());
+            }
+        }
+        Ok(())
+    }
+    let (mut found, mut out) = (false, Vec::new());
+    walk(dir, id, false, &mut found, &mut out)?;
+    Ok((found, out))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
 }
@@ -111,6 +133,10 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     pods::ensure_success("podcr restore", &out)?;
     let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
     ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+    // CRIU has read the staged images: the shim's copy of the pod's memory is gone.
+    let (found, left) = staged_images(cd.dir(), &restored)?;
+    ensure!(found, "no restore staging directory of pod {restored} under {}", cd.dir().display());
+    ensure!(left.is_empty(), "staged CRIU images left after the restore: {left:?}");
     let restored_app = k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
     let app_log = pods::log_path(&mut rs, &restored_app).await?;
     let log_root = podcr_tests::node_config::pod_log_root(cd.dir());

@@ -167,6 +167,7 @@ impl<B: PodBackend> SandboxController<B> {
                 Ok(stats)
             }
             Err(e) => {
+                let e = e.reworded(&output.display().to_string(), &out_dir.given().display().to_string());
                 warn!(pod = %req.sandbox_id, error = %e, "pod checkpoint failed");
                 // The CRI contract: on error nothing the call wrote remains.
                 if let Err(clean) = out_dir.clean() {

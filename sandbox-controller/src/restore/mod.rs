@@ -239,6 +239,10 @@ fn extract_all(
         // Older checkpoints say only the compressed size, a lower bound of what is written.
         let needed = jobs.iter().fold(0u64, |a, (_, e, d, _)| a.saturating_add(e.unpacked.map_or(d.size, |u| u.bytes)));
         archive::check_free_space(root, needed, limits.min_free_bytes)?;
+        // Each entry of an archive is a file or directory: the signed manifest's entry counts
+        // (or the reader's cap) must fit in the free inodes too.
+        let inodes = jobs.iter().fold(0u64, |a, (_, e, _, l)| a.saturating_add(e.unpacked.map_or(l.max_entries, |u| u.entries)));
+        archive::check_free_inodes(root, inodes)?;
         // A bounded pool: extraction is hashing, decompressing and copying, and each worker
         // holds a decompressor's window and buffers, so a 64-container pod does not make 64.
         let next = std::sync::atomic::AtomicUsize::new(0);

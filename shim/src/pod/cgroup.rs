@@ -43,7 +43,7 @@ impl PodCgroup {
         Self::join_under(Path::new(CGROUP_ROOT), parent, pid)
     }
 
-    fn join_under(root: &Path, parent: &str, pid: u32) -> Result<PodCgroup> {
+    pub(crate) fn join_under(root: &Path, parent: &str, pid: u32) -> Result<PodCgroup> {
         let rel = parent.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") || parent.ends_with(".slice") {
             return Err(Error::invalid_argument(format!("unsupported cgroup parent {parent:?} (cgroupfs paths only)")));

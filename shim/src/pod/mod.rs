@@ -5,7 +5,7 @@
 //! the same [`Containers`] handle.
 
 mod anchor;
-mod cgroup;
+pub(crate) mod cgroup;
 pub mod backend;
 mod checkpoint_service;
 pub mod criu_hook;

@@ -242,21 +242,26 @@ impl<B: PodBackend> SandboxRestore<B> {
         opts: std::collections::BTreeMap<String, String>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Vec<RestoredSandboxTask>, Error> {
+        // 13971 carries no CRI container configs; each task's bundle holds the OCI spec the CRI
+        // generated from it, which is what runc will apply.
+        let bundles: Vec<PathBuf> = req.tasks.iter().map(|t| PathBuf::from(&t.bundle)).collect();
+        let specs = tokio::task::spawn_blocking(move || bundles.iter().map(|b| read_spec(b)).collect::<Vec<_>>())
+            .await
+            .map_err(Error::join("read task specs"))?;
         let request = PodRestoreRequest {
             sandbox_id: req.sandbox_id.clone(),
             checkpoint_path: PathBuf::from(&req.checkpoint_path),
             deadline,
             options: opts,
-            // 13971 carries no CRI container configs; each task's bundle holds the OCI spec the
-            // CRI generated from it, which is what runc will apply.
             containers: req
                 .tasks
                 .iter()
-                .map(|t| RestoreSelection {
+                .zip(specs)
+                .map(|(t, spec)| RestoreSelection {
                     id: t.task_id.clone(),
                     name: t.checkpoint_key.clone(),
                     config: None,
-                    spec: read_spec(Path::new(&t.bundle)),
+                    spec,
                 })
                 .collect(),
             pod_config: convert::cri_any_json::<k8s_cri::v1::PodSandboxConfig>(

@@ -30,6 +30,10 @@ pub struct RestorePlan {
     pub image_path: PathBuf,
     pub work_path: Option<PathBuf>,
     pub flags: CriuFlags,
+    /// The shim's own staged copies (CRIU's images, the rootfs diff): removed once CRIU has read
+    /// them, since they hold the pod's memory and a second restore cannot use them anyway.
+    /// Empty for a checkpoint path containerd owns.
+    pub discard: Vec<PathBuf>,
 }
 
 pub struct Container {

@@ -44,6 +44,7 @@ impl Containers {
     pub async fn create(&self, args: CreateArgs) -> Result<u32> {
         // Held until the container is in the map (or the create failed and cleaned up).
         let _claim = self.claim(&args.id)?;
+        self.check_runc().await?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
@@ -69,6 +70,7 @@ impl Containers {
                 image_path: image.clone(),
                 work_path: args.criu_work_path.clone(),
                 flags: CriuFlags::default(),
+                discard: Vec::new(),
             }),
             (None, Some(s)) => {
                 if s.rootfs_diff.is_some() {
@@ -77,10 +79,12 @@ impl Containers {
                         return Err(e);
                     }
                 }
+                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
                 Some(RestorePlan {
                     image_path: s.image_path,
                     work_path: s.work_path,
                     flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                    discard,
                 })
             }
             (None, None) => None,
@@ -179,7 +183,9 @@ impl Containers {
         }
         let pid = match c.take_restore() {
             Some(plan) => {
-                let pid = self.runc_restore(&c, &plan).await?;
+                let restored = self.runc_restore(&c, &plan).await;
+                discard_staged(id, plan.discard).await;
+                let pid = restored?;
                 // CRIU gives the processes the credentials in the images, not the spec's: a
                 // process holding more than the spec grants is killed before anything sees it.
                 if let Err(e) = self.check_restored_caps(&c).await {
@@ -250,21 +256,14 @@ impl Containers {
             .collect();
         let allowed = cap_mask(&granted);
         for pid in c.runc.ps(&c.id).await? {
+            // A process that exited meanwhile holds nothing.
             let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
-            for field in ["CapEff", "CapPrm", "CapBnd"] {
-                let held = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                    .unwrap_or(0);
-                let extra = held & !allowed;
-                if extra != 0 {
-                    return Err(Error::failed_precondition(format!(
-                        "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
-                        c.id,
-                        cap_names(extra)
-                    )));
-                }
+            if let Some((field, extra)) = excess_caps(&status, allowed) {
+                return Err(Error::failed_precondition(format!(
+                    "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
+                    c.id,
+                    cap_names(extra)
+                )));
             }
         }
         Ok(())
@@ -279,9 +278,7 @@ impl Containers {
             return Err(Error::failed_precondition(format!("container {} is stopped", c.id)));
         }
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
-        tokio::fs::write(&spec_file, p.spec.as_deref().unwrap_or_default())
-            .await
-            .map_err(Error::io("write exec spec"))?;
+        write_private(&spec_file, p.spec.as_deref().unwrap_or_default().to_vec()).await?;
         let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
         let (child, pending) = io::prepare(&p.stdio)?;
         let console = pending.console_socket().map(Path::to_path_buf);
@@ -538,6 +535,20 @@ pub(super) fn criu_reason(log: &str) -> String {
     errors.join("\n")
 }
 
+/// The first of a `/proc/<pid>/status`'s capability sets (effective, permitted, bounding) that
+/// holds a capability outside `allowed`, with the excess; an unreadable field counts as all set.
+pub(super) fn excess_caps(status: &str, allowed: u64) -> Option<(&'static str, u64)> {
+    ["CapEff", "CapPrm", "CapBnd"].into_iter().find_map(|field| {
+        let held = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        let extra = held & !allowed;
+        (extra != 0).then_some((field, extra))
+    })
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -552,9 +563,67 @@ fn task_io(s: &Stdio) -> TaskIO {
     }
 }
 
+/// Removes a restore's staged copies once CRIU has read them (or failed to); CRIU's log in the
+/// work directory stays for diagnosis.
+async fn discard_staged(id: &str, paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        for p in paths {
+            let res = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                warn!(container = %id, path = %p.display(), error = %e, "remove a restore's staged copy");
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes an exec's process spec (its environment may hold secrets) readable by root only:
+/// created new with mode 0600, never through a symlink; a stale one from a dead shim is replaced.
+async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove a stale exec spec")(e)),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(Error::io("create exec spec"))?;
+        f.write_all(&data).map_err(Error::io("write exec spec"))
+    })
+    .await
+    .map_err(Error::join("exec spec writer"))?
+}
+
 #[cfg(test)]
 mod criu_log_tests {
-    use super::criu_reason;
+    use super::{criu_reason, excess_caps};
+
+    #[test]
+    fn restored_capabilities_beyond_the_spec_are_found() {
+        let status = "Name:\tcounter\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n";
+        assert_eq!(excess_caps(status, 0xa80425fb), None);
+        let admin = status.replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a82425fb");
+        assert_eq!(excess_caps(&admin, 0xa80425fb), Some(("CapEff", 1 << 21)));
+        let bounding = status.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t000001ffffffffff");
+        assert_eq!(excess_caps(&bounding, 0xa80425fb).map(|(f, _)| f), Some("CapBnd"));
+        assert!(excess_caps("Name:\tx\n", 0xa80425fb).is_some(), "unreadable sets are not trusted");
+    }
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {

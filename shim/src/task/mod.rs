@@ -108,6 +108,10 @@ struct Inner {
     namespace: String,
     runc_root: PathBuf,
     runc_binary: PathBuf,
+    /// Whether runc's version is checked before the first container (not for unit tests' fakes),
+    /// and the outcome, once known.
+    check_runc: bool,
+    runc_checked: tokio::sync::OnceCell<std::result::Result<(), String>>,
     events: EventSink,
     map: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids whose Create is under way (see [`CreateClaim`]).
@@ -147,16 +151,32 @@ impl Containers {
     /// A store for `namespace` whose runc state lives in `runc_root`. Starts the exit router,
     /// which must be subscribed before the first container process exists.
     pub async fn new(namespace: &str, runc_root: PathBuf, events: EventSink) -> Result<Self> {
-        Self::with_runc(namespace, runc_root, "runc".into(), events).await
+        Self::build(namespace, runc_root, "runc".into(), events, true).await
+    }
+
+    /// Refuses to run containers with a runc older than [`runc::MIN_VERSION`] (asked once).
+    pub(crate) async fn check_runc(&self) -> Result<()> {
+        if !self.inner.check_runc {
+            return Ok(());
+        }
+        let binary = self.inner.runc_binary.clone();
+        let checked = self.inner.runc_checked.get_or_init(|| async move { runc::check_version(&binary).await }).await;
+        checked.clone().map_err(Error::failed_precondition)
     }
 
     /// Like [`Containers::new`] with another runc binary (unit tests use a fake).
     pub async fn with_runc(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink) -> Result<Self> {
+        Self::build(namespace, runc_root, runc_binary, events, false).await
+    }
+
+    async fn build(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink, check_runc: bool) -> Result<Self> {
         let store = Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 runc_root,
                 runc_binary,
+                check_runc,
+                runc_checked: tokio::sync::OnceCell::new(),
                 events,
                 map: Mutex::default(),
                 creating: Mutex::default(),

@@ -14,6 +14,35 @@ use crate::{
     reaper::{self, Io, Output},
 };
 
+/// Oldest runc podcr runs containers with: 1.3.3 fixed the container-escape bugs of
+/// CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881 (masked paths and /dev/console mounts
+/// redirected through symlinks a container image controls).
+pub const MIN_VERSION: (u64, u64, u64) = (1, 3, 3);
+
+/// `runc --version`'s first line, e.g. `runc version 1.3.6` (or `1.4.0-rc.1`), as numbers.
+pub fn parse_version(out: &str) -> Option<(u64, u64, u64)> {
+    let v = out.lines().next()?.strip_prefix("runc version ")?.trim();
+    let core = v.split(['-', '+', ' ']).next()?;
+    let mut it = core.split('.').map(|n| n.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Refuses a runc older than [`MIN_VERSION`], with what to do about it.
+pub async fn check_version(binary: &Path) -> std::result::Result<(), String> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--version");
+    let out = reaper::run(cmd, Io::Capture(None)).await.map_err(|e| format!("run {} --version: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (a, b, c) = MIN_VERSION;
+    match parse_version(&text) {
+        Some(v) if v >= MIN_VERSION => Ok(()),
+        Some((x, y, z)) => Err(format!(
+            "runc {x}.{y}.{z} is older than {a}.{b}.{c}, which fixes CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881: upgrade runc"
+        )),
+        None => Err(format!("cannot read the version of {}: {:?}", binary.display(), text.lines().next().unwrap_or(""))),
+    }
+}
+
 /// Where containerd's runc shim keeps runc state; sharing it keeps `runc list` familiar.
 pub fn default_root(namespace: &str) -> PathBuf {
     Path::new("/run/containerd/runc").join(namespace)

@@ -335,6 +335,37 @@ async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
 }
 
 #[tokio::test]
+async fn restore_holds_the_checkpoint_to_the_callers_configs() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(&fake, out.path(), &[("leave-running", "true")]);
+    let privileged = serde_json::json!({"command": ["/app"], "linux": {"security_context": {"privileged": true}}});
+    req.containers[0].config = Some(privileged.clone());
+    ctl.checkpoint(req).await.unwrap();
+
+    let (fake2, ctl2, bundle2) = ready_pod(&[]).await;
+    let restore = |config: serde_json::Value| PodRestoreRequest {
+        sandbox_id: "pod1".into(),
+        checkpoint_path: out.path().to_path_buf(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), config: Some(config), spec: None }],
+        ..Default::default()
+    };
+    for (config, field) in [
+        (serde_json::json!({"command": ["/app"]}), "privileged"),
+        (serde_json::json!({"command": ["/other"], "linux": {"security_context": {"privileged": true}}}), "command"),
+    ] {
+        let err = ctl2.restore(restore(config)).await.unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains(&format!(": {field}:"))), "{err}");
+        assert!(fake2.staged.lock().unwrap().is_empty(), "a refused restore staged something");
+        let staging = bundle2.path().join(crate::restore::RESTORE_DIR);
+        assert!(!staging.join("app").exists(), "a refused restore left its extraction");
+    }
+    ctl2.restore(restore(privileged)).await.unwrap();
+    assert!(fake2.staged.lock().unwrap().contains_key("new-app"));
+}
+
+#[tokio::test]
 async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
     let out = tempfile::tempdir().unwrap();
