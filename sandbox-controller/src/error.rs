@@ -83,9 +83,8 @@ impl Error {
             Error::Json { path, source } => {
                 Error::Json { path: PathBuf::from(r(path.display().to_string())), source }
             }
-            // Kept whole, with its source chain: a backend's own failures (a helper's protocol,
-            // a lost exit) do not name the output directory; its I/O errors arrive as `Io`.
-            Error::Backend(e) => Error::Backend(e),
+            // A backend's own error keeps its words: it is not about the output directory.
+            e @ Error::Backend(_) => e,
         }
     }
 }
