@@ -72,6 +72,13 @@ pub struct CheckpointArgs {
     /// Replace an existing --archive file.
     #[arg(long, requires = "archive")]
     pub force: bool,
+    /// The result on stdout: the stats table, or one JSON document (`-o` is the output
+    /// directory here, so the format has its own flag).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: output::Format,
+    /// Print only where the checkpoint went (the archive, else the directory).
+    #[arg(long, short, conflicts_with = "format")]
+    pub quiet: bool,
 }
 
 impl CheckpointArgs {
@@ -318,7 +325,8 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
     let elapsed = progress.finish().await;
     let resp = result?;
     eprintln!("checkpointed pod {} ({} containers) into {} in {:.2}s", target.sandbox_id, inputs.len(), output.display(), elapsed.as_secs_f64());
-    if let Some(stats) = resp.podcr_stats.as_ref() {
+    let table = args.format == output::Format::Table && !args.quiet;
+    if let (true, Some(stats)) = (table, resp.podcr_stats.as_ref()) {
         print!("{}", output::stats_report(stats));
     }
     if let Some(archive) = &args.archive {
@@ -327,6 +335,12 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
         }
         crate::transport::pack(&output, archive)?;
         eprintln!("packed into {}", archive.display());
+    }
+    if args.quiet {
+        println!("{}", args.archive.as_deref().unwrap_or(&output).display());
+    } else if args.format == output::Format::Json {
+        let doc = output::checkpoint_json(&target.sandbox_id, &output, args.archive.as_deref(), elapsed, resp.podcr_stats.as_ref());
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(())
 }

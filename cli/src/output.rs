@@ -105,6 +105,44 @@ pub fn bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// A checkpoint's result for scripts (`podcr checkpoint --format json`): what was written where,
+/// and the shim's figures with their units in the names.
+pub fn checkpoint_json(
+    sandbox_id: &str,
+    output: &std::path::Path,
+    archive: Option<&std::path::Path>,
+    elapsed: Duration,
+    stats: Option<&CheckpointStats>,
+) -> serde_json::Value {
+    let stats = stats.map(|s| {
+        serde_json::json!({
+            "freeze_window_us": s.freeze_window_us,
+            "write_us": s.write_us,
+            "total_us": s.total_us,
+            "total_bytes": s.total_bytes,
+            "containers": s.containers.iter().map(|c| serde_json::json!({
+                "id": c.id,
+                "name": c.name,
+                "criu_freezing_time_us": c.criu_freezing_time_us,
+                "criu_frozen_time_us": c.criu_frozen_time_us,
+                "criu_memdump_time_us": c.criu_memdump_time_us,
+                "criu_memwrite_time_us": c.criu_memwrite_time_us,
+                "pages_written": c.pages_written,
+                "dump_wall_us": c.dump_wall_us,
+                "rootfs_diff_bytes": c.rootfs_diff_bytes,
+                "archive_bytes": c.archive_bytes,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    serde_json::json!({
+        "sandbox_id": sandbox_id,
+        "output": output,
+        "archive": archive,
+        "elapsed_us": u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "stats": stats,
+    })
+}
+
 /// The pod totals, then one row per container.
 pub fn stats_report(stats: &CheckpointStats) -> String {
     let mut out = format!(

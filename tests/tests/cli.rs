@@ -19,11 +19,7 @@ const T: Duration = Duration::from_secs(120);
 fn podcr(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
     let mut cmd = Command::new(podcr_tests::target_profile_dir()?.join("podcr"));
     cmd.args(args);
-    for var in [
-        "CONTAINERD_ADDRESS",
-        "CONTAINERD_NAMESPACE",
-        "CONTAINER_RUNTIME_ENDPOINT",
-    ] {
+    for var in ["CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE", "CONTAINER_RUNTIME_ENDPOINT"] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -46,10 +42,7 @@ fn every_address_form_and_the_environment_reach_containerd() -> Result<()> {
     let (s, n) = (sock(cd), ns.name().to_string());
     let id = format!("{n}-sb");
     let node_config = cd.node_config().display().to_string();
-    let run = podcr(
-        &["-a", &s, "-n", &n, "sandbox", "run", &id],
-        &[("PODCR_CONFIG", &node_config)],
-    )?;
+    let run = podcr(&["-a", &s, "-n", &n, "sandbox", "run", &id], &[("PODCR_CONFIG", &node_config)])?;
     code(&run, 0)?;
     let unix = format!("unix://{s}");
     type Form<'a> = (&'a [&'a str], Vec<(&'a str, &'a str)>);
@@ -57,46 +50,27 @@ fn every_address_form_and_the_environment_reach_containerd() -> Result<()> {
         (&["-a", &unix, "-n", &n], vec![]),
         (&["--address", &s, "--namespace", &n], vec![]),
         (&["-n", &n], vec![("CONTAINERD_ADDRESS", unix.as_str())]),
-        (
-            &[],
-            vec![
-                ("CONTAINERD_ADDRESS", s.as_str()),
-                ("CONTAINERD_NAMESPACE", n.as_str()),
-            ],
-        ),
+        (&[], vec![("CONTAINERD_ADDRESS", s.as_str()), ("CONTAINERD_NAMESPACE", n.as_str())]),
     ];
     for (flags, env) in &forms {
         let mut args = flags.to_vec();
         args.extend_from_slice(&["sandbox", "ls", "-q"]);
         let out = podcr(&args, env)?;
         code(&out, 0)?;
-        ensure!(
-            out.stdout.lines().collect::<Vec<_>>() == [id.as_str()],
-            "{flags:?} {env:?}: {out:?}"
-        );
+        ensure!(out.stdout.lines().collect::<Vec<_>>() == [id.as_str()], "{flags:?} {env:?}: {out:?}");
     }
     // A flag beats the environment, as with ctr.
-    let out = podcr(
-        &["-a", &s, "-n", &n, "sandbox", "ls", "-q"],
-        &[("CONTAINERD_ADDRESS", "/nonexistent.sock")],
-    )?;
+    let out = podcr(&["-a", &s, "-n", &n, "sandbox", "ls", "-q"], &[("CONTAINERD_ADDRESS", "/nonexistent.sock")])?;
     code(&out, 0)?;
 
     let out = podcr(&["-a", &s, "-n", &n, "sandbox", "ls", "-o", "json"], &[])?;
     code(&out, 0)?;
-    let rows: serde_json::Value =
-        serde_json::from_str(&out.stdout).context("ls -o json is no JSON")?;
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout).context("ls -o json is no JSON")?;
     let row = rows.as_array().and_then(|r| r.first()).context("no rows")?;
-    ensure!(
-        row["id"] == id.as_str() && row["sandboxer"] == "shim",
-        "{row:#}"
-    );
+    ensure!(row["id"] == id.as_str() && row["sandboxer"] == "shim", "{row:#}");
     ensure!(row["pid"].as_u64().is_some_and(|p| p > 0), "{row:#}");
     let table = podcr(&["-a", &s, "-n", &n, "sandbox", "ls"], &[])?;
-    ensure!(
-        table.stdout.starts_with("ID ") && table.stdout.contains(&id),
-        "{table:?}"
-    );
+    ensure!(table.stdout.starts_with("ID ") && table.stdout.contains(&id), "{table:?}");
 
     code(&podcr(&["-a", &s, "-n", &n, "sandbox", "rm", &id], &[])?, 0)?;
     Ok(())
@@ -131,49 +105,26 @@ fn a_socket_that_never_answers_fails_checkpoint_with_exit_3_instead_of_hanging()
     let output = out_dir.path().join("ckpt");
     let s = silent.path.display().to_string();
     for args in [
-        vec![
-            "-a",
-            &s,
-            "--call-timeout",
-            "2s",
-            "checkpoint",
-            "default/web",
-            "-o",
-            output.to_str().context("path")?,
-        ],
+        vec!["-a", &s, "--call-timeout", "2s", "checkpoint", "default/web", "-o", output.to_str().context("path")?],
         vec!["-a", &s, "--call-timeout", "2s", "sandbox", "ls"],
         vec!["-a", &s, "--call-timeout", "2s", "version"],
     ] {
         let out = podcr(&args, &[])?;
         code(&out, 3)?;
         ensure!(
-            out.stderr.contains("--call-timeout")
-                && out.stderr.contains("hint: is containerd running?"),
+            out.stderr.contains("--call-timeout") && out.stderr.contains("hint: is containerd running?"),
             "{out:?}"
         );
         ensure!(
-            out.stderr
-                .lines()
-                .filter(|l| l.starts_with("podcr:"))
-                .count()
-                == 1,
+            out.stderr.lines().filter(|l| l.starts_with("podcr:")).count() == 1,
             "the error is printed once: {out:?}"
         );
     }
-    ensure!(
-        !output.exists(),
-        "a checkpoint that never reached containerd created its output"
-    );
+    ensure!(!output.exists(), "a checkpoint that never reached containerd created its output");
 
-    let out = podcr(
-        &["-a", "/nonexistent/containerd.sock", "sandbox", "ls"],
-        &[],
-    )?;
+    let out = podcr(&["-a", "/nonexistent/containerd.sock", "sandbox", "ls"], &[])?;
     code(&out, 3)?;
-    ensure!(
-        out.stderr.contains("/nonexistent/containerd.sock"),
-        "{out:?}"
-    );
+    ensure!(out.stderr.contains("/nonexistent/containerd.sock"), "{out:?}");
     Ok(())
 }
 
@@ -187,26 +138,10 @@ fn local_input_is_refused_before_connecting_with_exit_2() -> Result<()> {
     let full = dir.path().to_str().context("path")?;
     let cases: [(Vec<&str>, &str); 5] = [
         (vec!["checkpoint", "web", "-o", full], "is not empty"),
-        (
-            vec!["checkpoint", "a/b/c", "-o", "/tmp/x"],
-            "expected NAMESPACE/NAME",
-        ),
-        (
-            vec![
-                "checkpoint",
-                "ns1/web",
-                "--pod-namespace",
-                "ns2",
-                "-o",
-                "/tmp/x",
-            ],
-            "--pod-namespace",
-        ),
+        (vec!["checkpoint", "a/b/c", "-o", "/tmp/x"], "expected NAMESPACE/NAME"),
+        (vec!["checkpoint", "ns1/web", "--pod-namespace", "ns2", "-o", "/tmp/x"], "--pod-namespace"),
         (vec!["restore", "/nonexistent/checkpoint"], "does not exist"),
-        (
-            vec!["-a", "tcp://127.0.0.1:1", "sandbox", "ls"],
-            "tcp:// is not supported",
-        ),
+        (vec!["-a", "tcp://127.0.0.1:1", "sandbox", "ls"], "tcp:// is not supported"),
     ];
     for (args, says) in cases {
         let mut a = vec!["--call-timeout", "2s"];
@@ -228,27 +163,11 @@ fn an_unknown_pod_exits_4_and_leaves_no_output() -> Result<()> {
     let cd = Containerd::shared()?;
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("out");
-    let out = podcr(
-        &[
-            "-a",
-            &sock(cd),
-            "checkpoint",
-            "podcr-test/no-such-pod",
-            "-o",
-            output.to_str().context("path")?,
-        ],
-        &[],
-    )?;
+    let out =
+        podcr(&["-a", &sock(cd), "checkpoint", "podcr-test/no-such-pod", "-o", output.to_str().context("path")?], &[])?;
     code(&out, 4)?;
-    ensure!(
-        out.stderr
-            .contains("no pod matches \"podcr-test/no-such-pod\""),
-        "{out:?}"
-    );
-    ensure!(
-        !output.exists(),
-        "output created for a pod that does not exist"
-    );
+    ensure!(out.stderr.contains("no pod matches \"podcr-test/no-such-pod\""), "{out:?}");
+    ensure!(!output.exists(), "output created for a pod that does not exist");
     Ok(())
 }
 
@@ -256,19 +175,10 @@ fn an_unknown_pod_exits_4_and_leaves_no_output() -> Result<()> {
 fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
     let cd = Containerd::shared()?;
     let image = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut rs = rt.block_on(cd.cri_runtime())?;
     let name = format!("{}-cli-byname", cd.prefix());
-    let pod = rt.block_on(pods::run_pod(
-        cd,
-        &mut rs,
-        Runtime::Podcr,
-        &name,
-        &image,
-        &[("c", &["counter"])],
-    ))?;
+    let pod = rt.block_on(pods::run_pod(cd, &mut rs, Runtime::Podcr, &name, &image, &[("c", &["counter"])]))?;
     pods::wait_count(&pod.log("c"), 1, T)?;
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("ckpt");
@@ -281,18 +191,27 @@ fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
             &format!("podcr-test/{name}"),
             "-o",
             output.to_str().context("path")?,
+            "--format",
+            "json",
         ],
         &[("PODCR_CONFIG", &node_config)],
     )?;
     code(&out, 0)?;
-    ensure!(
-        out.stderr.contains(&pod.id),
-        "checkpointed another pod: {out:?}"
-    );
-    ensure!(
-        std::fs::read_dir(&output)?.next().is_some(),
-        "empty checkpoint"
-    );
+    let doc = json(&out)?;
+    ensure!(doc["sandbox_id"] == pod.id.as_str(), "checkpointed another pod: {doc:#}");
+    ensure!(doc["output"] == output.display().to_string(), "{doc:#}");
+    ensure!(doc["stats"]["total_bytes"].as_u64().is_some_and(|b| b > 0), "{doc:#}");
+    ensure!(doc["stats"]["containers"].as_array().map(Vec::len) == Some(1), "{doc:#}");
+    ensure!(std::fs::read_dir(&output)?.next().is_some(), "empty checkpoint");
+
+    // -q: only where it went, for `$(podcr checkpoint -q ...)`.
+    let second = dir.path().join("ckpt2");
+    let out = podcr(
+        &["-a", &sock(cd), "checkpoint", &pod.id, "-o", second.to_str().context("path")?, "-q"],
+        &[("PODCR_CONFIG", &node_config)],
+    )?;
+    code(&out, 0)?;
+    ensure!(out.stdout == format!("{}\n", second.display()), "{out:?}");
     rt.block_on(pods::remove_pod(&mut rs, &pod.id))
 }
 
@@ -309,28 +228,13 @@ fn version_names_client_shim_containerd_runc_and_criu() -> Result<()> {
     ensure!(v["client"]["version"] == env!("CARGO_PKG_VERSION"), "{v:#}");
     // The shim as containerd runs it (from the run's PATH): the one built with this client.
     ensure!(v["shim"]["version"] == env!("CARGO_PKG_VERSION"), "{v:#}");
-    let containerd = String::from_utf8(
-        Command::new(&cd.daemon().containerd)
-            .arg("--version")
-            .output()?
-            .stdout,
-    )?;
-    let cv = v["containerd"]["version"]
-        .as_str()
-        .context("no containerd version")?;
-    ensure!(
-        containerd.contains(cv.trim_start_matches('v')),
-        "{cv} vs {containerd}"
-    );
+    let containerd = String::from_utf8(Command::new(&cd.daemon().containerd).arg("--version").output()?.stdout)?;
+    let cv = v["containerd"]["version"].as_str().context("no containerd version")?;
+    ensure!(containerd.contains(cv.trim_start_matches('v')), "{cv} vs {containerd}");
     for tool in ["runc", "criu"] {
-        let tv = v[tool]["version"]
-            .as_str()
-            .with_context(|| format!("no {tool} version: {v:#}"))?;
+        let tv = v[tool]["version"].as_str().with_context(|| format!("no {tool} version: {v:#}"))?;
         let own = Command::new(tool).arg("--version").output()?;
-        ensure!(
-            String::from_utf8_lossy(&own.stdout).contains(tv),
-            "{tool}: {tv}"
-        );
+        ensure!(String::from_utf8_lossy(&own.stdout).contains(tv), "{tool}: {tv}");
     }
     Ok(())
 }
@@ -349,51 +253,22 @@ fn check_passes_on_the_test_node_and_fails_for_a_missing_handler() -> Result<()>
             .map(|c| c["outcome"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default()
     };
-    for name in [
-        "containerd",
-        "cri handler",
-        "shim",
-        "runc",
-        "criu",
-        "criu check",
-        "node config",
-    ] {
+    for name in ["containerd", "cri handler", "shim", "runc", "criu", "criu check", "node config"] {
         ensure!(outcome(&checks, name) == "pass", "{name}: {checks:#}");
     }
     code(&out, 0)?;
 
-    let out = podcr(
-        &[
-            "-a",
-            &sock(cd),
-            "check",
-            "--handler",
-            "no-such-handler",
-            "-o",
-            "json",
-        ],
-        &env,
-    )?;
+    let out = podcr(&["-a", &sock(cd), "check", "--handler", "no-such-handler", "-o", "json"], &env)?;
     code(&out, 1)?;
     ensure!(outcome(&json(&out)?, "cri handler") == "fail", "{out:?}");
-    let table = podcr(
-        &["-a", &sock(cd), "check", "--handler", "no-such-handler"],
-        &env,
-    )?;
-    ensure!(
-        table.stdout.contains("FAIL") && table.stderr.contains("checks failed"),
-        "{table:?}"
-    );
+    let table = podcr(&["-a", &sock(cd), "check", "--handler", "no-such-handler"], &env)?;
+    ensure!(table.stdout.contains("FAIL") && table.stderr.contains("checks failed"), "{table:?}");
     Ok(())
 }
 
 #[test]
 fn completion_scripts_and_man_pages() -> Result<()> {
-    for (shell, marker) in [
-        ("bash", "_podcr()"),
-        ("zsh", "#compdef podcr"),
-        ("fish", "complete -c podcr"),
-    ] {
+    for (shell, marker) in [("bash", "_podcr()"), ("zsh", "#compdef podcr"), ("fish", "complete -c podcr")] {
         let out = podcr(&["completion", shell], &[])?;
         code(&out, 0)?;
         ensure!(
@@ -403,28 +278,12 @@ fn completion_scripts_and_man_pages() -> Result<()> {
         );
     }
     let dir = tempfile::tempdir()?;
-    code(
-        &podcr(&["man", dir.path().to_str().context("path")?], &[])?,
-        0,
-    )?;
-    for page in [
-        "podcr.1",
-        "podcr-checkpoint.1",
-        "podcr-restore.1",
-        "podcr-sandbox-ls.1",
-        "podcr-check.1",
-    ] {
-        let text =
-            std::fs::read_to_string(dir.path().join(page)).with_context(|| page.to_string())?;
-        ensure!(
-            text.starts_with(".ie") || text.contains(".TH"),
-            "{page} is no man page"
-        );
+    code(&podcr(&["man", dir.path().to_str().context("path")?], &[])?, 0)?;
+    for page in ["podcr.1", "podcr-checkpoint.1", "podcr-restore.1", "podcr-sandbox-ls.1", "podcr-check.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).with_context(|| page.to_string())?;
+        ensure!(text.starts_with(".ie") || text.contains(".TH"), "{page} is no man page");
     }
     let main_page = std::fs::read_to_string(dir.path().join("podcr.1"))?;
-    ensure!(
-        main_page.contains("Exit codes"),
-        "the exit codes are not in podcr(1)"
-    );
+    ensure!(main_page.contains("Exit codes"), "the exit codes are not in podcr(1)");
     Ok(())
 }
