@@ -210,6 +210,13 @@ async fn resolve(cd: &Containerd, address: &Path, args: &CheckpointArgs) -> Resu
         let cri = cri.context("a pod name with --pod-namespace needs the CRI (namespace k8s.io)")?;
         let pods = cri.list_pods().await?;
         let id = pod_by_name(&pods, &args.pod, ns)?;
+        // The same refusal as for ids: a pod of another runtime (runc's podsandbox) has no
+        // shim to ask, and would otherwise fail later with a less telling error.
+        if let Some(r) = cd.store_get(&id).await? {
+            if r.sandboxer != SHIM_SANDBOXER {
+                return Err(LookupError::NotShimSandbox(format!("{ns}/{}", args.pod), r.sandboxer).into());
+            }
+        }
         return Ok(Target { sandbox_id: id, cri: Some(cri) });
     }
     let records = cd.store_list().await?;

@@ -215,6 +215,27 @@ fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
     rt.block_on(pods::remove_pod(&mut rs, &pod.id))
 }
 
+#[test]
+fn a_runc_pod_by_name_is_refused_as_not_a_podcr_pod() -> Result<()> {
+    let cd = Containerd::shared()?;
+    let image = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut rs = rt.block_on(cd.cri_runtime())?;
+    let name = format!("{}-cli-runc", cd.prefix());
+    let pod = rt.block_on(pods::run_pod(cd, &mut rs, Runtime::Runc, &name, &image, &[("c", &["counter"])]))?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("ckpt");
+    let out = podcr(
+        &["-a", &sock(cd), "checkpoint", &format!("podcr-test/{name}"), "-o", output.to_str().context("path")?],
+        &[],
+    )?;
+    rt.block_on(pods::remove_pod(&mut rs, &pod.id))?;
+    code(&out, 1)?;
+    ensure!(out.stderr.contains("is not a shim sandbox") && out.stderr.contains("podsandbox"), "{out:?}");
+    ensure!(!output.exists(), "output created for a pod podcr cannot checkpoint");
+    Ok(())
+}
+
 fn json(out: &Output) -> Result<serde_json::Value> {
     serde_json::from_str(&out.stdout).with_context(|| format!("no JSON: {out:?}"))
 }
