@@ -70,7 +70,8 @@ pub fn parse_version(text: &str) -> Option<String> {
 
 /// `(major, minor)` of a version string, for minimum-version checks.
 pub fn major_minor(v: &str) -> Option<(u32, u32)> {
-    let mut parts = v.split('.');
+    // containerd reports `v2.4.0-beta.0-70-g301026e58` for a build from git, `2.1.9` packaged.
+    let mut parts = v.trim_start_matches('v').split('.');
     let major = parts.next()?.parse().ok()?;
     let minor = parts
         .next()?
@@ -196,6 +197,7 @@ mod tests {
         assert_eq!(parse_version("nothing here"), None);
         assert_eq!(major_minor("2.1.9+unknown"), Some((2, 1)));
         assert_eq!(major_minor("4.2"), Some((4, 2)));
+        assert_eq!(major_minor("v2.4.0-beta.0-70-g301026e58"), Some((2, 4)));
         assert_eq!(major_minor("x"), None);
     }
 }

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use containerd_client::services::v1::snapshots::{
-    snapshots_client::SnapshotsClient, MountsRequest,
-};
+use containerd_client::services::v1::snapshots::{snapshots_client::SnapshotsClient, MountsRequest};
 use containerd_client::services::v1::{tasks_client::TasksClient, CreateTaskRequest};
 use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::{transport::Channel, Request};
@@ -31,9 +29,7 @@ struct RuncOptions {
 
 /// `ctr plugins inspect-runtime` of one runtime, as JSON.
 fn inspect(ns: &TestNs, rt: Runtime) -> Result<serde_json::Value> {
-    let out = ns
-        .ctr()
-        .ok(["plugins", "inspect-runtime", "--runtime", rt.runtime_type()])?;
+    let out = ns.ctr().ok(["plugins", "inspect-runtime", "--runtime", rt.runtime_type()])?;
     serde_json::from_str(&out).with_context(|| format!("inspect-runtime output is no JSON: {out}"))
 }
 
@@ -43,70 +39,38 @@ fn info_reports_runc_features_as_runc_v2_does() -> Result<()> {
     let ns = cd.namespace("info-features");
     let runc = inspect(&ns, Runtime::Runc)?;
     let podcr = inspect(&ns, Runtime::Podcr)?;
-    ensure!(
-        podcr["Name"] == "io.containerd.podcr.v1",
-        "podcr's name: {podcr:#}"
-    );
-    ensure!(
-        podcr["Version"]["Version"] == env!("CARGO_PKG_VERSION"),
-        "podcr's version: {podcr:#}"
-    );
+    ensure!(podcr["Name"] == "io.containerd.podcr.v1", "podcr's name: {podcr:#}");
+    ensure!(podcr["Version"]["Version"] == env!("CARGO_PKG_VERSION"), "podcr's version: {podcr:#}");
     let (rf, pf) = (&runc["Features"], &podcr["Features"]);
-    ensure!(
-        rf.is_object(),
-        "runc.v2 reports no features (is runc too old?): {runc:#}"
-    );
+    ensure!(rf.is_object(), "runc.v2 reports no features (is runc too old?): {runc:#}");
     ensure!(pf.is_object(), "podcr reports no features: {podcr:#}");
     // What containerd reads from them: the mount options (rro) and the OCI versions.
     for key in ["ociVersionMin", "ociVersionMax", "mountOptions", "hooks"] {
-        ensure!(
-            rf[key] == pf[key],
-            "{key} differs: runc.v2 {} / podcr {}",
-            rf[key],
-            pf[key]
-        );
+        ensure!(rf[key] == pf[key], "{key} differs: runc.v2 {} / podcr {}", rf[key], pf[key]);
     }
-    let rro = pf["mountOptions"]
-        .as_array()
-        .is_some_and(|o| o.iter().any(|m| m == "rro"));
-    ensure!(
-        rro,
-        "runc {} supports rro but podcr does not say so",
-        rf["ociVersionMax"]
-    );
+    let rro = pf["mountOptions"].as_array().is_some_and(|o| o.iter().any(|m| m == "rro"));
+    ensure!(rro, "runc {} supports rro but podcr does not say so", rf["ociVersionMax"]);
     // The one deliberate difference: podcr refuses user-namespaced pods, so it does not let the
     // CRI believe it supports them.
     let namespaces = |f: &serde_json::Value| -> Vec<String> {
         f["linux"]["namespaces"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
     let mut expected = namespaces(rf);
-    ensure!(
-        expected.iter().any(|n| n == "user"),
-        "runc lists the user namespace: {rf:#}"
-    );
+    ensure!(expected.iter().any(|n| n == "user"), "runc lists the user namespace: {rf:#}");
     expected.retain(|n| n != "user");
-    ensure!(
-        namespaces(pf) == expected,
-        "namespaces: podcr {:?}, runc.v2 minus user {expected:?}",
-        namespaces(pf)
-    );
+    ensure!(namespaces(pf) == expected, "namespaces: podcr {:?}, runc.v2 minus user {expected:?}", namespaces(pf));
     Ok(())
 }
 
-/// What the CRI makes of it: containerd (2.1.9 to main 301026e5) introspects only handlers whose
-/// `runtime_type` is `io.containerd.runc.v2`, so the `podcr` handler gets no features whatever the
-/// shim answers (README "What the shim tells containerd"). runc's handler proves the kernel and
-/// runc support rro here. Should containerd start introspecting other types, this fails and the
-/// README must change with it.
+/// What the CRI makes of it. containerd 2.1.9 introspects only handlers whose `runtime_type` is
+/// `io.containerd.runc.v2`, so the `podcr` handler gets no features whatever the shim answers;
+/// containerd main (2.4) asks every handler, and from podcr's answer keeps recursive read-only
+/// mounts on and user namespaces off. runc's handler proves the kernel and runc support rro here.
 #[test]
-fn cri_handler_features_come_only_from_runc_type_handlers() -> Result<()> {
+fn cri_handler_features_follow_the_shims_answer_where_containerd_asks() -> Result<()> {
     let cd = Containerd::shared()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handlers = rt.block_on(async {
@@ -116,15 +80,19 @@ fn cri_handler_features_come_only_from_runc_type_handlers() -> Result<()> {
     })?;
     let features = |name: &str| handlers.iter().find(|h| h.name == name).map(|h| h.features);
     let runc = features(Runtime::Runc.handler()).context("no runc handler in the CRI status")?;
-    ensure!(
-        runc.is_some_and(|f| f.recursive_read_only_mounts),
-        "runc handler without rro: {handlers:?}"
-    );
+    ensure!(runc.is_some_and(|f| f.recursive_read_only_mounts), "runc handler without rro: {handlers:?}");
     let podcr = features(Runtime::Podcr.handler()).context("no podcr handler in the CRI status")?;
-    ensure!(
-        podcr.is_none(),
-        "containerd now reports features for the podcr handler ({podcr:?}): update the README"
-    );
+    match (cd.daemon().name.as_str(), podcr) {
+        ("system", None) => {}
+        ("system", Some(f)) => {
+            bail!("containerd 2.1.9 now reports features for the podcr handler ({f:?}): update the README")
+        }
+        (_, None) => bail!("containerd {} reports no features for podcr", cd.daemon().name),
+        (_, Some(f)) => ensure!(
+            f.recursive_read_only_mounts && !f.user_namespaces,
+            "podcr's handler features: {f:?} (expected rro on, userns off)"
+        ),
+    }
     Ok(())
 }
 
@@ -133,20 +101,13 @@ fn dash_v_prints_the_version_like_runc_v2() -> Result<()> {
     let shim = podcr_tests::target_profile_dir()?.join(Runtime::Podcr.shim_binary());
     let mut outs = vec![];
     for bin in [PathBuf::from(Runtime::Runc.shim_binary()), shim] {
-        let out = std::process::Command::new(&bin)
-            .arg("-v")
-            .output()
-            .with_context(|| format!("run {} -v", bin.display()))?;
+        let out =
+            std::process::Command::new(&bin).arg("-v").output().with_context(|| format!("run {} -v", bin.display()))?;
         ensure!(out.status.success(), "{} -v: {out:?}", bin.display());
         outs.push(String::from_utf8(out.stdout)?);
     }
     for out in &outs {
-        ensure!(
-            out.lines()
-                .nth(1)
-                .is_some_and(|l| l.trim_start().starts_with("Version:")),
-            "no Version line: {out}"
-        );
+        ensure!(out.lines().nth(1).is_some_and(|l| l.trim_start().starts_with("Version:")), "no Version line: {out}");
     }
     ensure!(outs[1].contains(env!("CARGO_PKG_VERSION")), "{}", outs[1]);
     Ok(())
@@ -168,10 +129,7 @@ macro_rules! both_runtimes {
     )*};
 }
 
-both_runtimes!(
-    shim_joins_the_shim_cgroup,
-    a_missing_shim_cgroup_fails_the_task
-);
+both_runtimes!(shim_joins_the_shim_cgroup, a_missing_shim_cgroup_fails_the_task);
 
 /// A cgroup made for the test in some hierarchies only (v1: memory and pids; v2: the one), named
 /// with the run's prefix so the run's teardown removes it if the test cannot.
@@ -207,9 +165,7 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         // The shim leaves once its task is gone; rmdir succeeds only then.
-        let _ = wait_for("the shim to leave the test cgroup", T, || {
-            Ok(self.procs()?.is_empty().then_some(()))
-        });
+        let _ = wait_for("the shim to leave the test cgroup", T, || Ok(self.procs()?.is_empty().then_some(())));
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }
@@ -218,59 +174,30 @@ impl Drop for TestCgroup {
 
 /// `ctr container create` under `rt`, then Tasks.Create through containerd's API with runc
 /// options naming `shim_cgroup` (ctr has no flag for it; the CRI sends it only to runc.v2).
-fn create_task(
-    ns: &TestNs,
-    rt: Runtime,
-    id: &str,
-    shim_cgroup: &str,
-) -> Result<std::result::Result<u32, String>> {
+fn create_task(ns: &TestNs, rt: Runtime, id: &str, shim_cgroup: &str) -> Result<std::result::Result<u32, String>> {
     let image = ns.import(&images::BUSYBOX)?;
-    ns.ctr().ok([
-        "container",
-        "create",
-        "--runtime",
-        rt.runtime_type(),
-        &image,
-        id,
-        "sleep",
-        "600",
-    ])?;
-    let rt_ = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    ns.ctr().ok(["container", "create", "--runtime", rt.runtime_type(), &image, id, "sleep", "600"])?;
+    let rt_ = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt_.block_on(async {
         let channel: Channel = containerd_client::connect(ns.containerd().socket()).await?;
         let header: MetadataValue<Ascii> = ns.name().parse()?;
         fn req<M>(msg: M, header: &MetadataValue<Ascii>) -> Request<M> {
             let mut r = Request::new(msg);
-            r.metadata_mut()
-                .insert("containerd-namespace", header.clone());
+            r.metadata_mut().insert("containerd-namespace", header.clone());
             r
         }
         let mounts = SnapshotsClient::new(channel.clone())
-            .mounts(req(
-                MountsRequest {
-                    snapshotter: "overlayfs".into(),
-                    key: id.into(),
-                },
-                &header,
-            ))
+            .mounts(req(MountsRequest { snapshotter: "overlayfs".into(), key: id.into() }, &header))
             .await
             .context("snapshot mounts")?
             .into_inner()
             .mounts;
         let options = prost_types::Any {
             type_url: "containerd.runc.v1.Options".into(),
-            value: prost::Message::encode_to_vec(&RuncOptions {
-                shim_cgroup: shim_cgroup.into(),
-            }),
+            value: prost::Message::encode_to_vec(&RuncOptions { shim_cgroup: shim_cgroup.into() }),
         };
-        let create = CreateTaskRequest {
-            container_id: id.into(),
-            rootfs: mounts,
-            options: Some(options),
-            ..Default::default()
-        };
+        let create =
+            CreateTaskRequest { container_id: id.into(), rootfs: mounts, options: Some(options), ..Default::default() };
         match TasksClient::new(channel).create(req(create, &header)).await {
             Ok(resp) => Ok(Ok(resp.into_inner().pid)),
             Err(status) => Ok(Err(status.message().to_string())),
@@ -298,43 +225,23 @@ fn shim_joins_the_shim_cgroup(rt: Runtime) -> Result<()> {
     // The task's init is reparented to the shim, a subreaper, once `runc create` exits.
     let shim = parent_of(pid)?;
     let comm = std::fs::read_to_string(format!("/proc/{shim}/comm"))?;
-    ensure!(
-        rt.shim_binary().starts_with(comm.trim()),
-        "parent of {pid} is {comm:?}, not the shim"
-    );
-    ensure!(
-        cg.procs()?.contains(&shim),
-        "shim {shim} is not in {} (holds {:?})",
-        cg.rel,
-        cg.procs()?
-    );
+    ensure!(rt.shim_binary().starts_with(comm.trim()), "parent of {pid} is {comm:?}, not the shim");
+    ensure!(cg.procs()?.contains(&shim), "shim {shim} is not in {} (holds {:?})", cg.rel, cg.procs()?);
     let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup"))?;
     if !PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists() {
         for ctl in ["memory", "pids"] {
-            let line = cgroups.lines().find(|l| {
-                l.split(':')
-                    .nth(1)
-                    .is_some_and(|c| c.split(',').any(|x| x == ctl))
-            });
+            let line = cgroups.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == ctl)));
             ensure!(
                 line.is_some_and(|l| l.ends_with(&format!(":/{}", cg.rel))),
                 "{ctl}: shim {shim} in {line:?}\n{cgroups}"
             );
         }
         // A hierarchy without that cgroup is left alone (containerd's cgroup1 Load skips it).
-        let freezer = cgroups
-            .lines()
-            .find(|l| l.split(':').nth(1) == Some("freezer"));
-        ensure!(
-            !freezer.is_some_and(|l| l.contains(&cg.rel)),
-            "freezer: {freezer:?}"
-        );
+        let freezer = cgroups.lines().find(|l| l.split(':').nth(1) == Some("freezer"));
+        ensure!(!freezer.is_some_and(|l| l.contains(&cg.rel)), "freezer: {freezer:?}");
     }
     // The container itself is not in the shim cgroup: runc puts it in its own.
-    ensure!(
-        !cg.procs()?.contains(&pid),
-        "the container's init joined the shim cgroup"
-    );
+    ensure!(!cg.procs()?.contains(&pid), "the container's init joined the shim cgroup");
     ns.ctr().ok(["task", "rm", "-f", "c"])?;
     Ok(())
 }
@@ -345,15 +252,8 @@ fn a_missing_shim_cgroup_fails_the_task(rt: Runtime) -> Result<()> {
     let missing = format!("/{}-no-such-cgroup", ns.name());
     match create_task(&ns, rt, "c", &missing)? {
         Ok(pid) => bail!("a task whose shim cgroup does not exist started (pid {pid})"),
-        Err(msg) => ensure!(
-            msg.contains(&missing),
-            "the error does not name the cgroup: {msg}"
-        ),
+        Err(msg) => ensure!(msg.contains(&missing), "the error does not name the cgroup: {msg}"),
     }
-    ensure!(
-        ns.ctr().tasks()?.is_empty(),
-        "a task is left: {:?}",
-        ns.ctr().tasks()?
-    );
+    ensure!(ns.ctr().tasks()?.is_empty(), "a task is left: {:?}", ns.ctr().tasks()?);
     Ok(())
 }
