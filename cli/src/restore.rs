@@ -49,6 +49,13 @@ pub struct RestoreArgs {
     /// Leave the restored containers created, not started (as CRI RestorePod does).
     #[arg(long)]
     pub created_only: bool,
+    /// The result on stdout: the pod id then one `NAME<TAB>ID` line per container, or one JSON
+    /// document with the same.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::output::Format,
+    /// Print only the new pod's sandbox id.
+    #[arg(long, short, conflicts_with = "format")]
+    pub quiet: bool,
 }
 
 /// A CRI ContainerConfig rebuilt from the container's OCI spec when the checkpoint carries no
@@ -207,9 +214,18 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
     let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
-            println!("{pod_id}");
-            for (name, id) in ids {
-                println!("{name}\t{id}");
+            if args.quiet {
+                println!("{pod_id}");
+            } else if args.format == crate::output::Format::Json {
+                let containers: Vec<serde_json::Value> =
+                    ids.iter().map(|(name, id)| serde_json::json!({"name": name, "id": id})).collect();
+                let doc = serde_json::json!({"sandbox_id": pod_id, "containers": containers});
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("{pod_id}");
+                for (name, id) in ids {
+                    println!("{name}\t{id}");
+                }
             }
             Ok(())
         }

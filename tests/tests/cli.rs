@@ -172,7 +172,7 @@ fn an_unknown_pod_exits_4_and_leaves_no_output() -> Result<()> {
 }
 
 #[test]
-fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
+fn a_cri_pod_by_namespace_slash_name_checkpoints_and_restores_with_json_and_quiet_output() -> Result<()> {
     let cd = Containerd::shared()?;
     let image = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -183,6 +183,7 @@ fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("ckpt");
     let node_config = cd.node_config().display().to_string();
+    let sock_str = sock(cd);
     let out = podcr(
         &[
             "-a",
@@ -204,14 +205,28 @@ fn a_cri_pod_is_checkpointed_by_namespace_slash_name() -> Result<()> {
     ensure!(doc["stats"]["containers"].as_array().map(Vec::len) == Some(1), "{doc:#}");
     ensure!(std::fs::read_dir(&output)?.next().is_some(), "empty checkpoint");
 
-    // -q: only where it went, for `$(podcr checkpoint -q ...)`.
-    let second = dir.path().join("ckpt2");
+    // -q: only where it went, for `$(podcr checkpoint -q ...)`; into a checkpoint root, so the
+    // restore below may read it.
+    let second = podcr_tests::node_config::checkpoint_roots(cd.dir())[1].join(&name);
     let out = podcr(
         &["-a", &sock(cd), "checkpoint", &pod.id, "-o", second.to_str().context("path")?, "-q"],
         &[("PODCR_CONFIG", &node_config)],
     )?;
     code(&out, 0)?;
     ensure!(out.stdout == format!("{}\n", second.display()), "{out:?}");
+
+    let restored_name = format!("{name}-r");
+    let args = ["restore", second.to_str().context("path")?, "--name", &restored_name, "--pod-namespace", "podcr-test"];
+    let mut a = vec!["-a", sock_str.as_str()];
+    a.extend(args);
+    a.extend(["--format", "json"]);
+    let out = podcr(&a, &[("PODCR_CONFIG", &node_config)])?;
+    code(&out, 0)?;
+    let doc = json(&out)?;
+    let new_pod = doc["sandbox_id"].as_str().context("no sandbox_id")?.to_string();
+    ensure!(!new_pod.is_empty() && new_pod != pod.id, "{doc:#}");
+    ensure!(doc["containers"][0]["name"] == "c" && doc["containers"][0]["id"].is_string(), "{doc:#}");
+    rt.block_on(pods::remove_pod(&mut rs, &new_pod))?;
     rt.block_on(pods::remove_pod(&mut rs, &pod.id))
 }
 
