@@ -103,3 +103,27 @@ fn create_trusted_dir(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusting_a_key_is_idempotent_and_refuses_what_is_not_a_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (signer, _, public) = write_new_keypair(tmp.path()).unwrap();
+        let dir = tmp.path().join("trusted.d");
+        trust(&dir, &public).unwrap();
+        trust(&dir, &public).unwrap();
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(files, 1, "the same key is trusted once");
+        let stored = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(key_id(&parse_public_key(&std::fs::read(&stored).unwrap(), &stored).unwrap()), signer.key_id());
+        let junk = tmp.path().join("junk.pub");
+        std::fs::write(&junk, b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n").unwrap();
+        assert!(trust(&dir, &junk).is_err());
+        // A private key handed over by mistake is not trusted as if it were public.
+        assert!(trust(&dir, &tmp.path().join(signing::KEY_FILE)).is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+}
