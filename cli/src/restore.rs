@@ -204,7 +204,7 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             return Err(e);
         }
     };
-    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
+    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, src, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
             println!("{pod_id}");
@@ -238,7 +238,7 @@ async fn restore_into(
     pod_id: &str,
     pod: &PodSandboxConfig,
     containers: &[(String, ContainerConfig)],
-    checkpoint: &Path,
+    src: transport::Source,
     state: &Path,
     created_only: bool,
     timeout: Duration,
@@ -247,11 +247,14 @@ async fn restore_into(
     for (name, cfg) in containers {
         ids.push((name.clone(), cri.create_container(pod_id, cfg.clone(), pod.clone()).await?));
     }
-    let req = restore_request(pod_id, checkpoint, pod, containers, &ids);
+    let req = restore_request(pod_id, &src.dir, pod, containers, &ids);
     let shim = shim::Shim::connect(&shim::address_of(cd, pod_id, state).await?).await?;
     let progress = output::Progress::start(&format!("restoring pod {pod_id}"));
     let result = shim.restore(&req, timeout).await;
     progress.finish().await;
+    // The shim has its own verified copy now (or failed): an archive unpacked into TMPDIR, a
+    // second copy of the pod's memory, goes before the containers start rather than after.
+    drop(src);
     result?;
     if !created_only {
         let starts = ids.iter().map(|(_, id)| cri.start_container(id));
