@@ -109,6 +109,18 @@ ensure_rust() {
   curl -sSf --proto '=https' --tlsv1.2 https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null
 }
 
+# The lint tools scripts/test.sh runs before the tests, from crates.io (CI starts from nothing).
+# clippy and rustfmt come with the toolchain (rust-toolchain.toml lists them).
+install_lint_tools() {
+  local cargo tool
+  cargo=$(command -v cargo || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo")
+  for tool in cargo-deny cargo-machete; do
+    command -v "$tool" >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/$tool" ] && continue
+    log "installing $tool from crates.io"
+    "$cargo" install --locked --quiet "$tool"
+  done
+}
+
 install_bench_tools() {
   command -v podman >/dev/null && return 0
   log "installing podman (sid) for the benchmarks"
@@ -129,6 +141,7 @@ main() {
   done
   all_present || install_system_tools
   ensure_rust
+  install_lint_tools
   [ -z "$bench" ] || install_bench_tools
 }
 

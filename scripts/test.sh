@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: host set-up, build, unit tests, then the integration tests against a private
-# containerd (runc.v2 and podcr side by side). Needs root.
+# The whole test suite: host set-up, lints, build, unit tests, then the integration tests against a
+# private containerd (runc.v2 and podcr side by side). Needs root.
+#
+# The lints run first and end the run on a finding: clippy with -D warnings, cargo-machete (unused
+# dependencies) and cargo-deny (licences, bans, sources; advisories only where the RustSec database
+# can be fetched, else one SKIP line). PODCR_SKIP_LINTS=1 skips them for a quick local re-run.
 #
 #   scripts/test.sh              everything
 #   scripts/test.sh checkpoint   only integration tests whose name contains "checkpoint"
@@ -20,6 +24,28 @@ cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 # shellcheck disable=SC1091
 command -v cargo >/dev/null || . "${CARGO_HOME:-$HOME/.cargo}/env"
+
+lints() {
+  echo "==> cargo clippy --workspace --all-targets -- -D warnings" >&2
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+  echo "==> cargo machete (unused dependencies)" >&2
+  cargo machete
+  echo "==> cargo deny check licenses bans sources" >&2
+  cargo deny --log-level error check licenses bans sources
+  # The advisory database is a git clone from GitHub; a machine without that access cannot check
+  # advisories, and says so rather than passing them.
+  if cargo deny --log-level error fetch db >/dev/null 2>&1; then
+    echo "==> cargo deny check advisories" >&2
+    cargo deny --log-level error check advisories
+  else
+    echo "SKIP: cargo deny check advisories: cannot fetch the RustSec advisory database (no access to github.com)"
+  fi
+}
+if [ "${PODCR_SKIP_LINTS:-}" = 1 ]; then
+  echo "SKIP: lints (PODCR_SKIP_LINTS=1)"
+else
+  lints
+fi
 
 # Debug builds: the integration tests spend their time in containerd/runc/CRIU, not in our code, and
 # one profile means the shim binary and the test binaries come out of a single compilation.
@@ -59,8 +85,10 @@ tier() {
   if "$@"; then summary+=("$name: passed"); else status=1; summary+=("$name: FAILED"); fi
 }
 filter=${1:-}
-# The two pod checkpoint/restore designs, each through its own wire (CRI CheckpointPod/RestorePod).
-tier "pr13822+pr13971 wire" cargo test -p podcr-tests --test upstream_wire -- --test-threads=2
+# The two pod checkpoint/restore designs, each through its own wire (CRI CheckpointPod/RestorePod),
+# and RestorePod's trust rules on each (kubelet_restore's pr13* tests).
+tier "pr13822+pr13971 wire" cargo test -p podcr-tests --no-fail-fast --test upstream_wire --test kubelet_restore \
+  -- --test-threads=2 pr13
 # containerd main: what differs from 2.1.9, then a smoke subset of the existing tests against it.
 tier "main" cargo test -p podcr-tests --test upstream_main -- --test-threads=2
 tier "main smoke" env PODCR_TEST_CONTAINERD=main cargo test -p podcr-tests --no-fail-fast \

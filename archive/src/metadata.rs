@@ -100,6 +100,8 @@ pub struct PodIdentity {
     pub criu_version: String,
     /// `v1` or `v2`.
     pub cgroup_version: String,
+    /// The OCI runtime's name (`runc`).
+    pub runtime: String,
     pub runtime_version: String,
 }
 
@@ -118,7 +120,7 @@ impl PodOptions {
             (HOST_ARCH, &id.host_arch),
             (CRIU_VERSION, &id.criu_version),
             (CGROUP_VERSION, &id.cgroup_version),
-            (RUNTIME_NAME, "runc"),
+            (RUNTIME_NAME, &id.runtime),
             (RUNTIME_VERSION, &id.runtime_version),
         ];
         let annotations =
@@ -215,6 +217,8 @@ pub struct ContainerArchiveMeta {
     /// Paths deleted from the image layers (leading `/`), stored as `deleted.files`.
     pub deleted_files: Vec<String>,
     pub bind_mounts: Vec<BindMount>,
+    /// The OCI runtime that ran the container (`runc`), for `config.dump`.
+    pub runtime: String,
 }
 
 impl ContainerArchiveMeta {
@@ -226,7 +230,7 @@ impl ContainerArchiveMeta {
             rootfs_image: self.image_id.clone().unwrap_or_default(),
             rootfs_image_ref: self.image_ref.clone().unwrap_or_default(),
             rootfs_image_name: self.image_name.clone().unwrap_or_default(),
-            runtime: "runc".into(),
+            runtime: self.runtime.clone(),
             created_time: self.created,
             checkpointed_time: self.checkpointed,
             restored_time: go_zero_time(),
@@ -277,11 +281,13 @@ mod tests {
             sandbox_namespace: Some("ns".into()),
             deleted_files: vec![],
             bind_mounts: vec![],
+            runtime: "runc".into(),
         };
         let v = serde_json::to_value(meta.config()).unwrap();
         assert_eq!(v["rootfsImageName"], "docker.io/library/busybox:latest");
         assert_eq!(v["createdTime"], "2026-01-02T03:04:05.123456789Z");
         assert_eq!(v["restoredTime"], "0001-01-01T00:00:00Z");
+        assert_eq!(v["runtime"], "runc");
         assert!(v.get("rootfsImageRef").is_none());
         let back: ContainerConfig = serde_json::from_value(v).unwrap();
         assert_eq!(back, meta.config());
@@ -293,12 +299,13 @@ mod tests {
 
     #[test]
     fn pod_options_and_bind_mounts() {
-        let id = PodIdentity { pod_name: "p".into(), host_arch: "x86_64".into(), ..Default::default() };
+        let id = PodIdentity { pod_name: "p".into(), host_arch: "x86_64".into(), runtime: "runc".into(), ..Default::default() };
         let opts = PodOptions::podcr([("app".to_string(), "app.tar".to_string())].into(), &id);
         let v = serde_json::to_value(&opts).unwrap();
         assert_eq!(v["version"], 1);
         assert_eq!(v["annotations"][annotations::ENGINE_NAME], "podcr");
         assert_eq!(v["annotations"][annotations::POD_NAME], "p");
+        assert_eq!(v["annotations"][annotations::RUNTIME_NAME], "runc");
         assert!(v["annotations"].get(annotations::POD_UID).is_none());
         let bm: Vec<BindMount> = serde_json::from_str(
             r#"[{"source":"/a","destination":"/b","file_type":"directory","permissions":493}]"#,

@@ -34,13 +34,14 @@ pub const ANNOTATION_ALLOW: &[&str] = &[
     "io.kubernetes.pod.terminationGracePeriod",
 ];
 
-/// Mount destinations containerd's CRI binds into every container itself.
+/// Mount destinations containerd's CRI binds into every container itself. (The kubelet's
+/// `/dev/termination-log` is a host path of the old pod: a checkpoint that has it needs an
+/// operator's config that mounts one.)
 const CRI_OWN_MOUNTS: &[&str] = &[
     "/etc/hosts",
     "/etc/hostname",
     "/etc/resolv.conf",
     "/dev/shm",
-    "/dev/termination-log",
 ];
 
 /// CRI `NamespaceMode`.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// DNS settings for the pod's resolv.conf (CRI `DNSConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,22 @@ pub struct PodSpec {
     pub annotations: BTreeMap<String, String>,
     /// The pod config as the caller sent it, as JSON with snake_case names, kept for `pod.dump`.
     pub raw_config: Option<serde_json::Value>,
+}
+
+/// What runs a pod's containers and writes its checkpoint images. Recorded in every checkpoint
+/// (the manifest's `runtime`, the `org.criu.checkpoint.*` annotations, each container's
+/// `config.dump`), and checked on restore: images are only as portable as their dumper.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendIdentity {
+    /// The OCI runtime's name, e.g. `runc`; a checkpoint restores only on a backend of this name.
+    pub runtime: String,
+    /// Empty when unknown, like every version here.
+    pub runtime_version: String,
+    /// The tool that writes the images, e.g. `criu`; empty for a backend that cannot checkpoint.
+    pub dumper: String,
+    pub dumper_version: String,
+    /// The host's cgroup version, `1` or `2`.
+    pub cgroup_version: String,
 }
 
 /// How a pod's anchor process ended.
@@ -149,8 +165,12 @@ pub struct RestoreStage {
     pub file_locks: bool,
 }
 
+/// What every backend does: build, run, stop and tear down a pod, and say what is in it.
+/// Checkpoint and restore are optional capabilities in their own traits ([`PodCheckpoint`],
+/// [`PreparedDumps`], [`PodRestore`]) whose defaults refuse with `Unimplemented`, so a backend
+/// that only runs pods writes three empty `impl` blocks and nothing else for them.
 #[async_trait]
-pub trait PodBackend: Send + Sync + 'static {
+pub trait PodBackend: PodCheckpoint + PreparedDumps + PodRestore + Send + Sync + 'static {
     /// Builds the pod's shared resources (files, pinned namespaces). No process runs yet.
     async fn create_pod(&self, spec: &PodSpec) -> Result<()>;
 
@@ -166,6 +186,18 @@ pub trait PodBackend: Send + Sync + 'static {
     /// The containers currently in the pod.
     async fn containers(&self) -> Result<Vec<ContainerInfo>>;
 
+    /// Who this backend is (see [`BackendIdentity`]); asked once per checkpoint and restore.
+    async fn identity(&self) -> BackendIdentity;
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::Unimplemented(format!("this pod's runtime cannot {what}"))
+}
+
+/// Checkpointing a pod: freeze, dump each container, capture its writable layer. The defaults
+/// refuse (and have nothing to thaw), for backends that cannot checkpoint.
+#[async_trait]
+pub trait PodCheckpoint: Send + Sync {
     /// A checkpoint writing into `output` starts. A backend may record this durably, so that if
     /// the runtime dies mid-checkpoint its clean-up (a shim's `delete`) can thaw what was frozen
     /// and remove the partial output: nothing in this process survives to do it. An error
@@ -178,28 +210,21 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn checkpoint_end(&self) {}
 
     /// Freezes the given containers as close to one instant as the runtime allows.
-    async fn freeze(&self, ids: &[String]) -> Result<()>;
+    async fn freeze(&self, _ids: &[String]) -> Result<()> {
+        Err(unsupported("freeze containers"))
+    }
 
     /// Thaws the given containers. Must succeed for containers that are not frozen.
-    async fn thaw(&self, ids: &[String]) -> Result<()>;
+    async fn thaw(&self, _ids: &[String]) -> Result<()> {
+        Ok(())
+    }
 
     /// Dumps one frozen container; it stays frozen and alive. With `opts.barrier` the dump is
     /// started before the freeze and waits at the barrier (see [`FreezeBarrier`]). Once the
     /// barrier says go (or without a barrier), the future must be driven to its end: the
     /// controller never drops it, and a backend must not rely on a drop to stop its dumper.
-    async fn dump(&self, id: &str, opts: &DumpOptions) -> Result<DumpOutcome>;
-
-    /// Version of the tool that writes the images (CRIU for runc), recorded in the checkpoint's
-    /// metadata; empty when unknown.
-    async fn dumper_version(&self) -> String {
-        String::new()
-    }
-
-    /// Whether dumps of these containers can be made ready before the pod is frozen, so their
-    /// start-up (for runc and CRIU: process start, kernel probing) stays out of the freeze
-    /// window. The default freezes first.
-    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
-        false
+    async fn dump(&self, _id: &str, _opts: &DumpOptions) -> Result<DumpOutcome> {
+        Err(unsupported("dump containers"))
     }
 
     /// How long dumping these containers (in parallel) is expected to take once the pod is
@@ -212,14 +237,37 @@ pub trait PodBackend: Send + Sync + 'static {
     }
 
     /// Captures the writable layer of one frozen container into `dest_dir`.
-    async fn capture_rootfs(&self, id: &str, dest_dir: &std::path::Path) -> Result<RootfsCapture>;
+    async fn capture_rootfs(&self, _id: &str, _dest_dir: &std::path::Path) -> Result<RootfsCapture> {
+        Err(unsupported("capture a container's writable layer"))
+    }
 
     /// Kills one container (after a checkpoint that does not leave the pod running).
-    async fn kill(&self, id: &str) -> Result<()>;
+    async fn kill(&self, _id: &str) -> Result<()> {
+        Err(unsupported("kill a checkpointed container"))
+    }
+}
 
+/// The freeze barrier: dumps made ready before the pod is frozen (see [`FreezeBarrier`]).
+#[async_trait]
+pub trait PreparedDumps: Send + Sync {
+    /// Whether dumps of these containers can be made ready before the pod is frozen, so their
+    /// start-up (for runc and CRIU: process start, kernel probing) stays out of the freeze
+    /// window. The default freezes first.
+    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
+        false
+    }
+}
+
+/// Restoring containers of a pod from a checkpoint when containerd creates their tasks.
+#[async_trait]
+pub trait PodRestore: Send + Sync {
     /// Arranges for the task `id`, when containerd creates it, to be restored from `stage`.
-    async fn stage_restore(&self, id: &str, stage: RestoreStage) -> Result<()>;
+    async fn stage_restore(&self, _id: &str, _stage: RestoreStage) -> Result<()> {
+        Err(unsupported("restore containers"))
+    }
 
-    /// Forgets a staged restore (the caller rolled the restore back).
-    async fn unstage_restore(&self, id: &str) -> Result<()>;
+    /// Forgets a staged restore (the caller rolled the restore back). Nothing staged is no error.
+    async fn unstage_restore(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
 }

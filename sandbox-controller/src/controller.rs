@@ -38,6 +38,8 @@ struct Pod {
     pid: u32,
     created_at: DateTime<Utc>,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    /// A Start is bringing the anchor up (without the pod lock held; see `start`).
+    starting: bool,
 }
 
 /// One pod and the backend that runs it.
@@ -94,15 +96,39 @@ impl<B: PodBackend> SandboxController<B> {
             return Err(e);
         }
         info!(pod = %spec.id, "pod created");
-        *pod = Some(Pod { spec, state: PodState::Created, pid: 0, created_at: Utc::now(), exit: None });
+        *pod = Some(Pod { spec, state: PodState::Created, pid: 0, created_at: Utc::now(), exit: None, starting: false });
         Ok(())
     }
 
+    /// Brings the pod's anchor up. That can take seconds, so the pod lock is not held meanwhile:
+    /// Status, Wait and Stop keep answering, and a second Start is refused. A Stop or Shutdown
+    /// that lands meanwhile wins, and the anchor just started is stopped again.
     pub async fn start(&self, id: &str) -> Result<PodInstance> {
+        let spec = {
+            let mut guard = self.pod.lock().await;
+            let pod = Self::pod_mut(&mut guard, id)?;
+            pod.state.start()?;
+            if pod.starting {
+                return Err(Error::FailedPrecondition(format!("pod {id} is already starting")));
+            }
+            pod.starting = true;
+            pod.spec.clone()
+        };
+        let started = self.backend.start_pod(&spec).await;
         let mut guard = self.pod.lock().await;
         let pod = Self::pod_mut(&mut guard, id)?;
-        let next = pod.state.start()?;
-        let anchor = self.backend.start_pod(&pod.spec).await?;
+        pod.starting = false;
+        let anchor = started?;
+        let next = match pod.state.start() {
+            Ok(next) => next,
+            Err(e) => {
+                drop(guard);
+                if let Err(stop) = self.backend.stop_pod(&spec, Duration::ZERO).await {
+                    warn!(pod = %id, error = %stop, "stop an anchor started during a stop");
+                }
+                return Err(e);
+            }
+        };
         pod.pid = anchor.pid;
         pod.exit = Some(anchor.exit);
         pod.state = next;
@@ -201,5 +227,56 @@ impl<B: PodBackend> SandboxController<B> {
             Some(pod) => Err(Error::NotFound(format!("sandbox {id}: this shim serves {}", pod.spec.id))),
             None => Err(Error::NotFound(format!("sandbox {id}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeBackend;
+
+    async fn created(fake: &Arc<FakeBackend>) -> (SandboxController<FakeBackend>, tempfile::TempDir) {
+        let ctl = SandboxController::new(fake.clone());
+        let bundle = tempfile::tempdir().unwrap();
+        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() }).await.unwrap();
+        (ctl, bundle)
+    }
+
+    /// A slow anchor start must not block Status (the CRI polls it) or let a second Start in.
+    #[tokio::test]
+    async fn status_answers_while_the_anchor_starts_and_a_second_start_is_refused() {
+        let fake = Arc::new(FakeBackend::default());
+        *fake.start_delay.lock().unwrap() = Duration::from_secs(2);
+        let (ctl, _bundle) = created(&fake).await;
+        let (started, during) = tokio::join!(ctl.start("pod1"), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let status = tokio::time::timeout(Duration::from_millis(500), ctl.status("pod1")).await;
+            let second = tokio::time::timeout(Duration::from_millis(500), ctl.start("pod1")).await;
+            (status, second)
+        });
+        let (status, second) = during;
+        let status = status.expect("Status blocked behind a starting anchor").unwrap();
+        assert_eq!(status.state, PodState::Created);
+        let second = second.expect("a second Start blocked behind the first");
+        assert!(matches!(&second, Err(Error::FailedPrecondition(m)) if m.contains("already starting")), "{second:?}");
+        started.unwrap();
+        assert_eq!(ctl.status("pod1").await.unwrap().state, PodState::Ready);
+    }
+
+    /// A Stop that lands while the anchor starts wins: the new anchor is stopped again.
+    #[tokio::test]
+    async fn a_stop_during_start_wins() {
+        let fake = Arc::new(FakeBackend::default());
+        *fake.start_delay.lock().unwrap() = Duration::from_millis(500);
+        let (ctl, _bundle) = created(&fake).await;
+        let (started, stopped) = tokio::join!(ctl.start("pod1"), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ctl.stop("pod1", Duration::ZERO).await
+        });
+        stopped.unwrap();
+        assert!(matches!(started, Err(Error::FailedPrecondition(_))), "{started:?}");
+        let calls = fake.calls();
+        assert_eq!(calls.iter().filter(|c| *c == "stop_pod").count(), 2, "{calls:?}");
+        assert_eq!(ctl.status("pod1").await.unwrap().state, PodState::Stopped);
     }
 }

@@ -42,6 +42,11 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A backend's own failure that has no errdefs namesake (a runtime's bookkeeping, a
+    /// protocol with a helper process, ...), kept whole with its source chain. Errors that do
+    /// have a namesake are converted to it by the backend, so containerd still sees their code.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl Error {
@@ -49,6 +54,11 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+
+    /// Wraps a backend's own error (see [`Error::Backend`]).
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Backend(Box::new(e))
     }
 
     pub fn runtime(op: impl Into<String>, id: impl Into<String>, msg: impl Into<String>) -> Error {
@@ -73,6 +83,8 @@ impl Error {
             Error::Json { path, source } => {
                 Error::Json { path: PathBuf::from(r(path.display().to_string())), source }
             }
+            // A backend's own error keeps its words: it is not about the output directory.
+            e @ Error::Backend(_) => e,
         }
     }
 }

@@ -13,7 +13,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::{
-    backend::{ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodCheckpoint, PodRestore,
+        PodSpec, PreparedDumps, RestoreStage, RootfsCapture,
+    },
     error::{Error, Result},
 };
 
@@ -25,12 +28,16 @@ pub struct FakeBackend {
     pub staged: Mutex<BTreeMap<String, RestoreStage>>,
     /// Step names ("dump:<id>", "freeze", "capture:<id>", ...) that fail when reached.
     pub fail: Mutex<BTreeSet<String>>,
+    /// How long `start_pod` takes (a slow anchor).
+    pub start_delay: Mutex<Duration>,
     /// How long each dump takes, to exercise deadlines.
     pub dump_delay: Mutex<Duration>,
     /// Dumps get ready before the freeze (the barrier path).
     pub prepared: Mutex<bool>,
     /// What `dump_estimate` answers.
     pub estimate: Mutex<Duration>,
+    /// The runtime name `identity` answers; `fake` when unset.
+    pub runtime: Mutex<Option<String>>,
     anchor_exit: Mutex<Option<watch::Sender<Option<ExitStatus>>>>,
 }
 
@@ -84,12 +91,25 @@ impl FakeBackend {
 
 #[async_trait]
 impl PodBackend for FakeBackend {
+    async fn identity(&self) -> BackendIdentity {
+        let runtime = self.runtime.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "fake".into());
+        BackendIdentity {
+            runtime,
+            runtime_version: "1.0".into(),
+            dumper: "fake-dumper".into(),
+            dumper_version: "2.0".into(),
+            cgroup_version: "1".into(),
+        }
+    }
+
     async fn create_pod(&self, _spec: &PodSpec) -> Result<()> {
         self.record("create_pod".into())
     }
 
     async fn start_pod(&self, _spec: &PodSpec) -> Result<PodAnchor> {
         self.record("start_pod".into())?;
+        let delay = self.start_delay.lock().map(|d| *d).unwrap_or_default();
+        tokio::time::sleep(delay).await;
         let (tx, rx) = watch::channel(None);
         if let Ok(mut g) = self.anchor_exit.lock() {
             *g = Some(tx);
@@ -110,7 +130,10 @@ impl PodBackend for FakeBackend {
     async fn containers(&self) -> Result<Vec<ContainerInfo>> {
         Ok(self.containers.lock().map(|c| c.clone()).unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl PodCheckpoint for FakeBackend {
     async fn freeze(&self, ids: &[String]) -> Result<()> {
         self.record("freeze".into())?;
         if let Ok(mut f) = self.frozen.lock() {
@@ -127,10 +150,6 @@ impl PodBackend for FakeBackend {
             }
         }
         Ok(())
-    }
-
-    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
-        self.prepared.lock().map(|p| *p).unwrap_or(false)
     }
 
     async fn dump_estimate(&self, _ids: &[String]) -> Duration {
@@ -177,7 +196,17 @@ impl PodBackend for FakeBackend {
     async fn kill(&self, id: &str) -> Result<()> {
         self.record(format!("kill:{id}"))
     }
+}
 
+#[async_trait]
+impl PreparedDumps for FakeBackend {
+    async fn prepared_dumps(&self, _ids: &[String]) -> bool {
+        self.prepared.lock().map(|p| *p).unwrap_or(false)
+    }
+}
+
+#[async_trait]
+impl PodRestore for FakeBackend {
     async fn stage_restore(&self, id: &str, stage: RestoreStage) -> Result<()> {
         self.record(format!("stage:{id}"))?;
         if let Ok(mut s) = self.staged.lock() {

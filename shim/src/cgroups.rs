@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -24,7 +24,7 @@ pub fn of_pid(pid: u32, controller: &str, probe: &str) -> Result<ControllerCgrou
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
     parse(&text, Path::new(CGROUP_ROOT), controller, probe)
-        .ok_or_else(|| Error::FailedPrecondition(format!("process {pid} has no {controller} cgroup")))
+        .ok_or_else(|| Error::failed_precondition(format!("process {pid} has no {controller} cgroup")))
 }
 
 pub(crate) fn parse(proc_cgroup: &str, root: &Path, controller: &str, probe: &str) -> Option<ControllerCgroup> {
@@ -63,7 +63,7 @@ pub fn join(pid: u32, path: &str) -> Result<()> {
 pub(crate) fn join_in(hierarchies: &[PathBuf], pid: u32, path: &str) -> Result<()> {
     let rel = Path::new(path.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(Error::InvalidArgument(format!("cgroup path {path:?} must be a plain path below the root")));
+        return Err(Error::invalid_argument(format!("cgroup path {path:?} must be a plain path below the root")));
     }
     let mut joined = 0;
     for h in hierarchies {
@@ -80,7 +80,7 @@ pub(crate) fn join_in(hierarchies: &[PathBuf], pid: u32, path: &str) -> Result<(
         joined += 1;
     }
     if joined == 0 {
-        return Err(Error::NotFound(format!("cgroup {path} exists in no cgroup hierarchy")));
+        return Err(Error::not_found(format!("cgroup {path} exists in no cgroup hierarchy")));
     }
     Ok(())
 }

@@ -4,51 +4,53 @@
 //! `NotFound` / `AlreadyExists` / `FailedPrecondition` and reacts as it does for the runc shim
 //! (e.g. `ctr task rm` of a gone task, `Connect` on reload).
 
+use podcr_sandbox_controller::Error as PodError;
 use ttrpc::{Code, Error as TtrpcError};
+
+use crate::runc_error::Error as RuncError;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("already exists: {0}")]
-    AlreadyExists(String),
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    #[error("not implemented: {0}")]
-    Unimplemented(String),
-    /// A checkpoint this node does not trust (unsigned, forged, unknown key).
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    /// The caller's deadline ran out; the work was undone (a pod checkpoint thaws and cleans up).
-    #[error("deadline exceeded: {0}")]
-    DeadlineExceeded(String),
-    /// runc (or CRIU through runc) failed; `msg` carries runc's own last error line.
-    #[error("runc {op} {id}: {msg}")]
-    Runtime { op: String, id: String, msg: String },
+    /// The pod logic's errors, named after their errdefs (NotFound, FailedPrecondition, ...).
+    /// Requests the shim refuses itself use these too, so each code has one variant.
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    /// The runc backend's own failures (its refusals are [`RuncError::Pod`] and keep their code).
+    #[error(transparent)]
+    Runc(#[from] RuncError),
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{context}: {source}")]
-    Nix {
-        context: String,
-        #[source]
-        source: nix::Error,
-    },
     #[error("containerd-shim: {0}")]
     Shim(#[from] containerd_shim::Error),
+    /// A request's `Any` payload did not decode as the message its type URL names.
     #[error("protobuf: {0}")]
     Protobuf(#[from] protobuf::Error),
+    /// A request's JSON payload (a CRI config, a restored task's spec) did not decode.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error("ttrpc: {0}")]
+    Ttrpc(#[from] TtrpcError),
+    /// containerd's own API (reached for image rootfs on a RestoreSandbox) failed; NotFound
+    /// there is reported as [`PodError::NotFound`] instead.
+    #[error("containerd {what}: {message}")]
+    Containerd { what: String, message: String },
+    /// The `serve` process `start` launched never listened, or died.
+    #[error("shim server: {0}")]
+    Server(String),
+    /// A task that ran detached from its RPC (so that a cancelled call cannot cut it short)
+    /// was cancelled or panicked.
+    #[error("{context}: {source}")]
+    Join {
+        context: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl Error {
@@ -58,40 +60,79 @@ impl Error {
         move |source| Error::Io { context, source }
     }
 
-    /// Adapter for `map_err` on `nix::Result`.
-    pub fn nix(context: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
+    /// Adapter for `map_err` on a spawned task's handle.
+    pub fn join(context: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Error {
         let context = context.into();
-        move |source| Error::Nix { context, source }
+        move |source| Error::Join { context, source }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Error {
+        Error::Pod(PodError::NotFound(what.into()))
+    }
+
+    pub fn invalid_argument(what: impl Into<String>) -> Error {
+        Error::Pod(PodError::InvalidArgument(what.into()))
+    }
+
+    pub fn failed_precondition(what: impl Into<String>) -> Error {
+        Error::Pod(PodError::FailedPrecondition(what.into()))
+    }
+
+    pub fn unimplemented(what: impl Into<String>) -> Error {
+        Error::Pod(PodError::Unimplemented(what.into()))
     }
 
     fn code(&self) -> Code {
         match self {
-            Error::NotFound(_) => Code::NOT_FOUND,
-            Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            Error::InvalidArgument(_) | Error::Json(_) | Error::Protobuf(_) => {
-                Code::INVALID_ARGUMENT
-            }
-            Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
-            Error::PermissionDenied(_) => Code::PERMISSION_DENIED,
-            Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
-            Error::Shim(containerd_shim::Error::NotFoundError(_)) => Code::NOT_FOUND,
-            Error::Shim(containerd_shim::Error::FailedPreconditionError(_)) => {
-                Code::FAILED_PRECONDITION
-            }
-            Error::Shim(containerd_shim::Error::InvalidArgument(_)) => Code::INVALID_ARGUMENT,
-            Error::Runtime { .. }
+            Error::Pod(e) | Error::Runc(RuncError::Pod(e)) => pod_code(e),
+            Error::Shim(e) | Error::Runc(RuncError::Shim(e)) => shim_code(e),
+            Error::Protobuf(_) | Error::Json(_) | Error::Runc(RuncError::Json(_)) => Code::INVALID_ARGUMENT,
+            Error::Runc(_)
             | Error::Io { .. }
-            | Error::Nix { .. }
-            | Error::Shim(_)
-            | Error::Other(_) => Code::UNKNOWN,
+            | Error::Ttrpc(_)
+            | Error::Containerd { .. }
+            | Error::Server(_)
+            | Error::Join { .. } => Code::UNKNOWN,
         }
+    }
+}
+
+fn pod_code(e: &PodError) -> Code {
+    match e {
+        PodError::NotFound(_) => Code::NOT_FOUND,
+        PodError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        // A hostile or broken archive is bad input, not a broken runtime.
+        PodError::InvalidArgument(_) | PodError::Archive(_) => Code::INVALID_ARGUMENT,
+        PodError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+        PodError::Unimplemented(_) => Code::UNIMPLEMENTED,
+        PodError::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
+        // A checkpoint this node does not trust (unsigned, forged, unknown key).
+        PodError::Untrusted(_) => Code::PERMISSION_DENIED,
+        PodError::Runtime { .. } | PodError::Io { .. } | PodError::Json { .. } | PodError::Backend(_) => {
+            Code::UNKNOWN
+        }
+    }
+}
+
+fn shim_code(e: &containerd_shim::Error) -> Code {
+    match e {
+        containerd_shim::Error::NotFoundError(_) => Code::NOT_FOUND,
+        containerd_shim::Error::FailedPreconditionError(_) => Code::FAILED_PRECONDITION,
+        containerd_shim::Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+        _ => Code::UNKNOWN,
     }
 }
 
 impl From<Error> for TtrpcError {
     fn from(e: Error) -> Self {
         TtrpcError::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+/// Lets the Task service return the runc store's errors with `?`.
+impl From<RuncError> for TtrpcError {
+    fn from(e: RuncError) -> Self {
+        Error::Runc(e).into()
     }
 }
 
@@ -108,42 +149,59 @@ mod tests {
 
     #[test]
     fn not_found() {
-        assert_eq!(code_of(Error::NotFound("c1".into())), Code::NOT_FOUND);
+        assert_eq!(code_of(Error::not_found("c1")), Code::NOT_FOUND);
+        assert_eq!(code_of(Error::Runc(RuncError::not_found("c1"))), Code::NOT_FOUND);
         let shim = containerd_shim::Error::NotFoundError("x".into());
         assert_eq!(code_of(Error::Shim(shim)), Code::NOT_FOUND);
     }
 
     #[test]
     fn already_exists() {
-        assert_eq!(code_of(Error::AlreadyExists("c1".into())), Code::ALREADY_EXISTS);
+        assert_eq!(code_of(Error::Pod(PodError::AlreadyExists("c1".into()))), Code::ALREADY_EXISTS);
+        assert_eq!(code_of(Error::Runc(RuncError::already_exists("c1"))), Code::ALREADY_EXISTS);
     }
 
     #[test]
     fn invalid_argument() {
-        assert_eq!(code_of(Error::InvalidArgument("x".into())), Code::INVALID_ARGUMENT);
+        assert_eq!(code_of(Error::invalid_argument("x")), Code::INVALID_ARGUMENT);
+        assert_eq!(code_of(Error::Pod(PodError::Archive("x".into()))), Code::INVALID_ARGUMENT);
         let json = serde_json::from_str::<u32>("nope").unwrap_err();
-        assert_eq!(code_of(Error::Json(json)), Code::INVALID_ARGUMENT);
+        assert_eq!(code_of(Error::Runc(RuncError::Json(json))), Code::INVALID_ARGUMENT);
     }
 
     #[test]
     fn failed_precondition() {
-        assert_eq!(code_of(Error::FailedPrecondition("x".into())), Code::FAILED_PRECONDITION);
+        assert_eq!(code_of(Error::failed_precondition("x")), Code::FAILED_PRECONDITION);
+        assert_eq!(code_of(Error::Runc(RuncError::failed_precondition("x"))), Code::FAILED_PRECONDITION);
     }
 
     #[test]
     fn unimplemented() {
-        assert_eq!(code_of(Error::Unimplemented("x".into())), Code::UNIMPLEMENTED);
-        assert_eq!(code_of(Error::PermissionDenied("x".into())), Code::PERMISSION_DENIED);
+        assert_eq!(code_of(Error::unimplemented("x")), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn permission_denied() {
+        assert_eq!(code_of(Error::Pod(PodError::Untrusted("x".into()))), Code::PERMISSION_DENIED);
     }
 
     #[test]
     fn deadline_exceeded() {
-        assert_eq!(code_of(Error::DeadlineExceeded("x".into())), Code::DEADLINE_EXCEEDED);
+        assert_eq!(code_of(Error::Pod(PodError::DeadlineExceeded("x".into()))), Code::DEADLINE_EXCEEDED);
+    }
+
+    /// A backend error that went through the controller (and back) keeps its code.
+    #[test]
+    fn backend_errors_through_the_controller_keep_their_code() {
+        let e = PodError::from(RuncError::not_found("c1"));
+        assert_eq!(code_of(Error::Pod(e)), Code::NOT_FOUND);
+        let e = PodError::from(RuncError::Protocol("x".into()));
+        assert_eq!(code_of(Error::Pod(e)), Code::UNKNOWN);
     }
 
     #[test]
     fn runtime_keeps_runc_message() {
-        let e = Error::Runtime { op: "start".into(), id: "c1".into(), msg: "boom".into() };
+        let e = Error::Runc(RuncError::Runtime { op: "start".into(), id: "c1".into(), msg: "boom".into() });
         match TtrpcError::from(e) {
             TtrpcError::RpcStatus(s) => {
                 assert_eq!(s.code(), Code::UNKNOWN);

@@ -96,7 +96,7 @@ fn runc_features(binary: &str) -> Result<Option<Vec<u8>>> {
     {
         Ok(out) => out,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "OCI runtime {binary:?} not found on PATH"
             )))
         }

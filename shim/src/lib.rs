@@ -16,7 +16,11 @@ pub mod info;
 pub mod logging;
 pub mod pod;
 pub mod reaper;
+pub mod runc_error;
 pub mod runtime_options;
 pub mod serve;
 pub mod start;
 pub mod task;
+
+#[cfg(test)]
+mod cgroup2_tests;

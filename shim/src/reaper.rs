@@ -17,7 +17,7 @@ use nix::{
 use tokio::{io::AsyncReadExt, process::Command, signal::unix::SignalKind};
 use tracing::{debug, warn};
 
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// Makes this process the subreaper of its descendants and starts the SIGCHLD loop.
 pub fn start() -> Result<()> {
@@ -126,7 +126,7 @@ pub async fn run(mut cmd: Command, io: Io) -> Result<Output> {
     let _ = monitor_unsubscribe(sub.id).await;
     // Already reaped by the loop; tokio's orphan queue just gets ECHILD for it and lets go.
     drop(child);
-    let status = status.ok_or_else(|| Error::Other(format!("lost exit status of pid {pid}")))?;
+    let status = status.ok_or_else(|| Error::Process(format!("lost exit status of pid {pid}")))?;
     Ok(Output { pid, status, stdout: out, stderr: err })
 }
 

@@ -48,7 +48,7 @@ pub fn for_info(input: &[u8]) -> Result<Option<RuncOptions>> {
         return Ok(None);
     }
     let any = Any::parse_from_bytes(input).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "runtime options on stdin are not a protobuf Any: {e}"
         ))
     })?;
@@ -81,7 +81,7 @@ fn decode(any: Any) -> Result<Option<RuncOptions>> {
         return Ok(None);
     }
     let options = Options::parse_from_bytes(&any.value).map_err(|e| {
-        Error::InvalidArgument(format!("{RUNC_OPTIONS_TYPE} on stdin does not decode: {e}"))
+        Error::invalid_argument(format!("{RUNC_OPTIONS_TYPE} on stdin does not decode: {e}"))
     })?;
     Ok(Some(RuncOptions { any, options }))
 }

@@ -22,7 +22,7 @@ pub async fn run(flags: &Flags) -> Result<()> {
     crate::logging::init(flags.debug);
     reaper::start()?;
     if flags.socket.is_empty() {
-        return Err(Error::InvalidArgument("serve needs -socket".into()));
+        return Err(Error::invalid_argument("serve needs -socket"));
     }
     let path = flags.socket.trim_start_matches("unix://").to_string();
     if let Some(dir) = Path::new(&path).parent() {
@@ -47,7 +47,7 @@ pub async fn run(flags: &Flags) -> Result<()> {
     };
     let store = Containers::new(&flags.namespace, default_root(&flags.namespace), events).await?;
     let mut server = Server::new().add_listener(listener.into()).register_service(services(&store, &flags.address));
-    server.start().await.map_err(|e| Error::Other(format!("start ttrpc server: {e}")))?;
+    server.start().await?;
     signal_ready();
     info!(socket = %flags.socket, pid = std::process::id(), "shim serving");
 

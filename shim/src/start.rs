@@ -45,7 +45,7 @@ pub fn run(flags: &Flags) -> Result<String> {
         }
         launch(flags, &address, shim_cgroup.as_deref())?;
         if !alive(path) {
-            return Err(Error::Other(format!("shim server did not come up on {address}")));
+            return Err(Error::Server(format!("did not come up on {address}")));
         }
     }
     std::fs::write("address", &address).map_err(Error::io("write address"))?;
@@ -89,7 +89,7 @@ fn launch(flags: &Flags, address: &str, shim_cgroup: Option<&str>) -> Result<()>
     // The server lives on; if it already died, say so.
     if let Ok(Some(status)) = child.try_wait() {
         if !status.success() {
-            return Err(Error::Other(format!("shim server exited: {status}")));
+            return Err(Error::Server(format!("exited: {status}")));
         }
     }
     Ok(())
@@ -97,7 +97,7 @@ fn launch(flags: &Flags, address: &str, shim_cgroup: Option<&str>) -> Result<()>
 
 fn confine(pid: u32, shim_cgroup: Option<&str>) -> Result<()> {
     if let Some(cg) = shim_cgroup {
-        crate::cgroups::join(pid, cg).map_err(|e| Error::FailedPrecondition(format!("join shim cgroup {cg}: {e}")))?;
+        crate::cgroups::join(pid, cg).map_err(|e| Error::failed_precondition(format!("join shim cgroup {cg}: {e}")))?;
     }
     // containerd's score + 1: under memory pressure the kernel picks a shim before containerd.
     containerd_shim::cgroup::adjust_oom_score(pid)?;

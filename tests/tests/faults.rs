@@ -47,6 +47,23 @@ async fn setup(cd: &'static Containerd) -> Result<(String, Cri)> {
     Ok((image, cd.cri_runtime().await?))
 }
 
+/// What every test on the shared containerd starts with: `SERIAL`, held for as long as the
+/// value lives (bind it as `_serial`, not `_`), the busybox image imported for the CRI, and a
+/// CRI client.
+struct Shared {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    cd: &'static Containerd,
+    image: String,
+    rs: Cri,
+}
+
+async fn shared() -> Result<Shared> {
+    let serial = SERIAL.lock().await;
+    let cd = Containerd::shared()?;
+    let (image, rs) = setup(cd).await?;
+    Ok(Shared { _serial: serial, cd, image, rs })
+}
+
 /// The CLI's TMPDIR for one test, inside the run.
 fn tmp_for(cd: &Containerd, test: &str) -> PathBuf {
     cd.dir().join("faults-tmp").join(test)
@@ -140,9 +157,7 @@ async fn base(cd: &'static Containerd, image: &str, rs: &mut Cri) -> Result<&'st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn criu_killed_mid_dump_thaws_the_pod_and_leaves_no_archive() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let name = "fault-criu-kill";
     let pod = pods::run_pod(
         cd,
@@ -385,9 +400,7 @@ async fn shim_killed(cd: &'static Containerd) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_while_writing_the_checkpoint_fails_cleanly() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let name = "fault-disk-full";
     // 8 MiB of memory: CRIU's images (staged inside the output dir) take ~8.5 MiB, the archive
     // as much again. 2 MiB fills up during CRIU's dump; 12 MiB only while the archive is written.
@@ -451,9 +464,7 @@ async fn disk_full_while_writing_the_checkpoint_fails_cleanly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_checkpoints_at_once_one_runs_the_other_is_refused() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let name = "fault-twice";
     let hog: &[&str] = &["/usr/local/bin/memhog", "128", "/memhog"];
     let pod = pods::run_pod(
@@ -633,9 +644,7 @@ async fn containerd_restart(cd: &'static Containerd) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_damaged_and_truncated_archives_fail_cleanly() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let base = base(cd, &image, &mut rs).await?;
     let tmp = tmp_for(cd, "hostile");
     let work = cd.dir().join("fault-hostile");
@@ -741,9 +750,7 @@ async fn hostile_damaged_and_truncated_archives_fail_cleanly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_for_another_architecture_or_runtime_are_refused() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let base = base(cd, &image, &mut rs).await?;
     let tmp = tmp_for(cd, "foreign");
     for (field, value) in [("arch", "aarch64"), ("runtime", "runsc")] {
@@ -778,9 +785,7 @@ async fn checkpoints_for_another_architecture_or_runtime_are_refused() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn criu_failing_to_restore_one_container_rolls_the_pod_back() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let base = base(cd, &image, &mut rs).await?;
     let dir = cd.dir().join("fault-criu-restore");
     faults::copy_dir(&base.dir, &dir)?;
@@ -818,9 +823,7 @@ async fn criu_failing_to_restore_one_container_rolls_the_pod_back() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_without_the_base_image_names_the_image() -> Result<()> {
     let base = {
-        let _serial = SERIAL.lock().await;
-        let cd = Containerd::shared()?;
-        let (image, mut rs) = setup(cd).await?;
+        let Shared { _serial, cd, image, mut rs } = shared().await?;
         base(cd, &image, &mut rs).await?
     };
     // A second containerd that has only the pause image.
@@ -873,9 +876,7 @@ fn mode(path: &Path) -> Result<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_private_and_secrets_stay_out_of_logs() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let cd = Containerd::shared()?;
-    let (image, mut rs) = setup(cd).await?;
+    let Shared { _serial, cd, image, mut rs } = shared().await?;
     let name = "fault-secret";
     let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
     let secret = format!("hunter2-{}", uuid.trim());

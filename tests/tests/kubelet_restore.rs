@@ -20,8 +20,10 @@ use k8s_cri::v1::{
     RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
 };
 use podcr_tests::{
+    cri_pod::{CheckpointPodRequest, RestorePodRequest},
     faults, images, node_config,
     pods::{self, Cri},
+    upstream::{self, Upstream},
     Containerd, Runtime, CRI_NAMESPACE,
 };
 
@@ -346,6 +348,7 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     let bad = run_kubelet_pod(cd, &mut rs, bad_cfg, bad_containers).await?;
     let reason = bad.error_of("side").context("a side container that disagrees with the checkpoint started")?.to_string();
     ensure!(reason.contains("command") && reason.contains("side"), "the failure does not say why: {reason}");
+    eprintln!("a disagreeing container's start failed: {reason}");
     let bad_app = bad.id_of("app")?.to_string();
     ensure!(first_count(bad.log("app")).await? > 10, "the app next to a refused container was not restored");
     ensure!(token(&mut rs, &bad_app).await? == token_before, "the second restore's app token differs");
@@ -500,6 +503,7 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
                 ensure!(!out.success(), "{edit:?}: podcr restore succeeded");
                 ensure!(out.stderr.contains(field) && out.stderr.contains("--container-config"), "{edit:?}: the refusal does not name {field} and how to grant it:\n{}", out.stderr);
                 ensure!(listed.is_none(), "{edit:?}: a refused podcr restore created a pod");
+                eprintln!("{edit:?}: podcr restore refused: {}", out.stderr.trim());
             }
             None => {
                 pods::ensure_success(&format!("podcr restore of {edit:?}"), &out)?;
@@ -522,6 +526,7 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
             Some(field) => {
                 let reason = pod.error_of("app").with_context(|| format!("{edit:?}: the container started"))?;
                 ensure!(reason.contains(field), "{edit:?}: the start failure does not name {field}: {reason}");
+                eprintln!("{edit:?}: the annotation restore's StartContainer failed: {reason}");
             }
             None => {
                 let app = pod.id_of("app")?.to_string();
@@ -578,7 +583,6 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
         ("kr-theirs-copy", other_ns),
         ("kr-no-such-checkpoint", "no checkpoint"),
     ];
-    let before = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items.len();
     for (i, (value, want)) in cases.iter().enumerate() {
         let cfg = kubelet_pod(cd, &format!("kr-name-{i}"), NS, &format!("uid-name-{i}"), &[(RESTORE_FROM, value)])?;
         let res = rs.run_pod_sandbox(RunPodSandboxRequest { config: Some(cfg), runtime_handler: Runtime::Podcr.handler().into() }).await;
@@ -591,8 +595,97 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
             Err(e) => e.message().to_string(),
         };
         ensure!(err.contains(RESTORE_FROM) && err.contains(want), "{value:?}: the refusal does not say {want:?}: {err}");
+        eprintln!("{RESTORE_FROM}: {value:?} refused: {err}");
     }
-    let after = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items.len();
-    ensure!(after <= before, "refused pods were left behind ({before} before, {after} after)");
+    // Only this test's pods: the others in this binary run beside it on the same containerd.
+    let left = pods_named(&mut rs, "kr-name-").await?;
+    ensure!(left.is_empty(), "refused pods were left behind: {left:?}");
     Ok(())
+}
+
+/// The CRI pods whose names start with `prefix`.
+async fn pods_named(rs: &mut Cri, prefix: &str) -> Result<Vec<String>> {
+    let items = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+    Ok(items.into_iter().filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with(prefix))).map(|p| p.id).collect())
+}
+
+/// Item 1 on the wire: CRI `RestorePod` through containerd built from PR 13822 (the shim's
+/// `Checkpoint.Restore` gets the request's configs) and PR 13971 (`RestoreSandbox`, the tasks'
+/// specs). A request whose command disagrees with the checkpoint, and a checkpoint edited to need
+/// a capability the request does not grant, are refused naming the field, and no pod is left.
+async fn restore_pod_holds_the_checkpoint_to_the_request(build: Upstream, test: &str) -> Result<()> {
+    let Some(daemon) = upstream::daemon(build, test)? else { return Ok(()) };
+    let cd: &'static Containerd = Box::leak(Box::new(blocking(move || Containerd::start_with(daemon)).await?));
+    let result = async {
+        let image = blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?;
+        let mut rs = cd.cri_runtime().await?;
+        let mut cr = cd.cri_pods().await?;
+        let name = format!("kr-wire-{}", build.build());
+        let src_cfg = kubelet_pod(cd, &name, NS, "uid-wire", &[])?;
+        let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
+        let app = src.id_of("app")?.to_string();
+        wait_count(src.log("app"), 5).await?;
+        let out = cd.dir().join(format!("{name}-ckpt"));
+        std::fs::create_dir(&out)?;
+        cr.checkpoint_pod(with_deadline(
+            CheckpointPodRequest { pod_sandbox_id: src.id.clone(), output_path: out.display().to_string(), container_ids: vec![app], options: HashMap::new() },
+            Duration::from_secs(120),
+        ))
+        .await
+        .context("CheckpointPod")?;
+        pods::remove_pod(&mut rs, &src.id).await?;
+        let edited = cd.dir().join(format!("{name}-edited"));
+        faults::copy_dir(&out, &edited)?;
+        faults::edit_member_json(&edited, "app.tar", "spec.dump", |s| {
+            if let Some(b) = s["process"]["capabilities"]["bounding"].as_array_mut() {
+                b.push("CAP_SYS_ADMIN".into());
+            }
+        })?;
+        for (i, (ckpt, command, field)) in
+            [(&out, &["/usr/local/bin/counter", "/other", "100"][..], "command"), (&edited, SIDE, "capabilities")].into_iter().enumerate()
+        {
+            let cfg = kubelet_pod(cd, &format!("{name}-{i}"), NS, &format!("uid-wire-{i}"), &[])?;
+            let err = cr
+                .restore_pod(with_deadline(
+                    RestorePodRequest {
+                        checkpoint_path: ckpt.display().to_string(),
+                        config: Some(cfg.clone()),
+                        runtime_handler: Runtime::Podcr.handler().into(),
+                        options: HashMap::new(),
+                        container_configs: vec![kubelet_container(&cfg, "app", &image, command)],
+                    },
+                    Duration::from_secs(120),
+                ))
+                .await
+                .err()
+                .with_context(|| format!("RestorePod that needs {field} succeeded"))?;
+            ensure!(err.message().contains(field), "{test}: RestorePod refusal does not name {field}: {err:?}");
+            eprintln!("{test}: RestorePod refused: {}", err.message());
+            let left = pods_named(&mut rs, &format!("{name}-{i}")).await?;
+            ensure!(left.is_empty(), "{test}: a refused RestorePod left a pod: {left:?}");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("{test} failed: {e:#}\ncontainerd log tail:\n{}", cd.log_tail(40));
+    }
+    let stopped = blocking(move || cd.stop()).await;
+    result.and(stopped)
+}
+
+fn with_deadline<M>(msg: M, deadline: Duration) -> tonic::Request<M> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(deadline);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pr13822_restore_pod_holds_the_checkpoint_to_the_request() -> Result<()> {
+    restore_pod_holds_the_checkpoint_to_the_request(Upstream::Pr13822, "pr13822_restore_pod_holds_the_checkpoint_to_the_request").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pr13971_restore_pod_holds_the_checkpoint_to_the_request() -> Result<()> {
+    restore_pod_holds_the_checkpoint_to_the_request(Upstream::Pr13971, "pr13971_restore_pod_holds_the_checkpoint_to_the_request").await
 }

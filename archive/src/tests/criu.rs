@@ -1,6 +1,7 @@
 //! A real `criu dump` of a trivial process, packaged by the writer, read by checkpointctl
 //! (`inspect --stats --ps-tree` needs real images and the top-level `stats-dump`) and by our
-//! own reader. Skipped, with a message, where criu cannot run (not root, no criu).
+//! own reader. Where criu cannot run (not root, no criu) it fails, or says SKIP when allowed
+//! (see `support::prerequisite`).
 
 use std::process::{Command, Stdio};
 
@@ -10,8 +11,11 @@ use crate::*;
 #[test]
 fn real_criu_dump_is_readable_by_checkpointctl() {
     let criu_ok = Command::new("criu").arg("check").output().map(|o| o.status.success()).unwrap_or(false);
-    if !nix::unistd::geteuid().is_root() || !criu_ok || !std::path::Path::new("/usr/bin/checkpointctl").exists() {
-        eprintln!("criu or checkpointctl unavailable (or not root); skipping");
+    let test = "real_criu_dump_is_readable_by_checkpointctl";
+    if !prerequisite(test, nix::unistd::geteuid().is_root(), "not root (CRIU needs it)")
+        || !prerequisite(test, criu_ok, "`criu check` fails or criu is not installed")
+        || !prerequisite(test, std::path::Path::new("/usr/bin/checkpointctl").exists(), "no /usr/bin/checkpointctl")
+    {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -192,10 +192,11 @@ fn checkpointctl() -> Option<&'static str> {
 
 #[test]
 fn checkpointctl_reads_our_container_archives() {
-    let Some(bin) = checkpointctl() else {
-        eprintln!("checkpointctl not installed; skipping");
+    let found = checkpointctl();
+    if !prerequisite("checkpointctl_reads_our_container_archives", found.is_some(), "no /usr/bin/checkpointctl") {
         return;
-    };
+    }
+    let Some(bin) = found else { return };
     for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
         let tmp = tempfile::tempdir().unwrap();
         let (path, _) = container_archive(tmp.path(), tmp.path(), "app", c);

@@ -24,6 +24,7 @@ pub fn meta(name: &str) -> ContainerArchiveMeta {
         sandbox_name: Some("pod".into()),
         sandbox_namespace: Some("default".into()),
         deleted_files: vec!["/etc/motd".into()],
+        runtime: "runc".into(),
         bind_mounts: vec![BindMount {
             source: "/var/lib/kubelet/x".into(),
             destination: "/data".into(),
@@ -134,4 +135,19 @@ pub fn listing(dir: &Path) -> Vec<String> {
     };
     v.sort();
     v
+}
+
+/// Whether a test's outside prerequisite (`what`) is there. A missing one fails the test, naming
+/// the set-up script, so a host without it cannot pass the suite untested; with
+/// `PODCR_ALLOW_SKIP=1` (a developer box without CRIU) it prints one `SKIP:` line instead and
+/// the caller returns.
+pub fn prerequisite(test: &str, present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var_os("PODCR_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIP: {test}: {what} (PODCR_ALLOW_SKIP=1)");
+        return false;
+    }
+    panic!("{test}: {what}; run scripts/setup-host.sh, or set PODCR_ALLOW_SKIP=1 to skip it");
 }

@@ -132,9 +132,9 @@ impl<B: PodBackend> SandboxController<B> {
             let (freeze_window, dumped) = self.freeze_and_dump(&targets, &options, deadline).await?;
             let write_started = Instant::now();
             let pod_config = req.pod_config.clone().or_else(|| spec.raw_config.clone());
-            let dumper_version = self.backend.dumper_version().await;
+            let backend = self.backend.identity().await;
             let cancel = Cancel::new();
-            let pod = package::PodRecord { spec: &spec, pod_config, dumper_version, signer: signer.clone() };
+            let pod = package::PodRecord { spec: &spec, pod_config, backend, signer: signer.clone() };
             let packaging = package::package_pod(&output, pod, &targets, &dumped, &options, &cancel);
             tokio::pin!(packaging);
             let packaged = tokio::select! {

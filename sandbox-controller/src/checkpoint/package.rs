@@ -19,20 +19,19 @@ use crate::{
         self, Cancel, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
         PodOptions, Unpacked,
     },
-    backend::PodSpec,
+    backend::{BackendIdentity, PodSpec},
     error::{Error, Result},
 };
 
 pub const ENGINE: &str = "podcr";
-pub const RUNTIME: &str = "runc";
 
 /// What the pod-level files record besides the containers.
 pub(super) struct PodRecord<'a> {
     pub spec: &'a PodSpec,
     /// The CRI `PodSandboxConfig` as JSON (`pod.dump`).
     pub pod_config: Option<serde_json::Value>,
-    /// CRIU's version.
-    pub dumper_version: String,
+    /// The backend that runs the containers and wrote the images.
+    pub backend: BackendIdentity,
     /// Signs the pod manifest; `None` only where `[signing] allow_unsigned` allows it.
     pub signer: Option<std::sync::Arc<archive::Signer>>,
 }
@@ -45,10 +44,10 @@ pub(super) async fn package_pod(
     options: &CheckpointOptions,
     cancel: &Cancel,
 ) -> Result<Vec<ContainerCheckpointStats>> {
-    let PodRecord { spec, pod_config, dumper_version, signer } = pod;
+    let PodRecord { spec, pod_config, backend, signer } = pod;
     let checkpointed = Utc::now();
     let writes = targets.iter().zip(dumped).map(|(t, d)| {
-        let meta = container_meta(spec, t, d, checkpointed)?;
+        let meta = container_meta(spec, &backend, t, d, checkpointed)?;
         let archive_name = container_archive_name(&t.name, options.compression)?;
         let staging = t.staging.clone();
         let dest = output.join(&archive_name);
@@ -89,7 +88,8 @@ pub(super) async fn package_pod(
     }
 
     let staging_root = output.join(STAGING_DIR);
-    std::fs::remove_dir_all(&staging_root).map_err(Error::io(format!("remove {}", staging_root.display())))?;
+    // Every dumped image is under it: tokio::fs removes it on the blocking pool, off the workers.
+    tokio::fs::remove_dir_all(&staging_root).await.map_err(Error::io(format!("remove {}", staging_root.display())))?;
 
     let mut known: BTreeMap<String, FileDigest> = BTreeMap::new();
     let mut containers = Vec::new();
@@ -101,7 +101,7 @@ pub(super) async fn package_pod(
         containers.push(entry);
         stats.push(s);
     }
-    let identity = identity(spec, dumper_version);
+    let identity = identity(spec, &backend);
     let mut pod_options = PodOptions::podcr(names, &identity);
     crate::restore::record_dump_flags(&mut pod_options.annotations, options);
     let output_owned = output.to_path_buf();
@@ -109,7 +109,7 @@ pub(super) async fn package_pod(
         sandbox_id: spec.id.clone(),
         engine: format!("{ENGINE} {}", env!("CARGO_PKG_VERSION")),
         arch: std::env::consts::ARCH.to_string(),
-        runtime: RUNTIME.to_string(),
+        runtime: backend.runtime.clone(),
         criu_version: Some(identity.criu_version.clone()).filter(|v| !v.is_empty()),
         created: checkpointed,
         containers,
@@ -124,7 +124,7 @@ pub(super) async fn package_pod(
     Ok(stats)
 }
 
-fn container_meta(spec: &PodSpec, t: &Target, d: &Dumped, checkpointed: chrono::DateTime<Utc>) -> Result<ContainerArchiveMeta> {
+fn container_meta(spec: &PodSpec, backend: &BackendIdentity, t: &Target, d: &Dumped, checkpointed: chrono::DateTime<Utc>) -> Result<ContainerArchiveMeta> {
     let spec_path = t.info.bundle.join("config.json");
     let oci_spec: serde_json::Value = {
         let data = std::fs::read(&spec_path).map_err(Error::io(format!("read {}", spec_path.display())))?;
@@ -144,12 +144,13 @@ fn container_meta(spec: &PodSpec, t: &Target, d: &Dumped, checkpointed: chrono::
         cri_config: t.selection.config.clone(),
         sandbox_name: Some(spec.name.clone()).filter(|s| !s.is_empty()),
         sandbox_namespace: Some(spec.namespace.clone()).filter(|s| !s.is_empty()),
+        runtime: backend.runtime.clone(),
         deleted_files: d.rootfs.deleted.clone(),
         bind_mounts: Vec::new(),
     })
 }
 
-fn identity(spec: &PodSpec, criu_version: String) -> PodIdentity {
+fn identity(spec: &PodSpec, backend: &BackendIdentity) -> PodIdentity {
     PodIdentity {
         pod_name: spec.name.clone(),
         pod_id: spec.id.clone(),
@@ -157,8 +158,9 @@ fn identity(spec: &PodSpec, criu_version: String) -> PodIdentity {
         pod_uid: spec.uid.clone(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         host_arch: std::env::consts::ARCH.to_string(),
-        criu_version,
-        cgroup_version: if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" }.to_string(),
-        runtime_version: String::new(),
+        criu_version: backend.dumper_version.clone(),
+        cgroup_version: backend.cgroup_version.clone(),
+        runtime: backend.runtime.clone(),
+        runtime_version: backend.runtime_version.clone(),
     }
 }

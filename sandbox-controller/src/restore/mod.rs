@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     archive::{self, Cancel, Limits, PodCheckpoint, TrustPolicy},
-    backend::{PodBackend, RestoreStage},
+    backend::{BackendIdentity, PodBackend, RestoreStage},
     checkpoint::options::{parse_bool, CheckpointOptions},
     controller::SandboxController,
     error::{Error, Result},
@@ -110,9 +110,10 @@ impl<B: PodBackend> SandboxController<B> {
         let root = staging_root.clone();
         let cancel = Cancel::new();
         let trust = TrustPolicy::from_config(&self.signing_config()?)?;
+        let backend = self.backend.identity().await;
         let extraction = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
-            move || extract_all(&checkpoint, &trust, &selections, pod_config.as_ref(), &root, &cancel)
+            move || extract_all(&checkpoint, &trust, &selections, pod_config.as_ref(), &backend, &root, &cancel)
         });
         tokio::pin!(extraction);
         let extracted = tokio::select! {
@@ -123,7 +124,7 @@ impl<B: PodBackend> SandboxController<B> {
                 // written after this call answered and a second restore starts from nothing.
                 cancel.cancel();
                 let _ = extraction.await;
-                remove_selected(&staging_root, &req.containers);
+                discard_selected(staging_root.clone(), req.containers.clone()).await;
                 let e = Error::DeadlineExceeded(
                     "validating and extracting the checkpoint: nothing was restored or left behind".into(),
                 );
@@ -146,7 +147,7 @@ impl<B: PodBackend> SandboxController<B> {
                         warn!(container = %id, error = %u, "unstage after a failed restore");
                     }
                 }
-                remove_selected(&staging_root, &req.containers);
+                discard_selected(staging_root.clone(), req.containers.clone()).await;
                 return Err(e);
             }
             done.push(s.selection.id.clone());
@@ -175,6 +176,12 @@ fn remove_selected(root: &Path, selections: &[RestoreSelection]) {
     let _ = std::fs::remove_dir(root);
 }
 
+/// [`remove_selected`] on the blocking pool: the staging holds extracted CRIU images, as large
+/// as the pod's memory, and the runtime has only a couple of async workers.
+async fn discard_selected(root: PathBuf, selections: Vec<RestoreSelection>) {
+    let _ = tokio::task::spawn_blocking(move || remove_selected(&root, &selections)).await;
+}
+
 fn remove_staging(root: &Path) {
     if let Err(e) = std::fs::remove_dir_all(root) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -192,6 +199,7 @@ fn extract_all(
     trust: &TrustPolicy,
     selections: &[RestoreSelection],
     pod_config: Option<&serde_json::Value>,
+    backend: &BackendIdentity,
     root: &Path,
     cancel: &Cancel,
 ) -> Result<Vec<Staged>> {
@@ -202,6 +210,7 @@ fn extract_all(
             info!(checkpoint = %checkpoint.display(), key, "checkpoint signature verified");
         }
         check_compatible(&ckpt)?;
+        check_runtime(&ckpt, backend)?;
         let (tcp_established, file_locks) = dump_flags(&ckpt);
         crate::checkpoint::orchestrate::create_private_dir(root)?;
         // Resolve every container first, so a missing one fails before any extraction starts.
@@ -359,9 +368,9 @@ pub fn check_request(
     Ok(())
 }
 
-/// A checkpoint is only as portable as CRIU images are: same CPU architecture, same runtime.
-/// Callers that create a pod for a restore check this first, so an incompatible checkpoint is
-/// refused before anything exists.
+/// A checkpoint is only as portable as CRIU images are: same CPU architecture. Callers that
+/// create a pod for a restore check this first, so an incompatible checkpoint is refused before
+/// anything exists; the runtime is checked by the backend that restores (see [`check_runtime`]).
 pub fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
     let arch = std::env::consts::ARCH;
     if ckpt.manifest.arch != arch {
@@ -370,11 +379,17 @@ pub fn check_compatible(ckpt: &PodCheckpoint) -> Result<()> {
             ckpt.manifest.arch
         )));
     }
-    if ckpt.manifest.runtime != crate::checkpoint::package::RUNTIME {
+    Ok(())
+}
+
+/// The images were written for one runtime (a runc checkpoint holds CRIU images of runc
+/// containers): only a backend of that name can restore them. Checkpoints made before the
+/// backend identity existed say `runc`, which is what the runc backend is called.
+pub fn check_runtime(ckpt: &PodCheckpoint, backend: &BackendIdentity) -> Result<()> {
+    if ckpt.manifest.runtime != backend.runtime {
         return Err(Error::FailedPrecondition(format!(
-            "checkpoint was made for runtime {:?}; podcr restores {:?} checkpoints",
-            ckpt.manifest.runtime,
-            crate::checkpoint::package::RUNTIME
+            "checkpoint was made for runtime {:?}; this pod runs on {:?}",
+            ckpt.manifest.runtime, backend.runtime
         )));
     }
     Ok(())

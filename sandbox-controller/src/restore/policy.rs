@@ -310,27 +310,30 @@ impl ContainerView {
         let argv = strings(&process["args"]);
         v.command = (!argv.is_empty()).then_some(argv);
         v.working_dir = non_empty(&process["cwd"]);
+        // Only what the spec states is compared: a spec without a section says nothing of it.
         let caps = &process["capabilities"];
-        let set: BTreeSet<String> = ["bounding", "permitted", "effective", "ambient"]
-            .iter()
-            .flat_map(|k| strings(&caps[*k]))
-            .map(|c| cap_name(&c))
-            .collect();
-        v.capabilities = Some(set);
-        v.seccomp_unconfined = Some(spec["linux"]["seccomp"].is_null());
+        v.capabilities = caps.is_object().then(|| {
+            ["bounding", "permitted", "effective", "ambient"]
+                .iter()
+                .flat_map(|k| strings(&caps[*k]))
+                .map(|c| cap_name(&c))
+                .collect()
+        });
+        let linux = &spec["linux"];
+        v.seccomp_unconfined = linux.is_object().then(|| linux["seccomp"].is_null());
         // No profile in a spec may only mean a host without AppArmor: not known either way.
         v.apparmor_unconfined = match process["apparmorProfile"].as_str().unwrap_or_default() {
             "" => None,
             p => Some(p == "unconfined"),
         };
-        let namespaces: BTreeSet<&str> = spec["linux"]["namespaces"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|n| n["type"].as_str()).collect())
-            .unwrap_or_default();
-        // A container without its own (or its pod's) namespace of a type runs in the host's.
-        v.host_network = !namespaces.contains("network");
-        v.host_pid = !namespaces.contains("pid");
-        v.host_ipc = !namespaces.contains("ipc");
+        if let Some(list) = linux["namespaces"].as_array() {
+            let namespaces: BTreeSet<&str> =
+                list.iter().filter_map(|n| n["type"].as_str()).collect();
+            // A container without its own (or its pod's) namespace of a type runs in the host's.
+            v.host_network = !namespaces.contains("network");
+            v.host_pid = !namespaces.contains("pid");
+            v.host_ipc = !namespaces.contains("ipc");
+        }
         v.run_as_user = process["user"]["uid"].as_i64();
         v
     }
@@ -733,6 +736,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(field_of(e).contains(": run-as user:"));
+    }
+
+    #[test]
+    fn a_spec_that_states_nothing_compares_nothing() {
+        let empty = ContainerView::from_oci(&json!({}));
+        assert_eq!(
+            (
+                empty.capabilities.clone(),
+                empty.seccomp_unconfined,
+                empty.host_network
+            ),
+            (None, None, false)
+        );
+        check_container("app", &ContainerView::from_cri(&cri(), None), &empty).unwrap();
+        check_container("app", &empty, &ContainerView::from_cri(&cri(), None)).unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::holder::HolderConfig;
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,7 +46,7 @@ impl Holder {
             .spawn()
             .map_err(Error::io("spawn the pod holder"))?;
         let holder_pid = child.id();
-        let stdout = child.stdout.take().ok_or_else(|| Error::Other("holder stdout missing".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Protocol("holder stdout missing".into()))?;
         let line = tokio::time::timeout(
             READY_TIMEOUT,
             tokio::task::spawn_blocking(move || {
@@ -60,7 +60,7 @@ impl Holder {
             other => {
                 kill(holder_pid, Signal::SIGKILL);
                 let _ = monitor_unsubscribe(exits.id).await;
-                return Err(Error::Other(format!("pod holder did not report ready: {other:?}")));
+                return Err(Error::Protocol(format!("pod holder did not report ready: {other:?}")));
             }
         };
         let pid = match line.trim().strip_prefix("ready ").map(str::parse::<u32>) {
@@ -69,7 +69,7 @@ impl Holder {
                 kill(holder_pid, Signal::SIGKILL);
                 let _ = monitor_unsubscribe(exits.id).await;
                 let reason = line.trim().strip_prefix("error ").unwrap_or(line.trim()).to_string();
-                return Err(Error::FailedPrecondition(format!("pod holder failed: {reason}")));
+                return Err(Error::failed_precondition(format!("pod holder failed: {reason}")));
             }
         };
         let (tx, rx) = watch::channel(None);

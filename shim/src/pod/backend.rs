@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use podcr_sandbox_controller::{
     archive,
-    backend::{ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodSpec, RestoreStage, RootfsCapture},
+    backend::{
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PodSpec,
+        PreparedDumps, RestoreStage, RootfsCapture,
+    },
     Error as CtlError, Result as CtlResult,
 };
 use tracing::{info, warn};
@@ -31,13 +34,17 @@ use super::{
     recovery::{self, Marker},
 };
 use crate::{
-    error::Error,
+    runc_error::Error,
     task::{CheckpointArgs, Containers, RestoreArgs, Status},
 };
 
 const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 const SIGKILL: u32 = 9;
+/// This backend's name in checkpoints; the only runtime whose checkpoints it restores. Older
+/// podcr wrote this same name as a constant.
+const RUNTIME: &str = "runc";
+const DUMPER: &str = "criu";
 /// What the CRI's pause path sets in every pod with its own network namespace.
 const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] =
     [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
@@ -72,22 +79,23 @@ impl RuncPodBackend {
     }
 }
 
-fn ctl(e: Error) -> CtlError {
-    match e {
-        Error::NotFound(m) => CtlError::NotFound(m),
-        Error::AlreadyExists(m) => CtlError::AlreadyExists(m),
-        Error::InvalidArgument(m) => CtlError::InvalidArgument(m),
-        Error::FailedPrecondition(m) => CtlError::FailedPrecondition(m),
-        Error::Unimplemented(m) => CtlError::Unimplemented(m),
-        Error::DeadlineExceeded(m) => CtlError::DeadlineExceeded(m),
-        Error::Runtime { op, id, msg } => CtlError::Runtime { op, id, msg },
-        Error::Io { context, source } => CtlError::Io { context, source },
-        other => CtlError::runtime("runc", "", other.to_string()),
+/// The version `binary --version` prints after `prefix`, or empty when it cannot tell.
+async fn version_line(binary: &Path, prefix: &str) -> String {
+    // Through the reaper-aware runner: a plain Command::output() races the shim's
+    // waitpid(-1) loop for the exit status.
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("--version");
+    match crate::reaper::run(cmd, crate::reaper::Io::Capture(None)).await {
+        Ok(out) if out.status == 0 => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix).map(|v| v.trim().to_string()))
+            .unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::error::Result<T> + Send + 'static) -> CtlResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CtlError::runtime("task", "", e.to_string()))?.map_err(ctl)
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::runc_error::Result<T> + Send + 'static) -> CtlResult<T> {
+    Ok(tokio::task::spawn_blocking(f).await.map_err(Error::join("pod backend task"))??)
 }
 
 fn holder_config(spec: &PodSpec) -> HolderConfig {
@@ -122,7 +130,7 @@ impl PodBackend for RuncPodBackend {
     async fn create_pod(&self, spec: &PodSpec) -> CtlResult<()> {
         // From now on Task.Shutdown for a container must not end the shim: the pod owns it.
         self.store.set_sandboxed(true);
-        let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(ctl)?;
+        let files = PodFiles::for_bundle(&spec.bundle, &spec.id).map_err(CtlError::from)?;
         {
             let mut pod = self.pod();
             pod.files = Some(files.clone());
@@ -133,14 +141,14 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn start_pod(&self, spec: &PodSpec) -> CtlResult<PodAnchor> {
-        let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(ctl)?;
+        let (holder, exit) = Holder::spawn(&holder_config(spec)).await.map_err(CtlError::from)?;
         info!(pod = %spec.id, pid = holder.pid, "pod holder ready");
         let cgroup = match &spec.cgroup_parent {
             Some(parent) => match PodCgroup::join(parent, holder.holder_pid) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     holder.kill();
-                    return Err(ctl(e));
+                    return Err(e.into());
                 }
             },
             None => None,
@@ -213,6 +221,22 @@ impl PodBackend for RuncPodBackend {
             .collect())
     }
 
+    async fn identity(&self) -> BackendIdentity {
+        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        BackendIdentity {
+            runtime: RUNTIME.into(),
+            // `runc version 1.3.6` then commit and spec lines.
+            runtime_version: version_line(self.store.runc_binary(), "runc version").await,
+            dumper: DUMPER.into(),
+            // `Version: 4.2` (and `GitID:` for builds from git).
+            dumper_version: version_line(Path::new(DUMPER), "Version:").await,
+            cgroup_version: if cgroup_v2 { "2" } else { "1" }.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl PodCheckpoint for RuncPodBackend {
     async fn checkpoint_begin(&self, output: &Path) -> CtlResult<()> {
         let marker = Marker::new(output);
         let bundle = self.pod().bundle.clone();
@@ -239,8 +263,8 @@ impl PodBackend for RuncPodBackend {
     async fn freeze(&self, ids: &[String]) -> CtlResult<()> {
         let mut freezers = Vec::with_capacity(ids.len());
         for id in ids {
-            let c = self.store.snapshot(id).map_err(ctl)?;
-            freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(ctl)?));
+            let c = self.store.snapshot(id).map_err(CtlError::from)?;
+            freezers.push((id.clone(), Freezer::of_pid(c.pid).map_err(CtlError::from)?));
         }
         let all: Vec<Freezer> = freezers.iter().map(|(_, f)| f.clone()).collect();
         // Recorded before the first write to a freezer: a crash in between must still thaw.
@@ -268,25 +292,6 @@ impl PodBackend for RuncPodBackend {
         blocking(move || freezer::thaw_all(&freezers)).await
     }
 
-    async fn dumper_version(&self) -> String {
-        // Through the reaper-aware runner: a plain Command::output() races the shim's
-        // waitpid(-1) loop for the exit status.
-        let mut cmd = tokio::process::Command::new("criu");
-        cmd.arg("--version");
-        match crate::reaper::run(cmd, crate::reaper::Io::Capture(None)).await {
-            Ok(out) if out.status == 0 => String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
-                .unwrap_or_default(),
-            _ => String::new(),
-        }
-    }
-
-    async fn prepared_dumps(&self, ids: &[String]) -> bool {
-        // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
-        ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
-    }
-
     async fn dump_estimate(&self, ids: &[String]) -> Duration {
         let pids: Vec<u32> = ids.iter().filter_map(|id| self.store.snapshot(id).ok()).map(|c| c.pid).collect();
         let estimate = tokio::task::spawn_blocking(move || dump_estimate::for_pids(&pids)).await.unwrap_or_default();
@@ -305,19 +310,19 @@ impl PodBackend for RuncPodBackend {
             file_locks: opts.file_locks,
         };
         let Some(barrier) = &opts.barrier else {
-            self.store.checkpoint(id, &args).await.map_err(ctl)?;
+            self.store.checkpoint(id, &args).await.map_err(CtlError::from)?;
             return Ok(DumpOutcome { wall: started.elapsed() });
         };
         // Listen before runc starts: CRIU's hook connects once CRIU is set up (see criu_hook).
-        let bundle = self.store.snapshot(id).map_err(ctl)?.bundle;
-        let hook = Barrier::listen(&bundle).map_err(ctl)?;
+        let bundle = self.store.snapshot(id).map_err(CtlError::from)?.bundle;
+        let hook = Barrier::listen(&bundle).map_err(CtlError::from)?;
         let checkpoint = self.store.checkpoint(id, &args);
         tokio::pin!(checkpoint);
         let stream = tokio::select! {
-            ready = hook.ready() => ready.map_err(ctl)?,
+            ready = hook.ready() => ready.map_err(CtlError::from)?,
             done = &mut checkpoint => {
                 return Err(match done {
-                    Err(e) => ctl(e),
+                    Err(e) => e.into(),
                     Ok(()) => CtlError::runtime("dump", id, "CRIU finished without reaching the pod's freeze barrier"),
                 });
             }
@@ -328,12 +333,12 @@ impl PodBackend for RuncPodBackend {
             warn!(container = %id, error = %e, "answer the CRIU hook");
         }
         started = Instant::now();
-        checkpoint.await.map_err(ctl)?;
+        checkpoint.await.map_err(CtlError::from)?;
         Ok(DumpOutcome { wall: started.elapsed() })
     }
 
     async fn capture_rootfs(&self, id: &str, dest_dir: &Path) -> CtlResult<RootfsCapture> {
-        let c = self.store.snapshot(id).map_err(ctl)?;
+        let c = self.store.snapshot(id).map_err(CtlError::from)?;
         let diff_tar = dest_dir.join(archive::ROOTFS_DIFF_TAR);
         let Some(upperdir) = c.upperdir else {
             // No overlay (e.g. a bind-mounted rootfs): there is no writable layer to capture.
@@ -348,9 +353,20 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn kill(&self, id: &str) -> CtlResult<()> {
-        self.store.kill(id, SIGKILL, true).await.map_err(ctl)
+        self.store.kill(id, SIGKILL, true).await.map_err(CtlError::from)
     }
+}
 
+#[async_trait]
+impl PreparedDumps for RuncPodBackend {
+    async fn prepared_dumps(&self, ids: &[String]) -> bool {
+        // Containers created by an older shim have no CRIU hook; then the pod is frozen first.
+        ids.iter().all(|id| self.store.snapshot(id).is_ok_and(|c| criu_hook::installed(&c.bundle)))
+    }
+}
+
+#[async_trait]
+impl PodRestore for RuncPodBackend {
     async fn stage_restore(&self, id: &str, stage: RestoreStage) -> CtlResult<()> {
         self.store.stage_restore(
             id,
@@ -371,7 +387,6 @@ impl PodBackend for RuncPodBackend {
         Ok(())
     }
 }
-
 
 fn fs_empty_procs(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(true)

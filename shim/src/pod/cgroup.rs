@@ -12,7 +12,7 @@ use tracing::warn;
 
 use crate::{
     cgroups::CGROUP_ROOT,
-    error::{Error, Result},
+    runc_error::{Error, Result},
 };
 
 
@@ -43,10 +43,10 @@ impl PodCgroup {
         Self::join_under(Path::new(CGROUP_ROOT), parent, pid)
     }
 
-    fn join_under(root: &Path, parent: &str, pid: u32) -> Result<PodCgroup> {
+    pub(crate) fn join_under(root: &Path, parent: &str, pid: u32) -> Result<PodCgroup> {
         let rel = parent.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") || parent.ends_with(".slice") {
-            return Err(Error::InvalidArgument(format!("unsupported cgroup parent {parent:?} (cgroupfs paths only)")));
+            return Err(Error::invalid_argument(format!("unsupported cgroup parent {parent:?} (cgroupfs paths only)")));
         }
         let mut cg = PodCgroup::default();
         for hierarchy in hierarchies(root) {

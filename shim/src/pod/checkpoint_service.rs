@@ -28,7 +28,7 @@ use podcr_sandbox_controller::{
 use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
-use super::convert::{self, controller_error, CONTAINER_CONFIG_TYPE, CONTAINER_STATUS_TYPE, POD_SANDBOX_CONFIG_TYPE};
+use super::convert::{self, CONTAINER_CONFIG_TYPE, CONTAINER_STATUS_TYPE, POD_SANDBOX_CONFIG_TYPE};
 use crate::error::Error;
 
 /// Time kept back from the caller's deadline to thaw, clean up and reply.
@@ -61,8 +61,8 @@ pub(super) async fn detached<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::spawn(work)
         .await
-        .map_err(|e| Error::Other(format!("checkpoint task failed: {e}")))?
-        .map_err(controller_error)
+        .map_err(Error::join("checkpoint task"))?
+        .map_err(Error::from)
 }
 
 fn stats_to_wire(stats: &PodCheckpointStats) -> CheckpointStats {

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use k8s_cri::v1::PodSandboxConfig;
 use podcr_sandbox_controller::{
     backend::{DnsConfig, PodSpec},
-    Error as ControllerError,
 };
 use prost::Message;
 use protobuf::well_known_types::{any::Any, timestamp::Timestamp};
@@ -24,21 +23,6 @@ pub const CONTAINER_STATUS_TYPE: &str = "runtime.v1.ContainerStatus";
 const NS_POD: i32 = 0;
 const NS_NODE: i32 = 2;
 
-pub fn controller_error(e: ControllerError) -> Error {
-    match e {
-        ControllerError::NotFound(m) => Error::NotFound(m),
-        ControllerError::AlreadyExists(m) => Error::AlreadyExists(m),
-        ControllerError::InvalidArgument(m) | ControllerError::Archive(m) => Error::InvalidArgument(m),
-        ControllerError::FailedPrecondition(m) => Error::FailedPrecondition(m),
-        ControllerError::Unimplemented(m) => Error::Unimplemented(m),
-        ControllerError::Untrusted(m) => Error::PermissionDenied(format!("untrusted checkpoint: {m}")),
-        ControllerError::DeadlineExceeded(m) => Error::DeadlineExceeded(m),
-        ControllerError::Runtime { op, id, msg } => Error::Runtime { op, id, msg },
-        ControllerError::Io { context, source } => Error::Io { context, source },
-        other @ ControllerError::Json { .. } => Error::Other(other.to_string()),
-    }
-}
-
 /// Whether an `Any` carries the named message; containerd writes bare names, Go's `anypb` and
 /// protobuf's `Any::pack` prefix a host (`type.googleapis.com/...`).
 pub fn any_is(any: &Any, name: &str) -> bool {
@@ -50,7 +34,7 @@ pub fn pod_config(options: Option<&Any>) -> Result<Option<PodSandboxConfig>, Err
     match options {
         Some(any) if any_is(any, POD_SANDBOX_CONFIG_TYPE) => PodSandboxConfig::decode(any.value.as_slice())
             .map(Some)
-            .map_err(|e| Error::InvalidArgument(format!("decode {POD_SANDBOX_CONFIG_TYPE}: {e}"))),
+            .map_err(|e| Error::invalid_argument(format!("decode {POD_SANDBOX_CONFIG_TYPE}: {e}"))),
         _ => Ok(None),
     }
 }
@@ -60,9 +44,9 @@ pub fn pod_config(options: Option<&Any>) -> Result<Option<PodSandboxConfig>, Err
 pub fn cri_any_json<M: Message + Default + serde::Serialize>(any: Option<&Any>, name: &str) -> Result<Option<serde_json::Value>, Error> {
     let Some(any) = any.filter(|a| !a.value.is_empty()) else { return Ok(None) };
     if !any_is(any, name) {
-        return Err(Error::InvalidArgument(format!("expected {name}, got {}", any.type_url)));
+        return Err(Error::invalid_argument(format!("expected {name}, got {}", any.type_url)));
     }
-    let msg = M::decode(any.value.as_slice()).map_err(|e| Error::InvalidArgument(format!("decode {name}: {e}")))?;
+    let msg = M::decode(any.value.as_slice()).map_err(|e| Error::invalid_argument(format!("decode {name}: {e}")))?;
     Ok(Some(serde_json::to_value(&msg)?))
 }
 
@@ -103,7 +87,7 @@ pub fn pod_spec(id: &str, bundle: &str, netns_path: &str, config: Option<&PodSan
     // (`GetNamespaceOptions().GetPid()` of nil is POD) when it builds each container's spec.
     let ns = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default();
     if ns.userns_options.as_ref().is_some_and(|u| u.mode == NS_POD) {
-        return Err(Error::Unimplemented("pods with a user namespace are not supported by podcr yet".into()));
+        return Err(Error::unimplemented("pods with a user namespace are not supported by podcr yet"));
     }
     spec.host_ipc = ns.ipc == NS_NODE;
     spec.host_pid = ns.pid == NS_NODE;
@@ -162,7 +146,7 @@ mod tests {
         let other = Any { type_url: "google.protobuf.Empty".into(), ..Default::default() };
         assert!(pod_config(Some(&other)).unwrap().is_none());
         let bad = Any { type_url: POD_SANDBOX_CONFIG_TYPE.into(), value: vec![0xff, 0xff], ..Default::default() };
-        assert!(matches!(pod_config(Some(&bad)), Err(Error::InvalidArgument(_))));
+        assert!(matches!(pod_config(Some(&bad)), Err(Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_)))));
     }
 
     #[test]

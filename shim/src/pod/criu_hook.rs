@@ -25,7 +25,7 @@ use tokio::{
     net::{UnixListener, UnixStream as AsyncUnixStream},
 };
 
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// argv[1] of the shim binary in hook mode.
 pub const HOOK_ARG: &str = "__podcr-criu-hook";
@@ -68,7 +68,7 @@ pub fn install(bundle: &Path) -> Result<()> {
     write_file(&config_path, &config, 0o600)?;
     let annotations = spec
         .as_object_mut()
-        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a JSON object", spec_path.display())))?
+        .ok_or_else(|| Error::invalid_argument(format!("{} is not a JSON object", spec_path.display())))?
         .entry("annotations")
         .or_insert_with(|| serde_json::json!({}));
     if let Some(map) = annotations.as_object_mut() {
@@ -140,7 +140,7 @@ impl Barrier {
         let mut reader = AsyncBufReader::new(stream);
         reader.read_line(&mut line).await.map_err(Error::io("read CRIU hook"))?;
         if line.trim() != "ready" {
-            return Err(Error::Other(format!("CRIU hook said {line:?}")));
+            return Err(Error::Protocol(format!("CRIU hook said {line:?}")));
         }
         Ok(reader.into_inner())
     }

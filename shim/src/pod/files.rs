@@ -15,7 +15,7 @@ use std::{
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podcr_sandbox_controller::backend::{DnsConfig, PodSpec};
 
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 const CRI_PLUGIN_DIR: &str = "io.containerd.grpc.v1.cri";
 const SHM_SIZE: &str = "65536k";
@@ -143,7 +143,7 @@ fn resolv_conf(dns: &DnsConfig) -> String {
 fn ancestor(path: &Path, levels: usize) -> Result<PathBuf> {
     let mut p = path;
     for _ in 0..levels {
-        p = p.parent().ok_or_else(|| Error::InvalidArgument(format!("unexpected bundle layout: {}", path.display())))?;
+        p = p.parent().ok_or_else(|| Error::invalid_argument(format!("unexpected bundle layout: {}", path.display())))?;
     }
     Ok(p.to_path_buf())
 }

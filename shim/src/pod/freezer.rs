@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     cgroups::{self, ControllerCgroup},
-    error::{Error, Result},
+    runc_error::{Error, Result},
 };
 
 pub use crate::cgroups::CGROUP_ROOT;
@@ -109,7 +109,7 @@ fn wait_frozen(freezers: &[Freezer]) -> Result<()> {
         let mut backoff = Duration::from_micros(50);
         while !f.is_frozen()? {
             if started.elapsed() > FREEZE_TIMEOUT {
-                return Err(Error::FailedPrecondition(format!("freezing {f:?} did not finish in {FREEZE_TIMEOUT:?}")));
+                return Err(Error::failed_precondition(format!("freezing {f:?} did not finish in {FREEZE_TIMEOUT:?}")));
             }
             // A v1 freeze re-tries FREEZING tasks when the state is written again.
             if let Freezer::V1(_) = f {

@@ -78,8 +78,8 @@ struct RootFs {
 
 fn grpc(what: impl std::fmt::Display) -> impl FnOnce(containerd_client::tonic::Status) -> Error {
     move |s| match s.code() {
-        Code::NotFound => Error::NotFound(format!("{what}: {}", s.message())),
-        _ => Error::Other(format!("{what}: {}", s.message())),
+        Code::NotFound => Error::not_found(format!("{what}: {}", s.message())),
+        _ => Error::Containerd { what: what.to_string(), message: s.message().to_string() },
     }
 }
 
@@ -106,15 +106,12 @@ impl ImageRootfs {
 
     async fn channel(&self) -> Result<Channel> {
         if self.socket.as_os_str().is_empty() {
-            return Err(Error::FailedPrecondition(
-                "the shim was started without containerd's -address".into(),
+            return Err(Error::failed_precondition(
+                "the shim was started without containerd's -address",
             ));
         }
         containerd_client::connect(&self.socket).await.map_err(|e| {
-            Error::Other(format!(
-                "connect to containerd at {}: {e}",
-                self.socket.display()
-            ))
+            Error::Containerd { what: format!("connect at {}", self.socket.display()), message: e.to_string() }
         })
     }
 
@@ -122,7 +119,7 @@ impl ImageRootfs {
         let mut req = Request::new(msg);
         let header = |v: &str| -> Result<MetadataValue<_>> {
             v.parse().map_err(|_| {
-                Error::InvalidArgument(format!("{v:?} is not a valid gRPC header value"))
+                Error::invalid_argument(format!("{v:?} is not a valid gRPC header value"))
             })
         };
         req.metadata_mut()
@@ -171,10 +168,10 @@ impl ImageRootfs {
             .map_err(grpc(format!("image {image}")))?
             .into_inner()
             .image
-            .ok_or_else(|| Error::NotFound(format!("image {image}")))?;
+            .ok_or_else(|| Error::not_found(format!("image {image}")))?;
         let target = record
             .target
-            .ok_or_else(|| Error::NotFound(format!("image {image} has no target")))?;
+            .ok_or_else(|| Error::not_found(format!("image {image} has no target")))?;
         let mut digest = target.digest;
         // An index (or Docker manifest list) names one manifest per platform: take ours.
         for _ in 0..4 {
@@ -195,14 +192,14 @@ impl ImageRootfs {
                         .is_none_or(|p| p.os == "linux" && p.architecture == arch)
                 })
                 .ok_or_else(|| {
-                    Error::NotFound(format!(
+                    Error::not_found(format!(
                         "image {image} ({}) has no linux/{arch} manifest",
                         doc.media_type
                     ))
                 })?;
             digest = ours.digest;
         }
-        Err(Error::InvalidArgument(format!(
+        Err(Error::invalid_argument(format!(
             "image {image}: indexes nested too deep"
         )))
     }
@@ -221,7 +218,7 @@ impl ImageRootfs {
             .map_err(grpc(format!("container {task_id}")))?
             .into_inner()
             .container
-            .ok_or_else(|| Error::NotFound(format!("container {task_id}")))?;
+            .ok_or_else(|| Error::not_found(format!("container {task_id}")))?;
         // PR 13971's CRI stages restored containers without an image reference on the record;
         // the OCI spec it generated still names the image in the CRI's annotation.
         let image = if container.image.is_empty() {
@@ -239,7 +236,7 @@ impl ImageRootfs {
             container.image.clone()
         };
         if image.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "container {task_id} names no image to rebuild its rootfs from"
             )));
         }

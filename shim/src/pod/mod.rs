@@ -5,7 +5,7 @@
 //! the same [`Containers`] handle.
 
 mod anchor;
-mod cgroup;
+pub(crate) mod cgroup;
 pub mod backend;
 mod checkpoint_service;
 pub mod criu_hook;
@@ -51,14 +51,14 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
 /// Puts a checkpointed container's writable layer back before CRIU restores its processes:
 /// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
 /// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
-fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::error::Result<()> {
-    use podcr_sandbox_controller::{archive, node_config::NodeConfig};
+fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::runc_error::Result<()> {
+    use podcr_sandbox_controller::{archive, node_config::NodeConfig, Error as PodError};
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
     // Read per restore: `[rootfs] keep_privileged` decides whether setuid/setgid bits and file
     // capabilities from the checkpoint are restored (by default they are dropped and logged).
-    let privileged = NodeConfig::load().map_err(convert::controller_error)?.rootfs.privileged();
+    let privileged = NodeConfig::load()?.rootfs.privileged();
     let stats = archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &archive::Limits::default(), privileged)
-        .map_err(|e| convert::controller_error(e.into()))?;
+        .map_err(PodError::from)?;
     if !stats.stripped.is_empty() {
         tracing::warn!(count = stats.stripped.len(), "restored rootfs without the setuid/setgid bits and file capabilities of its diff");
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::freezer::{self, Freezer};
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// In the sandbox bundle, next to containerd's files.
 pub const MARKER: &str = "podcr-checkpoint-recovery.json";
@@ -51,7 +51,7 @@ pub fn write(bundle: &Path, marker: &Marker) -> Result<()> {
     let path = bundle.join(MARKER);
     let tmp = bundle.join(format!("{MARKER}.tmp"));
     let data = serde_json::to_vec(marker)
-        .map_err(|e| Error::Other(format!("encode recovery marker: {e}")))?;
+        ?;
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

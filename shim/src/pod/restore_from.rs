@@ -31,11 +31,10 @@ use podcr_sandbox_controller::{
     backend::{PodBackend, PodSpec},
     node_config::NodeConfig,
     restore::{self, from_annotation, PodRestoreRequest, RestoreSelection},
-    SandboxController,
+    Error as PodError, Result as PodResult, SandboxController,
 };
 use tracing::info;
 
-use super::{checkpoint_service::detached, convert::controller_error};
 use crate::{
     error::{Error, Result},
     task::{Containers, RestoreHook},
@@ -89,12 +88,12 @@ impl<B: PodBackend> AnnotationRestore<B> {
         let namespace = spec.namespace.clone();
         let ckpt = tokio::task::spawn_blocking(move || {
             let config = NodeConfig::load()?;
-            let trust = podcr_sandbox_controller::archive::TrustPolicy::from_config(&config.signing)?;
+            let trust =
+                podcr_sandbox_controller::archive::TrustPolicy::from_config(&config.signing)?;
             from_annotation::open(&name, &namespace, &config.restore, &trust)
         })
         .await
-        .map_err(|e| Error::Other(format!("checkpoint lookup task: {e}")))?
-        .map_err(controller_error)?;
+        .map_err(Error::join("checkpoint lookup task"))??;
         let names: BTreeSet<String> = from_annotation::container_names(&ckpt)
             .into_iter()
             .collect();
@@ -111,7 +110,7 @@ impl<B: PodBackend> AnnotationRestore<B> {
     }
 
     /// Holds a restore the RPCs staged for `id` to the spec runc will apply.
-    async fn check_staged(&self, id: &str, name: &str, spec: &serde_json::Value) -> Result<()> {
+    async fn check_staged(&self, id: &str, name: &str, spec: &serde_json::Value) -> PodResult<()> {
         let Some(staged) = self.store.staged_restore(id) else {
             return Ok(());
         };
@@ -146,11 +145,11 @@ impl<B: PodBackend> AnnotationRestore<B> {
                 )
             })
             .await
-            .map_err(|e| Error::Other(format!("restore check task: {e}")))?;
+            .map_err(PodError::backend)?;
         if let Err(e) = checked {
             // Nothing of the container exists yet: dropping the stage undoes the restore.
             self.store.unstage_restore(id);
-            return Err(controller_error(e));
+            return Err(e);
         }
         Ok(())
     }
@@ -158,7 +157,7 @@ impl<B: PodBackend> AnnotationRestore<B> {
 
 #[async_trait]
 impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
-    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> Result<()> {
+    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> PodResult<()> {
         let name = spec["annotations"][CRI_CONTAINER_NAME]
             .as_str()
             .unwrap_or(id)
@@ -192,10 +191,12 @@ impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
         info!(container = %id, %name, checkpoint = %request.checkpoint_path.display(), "restoring container from the pod's checkpoint");
         let controller = self.controller.clone();
         // Staged by the controller exactly as a Restore RPC stages it; Task.Create picks it up.
-        detached(async move { controller.restore(request).await })
+        // Detached, so that a cancelled Task.Create cannot cut the restore short mid-staging.
+        tokio::spawn(async move { controller.restore(request).await })
             .await
+            .map_err(PodError::backend)?
             .map_err(|e| match e {
-                Error::InvalidArgument(m) => Error::InvalidArgument(format!(
+                PodError::InvalidArgument(m) => PodError::InvalidArgument(format!(
                     "restore from the pod's checkpoint refused: {m}"
                 )),
                 other => other,
@@ -213,5 +214,115 @@ impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
                 p.restored.insert(name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podcr_sandbox_controller::fake::FakeBackend;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{events::EventSink, task::RestoreArgs};
+
+    async fn hook(dir: &std::path::Path) -> AnnotationRestore<FakeBackend> {
+        crate::reaper::start().unwrap();
+        let store = Containers::with_runc(
+            "ns",
+            dir.join("root"),
+            PathBuf::from("/bin/false"),
+            EventSink::discard(),
+        )
+        .await
+        .unwrap();
+        let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())));
+        AnnotationRestore::new(controller, store)
+    }
+
+    fn spec(args: &[&str]) -> serde_json::Value {
+        json!({
+            "annotations": {CRI_CONTAINER_NAME: "app"},
+            "process": {"args": args, "cwd": "/", "capabilities": {"bounding": ["CAP_CHOWN"]}},
+            "linux": {"namespaces": [{"type": "network"}, {"type": "pid"}, {"type": "ipc"}]}
+        })
+    }
+
+    /// A restore an RPC staged is held to the spec containerd generated at Task.Create: one that
+    /// disagrees is refused and unstaged, so the create fails and nothing is restored.
+    #[tokio::test]
+    async fn a_staged_restore_is_held_to_the_spec_at_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hook(dir.path()).await;
+        let work = dir.path().join("staged");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(
+            work.join(archive::SPEC_DUMP),
+            serde_json::to_vec(&spec(&["/app", "serve"])).unwrap(),
+        )
+        .unwrap();
+        let staged = RestoreArgs {
+            image_path: work.join("checkpoint"),
+            work_path: Some(work.clone()),
+            ..Default::default()
+        };
+
+        h.store.stage_restore("c1", staged.clone());
+        h.before_create("c1", &spec(&["/app", "serve"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            h.store.staged_restore("c1"),
+            Some(staged.clone()),
+            "an agreeing restore stays staged"
+        );
+
+        h.store.stage_restore("c2", staged.clone());
+        let err = h
+            .before_create("c2", &spec(&["/bin/sh"]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PodError::InvalidArgument(m) if m.contains(": command:")),
+            "{err}"
+        );
+        assert_eq!(
+            h.store.staged_restore("c2"),
+            None,
+            "a refused restore must be unstaged"
+        );
+
+        let mut more = spec(&["/app", "serve"]);
+        more["process"]["capabilities"]["bounding"] = json!(["CAP_CHOWN", "CAP_SYS_ADMIN"]);
+        std::fs::write(
+            work.join(archive::SPEC_DUMP),
+            serde_json::to_vec(&more).unwrap(),
+        )
+        .unwrap();
+        h.store.stage_restore("c3", staged);
+        let err = h
+            .before_create("c3", &spec(&["/app", "serve"]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PodError::InvalidArgument(m) if m.contains("CAP_SYS_ADMIN")),
+            "{err}"
+        );
+    }
+
+    /// Without a staged restore or a restore-from annotation, a container is created as ever.
+    #[tokio::test]
+    async fn without_a_plan_nothing_is_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hook(dir.path()).await;
+        h.before_create("c1", &spec(&["/app"])).await.unwrap();
+        assert_eq!(h.store.staged_restore("c1"), None);
+        h.restored("c1").await;
+        // A pod without the annotation plans nothing either.
+        let pod = PodSpec {
+            id: "sb".into(),
+            ..Default::default()
+        };
+        h.plan(&pod).await.unwrap();
+        assert!(h.planned().is_none());
     }
 }

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use super::{
     checkpoint_service::{detached, options},
-    convert::{self, controller_error},
+    convert,
     files::PodFiles,
     image_rootfs::ImageRootfs,
 };
@@ -65,7 +65,7 @@ fn phase(options: &mut std::collections::BTreeMap<String, String>) -> Result<Pha
         None => Ok(Phase::Whole),
         Some("prepare") => Ok(Phase::Prepare),
         Some("complete") => Ok(Phase::Complete),
-        Some(other) => Err(Error::InvalidArgument(format!(
+        Some(other) => Err(Error::invalid_argument(format!(
             "{RESTORE_PHASE_OPTION}={other:?}: expected prepare or complete"
         ))),
     }
@@ -80,23 +80,23 @@ fn check_unique<'a>(
     let (mut keys, mut ids) = (BTreeSet::new(), BTreeSet::new());
     for (key, id) in pairs {
         if key.is_empty() || id.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: every task needs a checkpoint_key and a task_id"
             )));
         }
         if !keys.insert(key) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: checkpoint_key {key:?} given twice"
             )));
         }
         if !ids.insert(id) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: task_id {id:?} given twice"
             )));
         }
     }
     if keys.is_empty() {
-        return Err(Error::InvalidArgument(format!("{what}: no tasks given")));
+        return Err(Error::invalid_argument(format!("{what}: no tasks given")));
     }
     Ok(())
 }
@@ -176,7 +176,7 @@ impl<B: PodBackend> SandboxRestore<B> {
         // Options are checked by the controller's restore, but that runs after the pod exists:
         // refuse unknown keys before anything is made.
         if let Some(key) = opts.keys().next() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "unknown restore option {key:?} (none are supported)"
             )));
         }
@@ -187,7 +187,7 @@ impl<B: PodBackend> SandboxRestore<B> {
                 .controller
                 .status(&req.sandbox_id)
                 .await
-                .map_err(controller_error)?;
+                .map_err(Error::from)?;
             (
                 status.pid,
                 status.created_at.unwrap_or_else(chrono::Utc::now),
@@ -203,12 +203,12 @@ impl<B: PodBackend> SandboxRestore<B> {
             self.controller
                 .create(spec)
                 .await
-                .map_err(controller_error)?;
+                .map_err(Error::from)?;
             match self.controller.start(&req.sandbox_id).await {
                 Ok(instance) => (instance.pid, instance.created_at),
                 Err(e) => {
                     self.discard_pod(&req.sandbox_id).await;
-                    return Err(controller_error(e));
+                    return Err(e.into());
                 }
             }
         };
@@ -242,21 +242,26 @@ impl<B: PodBackend> SandboxRestore<B> {
         opts: std::collections::BTreeMap<String, String>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Vec<RestoredSandboxTask>, Error> {
+        // 13971 carries no CRI container configs; each task's bundle holds the OCI spec the CRI
+        // generated from it, which is what runc will apply.
+        let bundles: Vec<PathBuf> = req.tasks.iter().map(|t| PathBuf::from(&t.bundle)).collect();
+        let specs = tokio::task::spawn_blocking(move || bundles.iter().map(|b| read_spec(b)).collect::<Vec<_>>())
+            .await
+            .map_err(Error::join("read task specs"))?;
         let request = PodRestoreRequest {
             sandbox_id: req.sandbox_id.clone(),
             checkpoint_path: PathBuf::from(&req.checkpoint_path),
             deadline,
             options: opts,
-            // 13971 carries no CRI container configs; each task's bundle holds the OCI spec the
-            // CRI generated from it, which is what runc will apply.
             containers: req
                 .tasks
                 .iter()
-                .map(|t| RestoreSelection {
+                .zip(specs)
+                .map(|(t, spec)| RestoreSelection {
                     id: t.task_id.clone(),
                     name: t.checkpoint_key.clone(),
                     config: None,
-                    spec: read_spec(Path::new(&t.bundle)),
+                    spec,
                 })
                 .collect(),
             pod_config: convert::cri_any_json::<k8s_cri::v1::PodSandboxConfig>(
@@ -281,7 +286,7 @@ impl<B: PodBackend> SandboxRestore<B> {
                     add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key)
                 })
                 .await
-                .map_err(|e| Error::Other(format!("pod file mounts task: {e}")))??;
+                .map_err(Error::join("pod file mounts task"))??;
                 let rootfs = self.images.prepare(&task.task_id, &req.sandbox_id).await?;
                 self.store
                     .create(CreateArgs {
@@ -293,6 +298,7 @@ impl<B: PodBackend> SandboxRestore<B> {
                         criu_work_path: None,
                     })
                     .await
+                    .map_err(Error::from)
             }
             .await;
             if let Err(e) = result {
@@ -430,7 +436,7 @@ mod tests {
         let mut m = BTreeMap::new();
         assert_eq!(phase(&mut m).ok(), Some(Phase::Whole));
         let mut m = BTreeMap::from([(RESTORE_PHASE_OPTION.to_string(), "later".to_string())]);
-        assert!(matches!(phase(&mut m), Err(Error::InvalidArgument(_))));
+        assert!(matches!(phase(&mut m), Err(Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_)))));
     }
 
     #[test]
@@ -444,7 +450,7 @@ mod tests {
         ] {
             assert!(matches!(
                 check_unique("x", bad.into_iter()),
-                Err(Error::InvalidArgument(_))
+                Err(Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_)))
             ));
         }
     }
@@ -521,7 +527,7 @@ mod tests {
             ];
             for req in bad {
                 let err = r.restore(soon(), req.clone()).await.unwrap_err();
-                assert!(matches!(err, Error::InvalidArgument(_)), "{req:?}: {err:?}");
+                assert!(matches!(err, Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_))), "{req:?}: {err:?}");
                 assert_eq!(
                     r.controller.pod_id().await,
                     None,
@@ -533,7 +539,7 @@ mod tests {
             ck.tasks = vec![SandboxCheckpointTask::new()];
             assert!(matches!(
                 r.checkpoint(soon(), ck).await,
-                Err(Error::InvalidArgument(_))
+                Err(Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_)))
             ));
         }
 

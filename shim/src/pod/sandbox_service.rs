@@ -25,7 +25,7 @@ use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
 use super::{
-    convert::{self, controller_error},
+    convert,
     restore_from::AnnotationRestore,
     sandbox_restore::SandboxRestore,
 };
@@ -55,7 +55,7 @@ impl<B: PodBackend> SandboxService<B> {
 type RpcResult<T> = ttrpc::Result<T>;
 
 fn wire(e: podcr_sandbox_controller::Error) -> ttrpc::Error {
-    controller_error(e).into()
+    Error::from(e).into()
 }
 
 /// Go's GOARCH names, which containerd compares image platforms against.
@@ -138,7 +138,7 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
     async fn sandbox_metrics(&self, _ctx: &TtrpcContext, req: SandboxMetricsRequest) -> RpcResult<SandboxMetricsResponse> {
         // containerd 2.1's CRI reads the pod cgroup itself and never calls this (it first does
         // in 2.4); say so rather than return an empty metric the CRI would reject.
-        Err(Error::Unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
+        Err(Error::unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
     }
 
     async fn update_sandbox(&self, _ctx: &TtrpcContext, req: UpdateSandboxRequest) -> RpcResult<UpdateSandboxResponse> {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{process::Process, runc::{CriuFlags, Runc}};
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// Lifecycle state of a container (its init process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,7 +73,7 @@ impl Container {
             .unwrap_or_else(|p| p.into_inner())
             .get(exec_id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} in {}", self.id)))
+            .ok_or_else(|| Error::not_found(format!("exec {exec_id} in {}", self.id)))
     }
 
     /// The init process for an empty exec id, else that exec.
@@ -92,7 +92,7 @@ impl Container {
     pub(super) fn add_exec(&self, p: Arc<Process>) -> Result<()> {
         let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
         if execs.contains_key(&p.exec_id) {
-            return Err(Error::AlreadyExists(format!("exec {} in {}", p.exec_id, self.id)));
+            return Err(Error::already_exists(format!("exec {} in {}", p.exec_id, self.id)));
         }
         execs.insert(p.exec_id.clone(), p);
         Ok(())

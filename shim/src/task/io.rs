@@ -19,7 +19,7 @@ use nix::{
 use tokio::{net::unix::pipe, task::JoinHandle};
 
 use super::runc::ChildStdio;
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// The shim's side of a running process's stdio.
 #[derive(Clone, Default)]
@@ -77,8 +77,8 @@ impl Pending {
             let wait = tokio::time::timeout(std::time::Duration::from_secs(10), handle);
             let master = wait
                 .await
-                .map_err(|_| Error::Other("runc never sent the console".into()))?
-                .map_err(|e| Error::Other(format!("console receiver: {e}")))??;
+                .map_err(|_| Error::Protocol("runc never sent the console".into()))?
+                .map_err(Error::join("console receiver"))??;
             let pty = Pty::new(master)?;
             if !stdio.stdout.is_empty() {
                 io.tasks.copy_to_fifo(pty.clone(), &stdio.stdout)?;
@@ -130,10 +130,10 @@ async fn receive_master(listener: tokio::net::UnixListener) -> Result<File> {
                 }
             }
         }
-        Err(Error::Other("console socket carried no descriptor".into()))
+        Err(Error::Protocol("console socket carried no descriptor".into()))
     })
     .await
-    .map_err(|e| Error::Other(format!("console receiver: {e}")))?
+    .map_err(Error::join("console receiver"))?
 }
 
 /// TIOCSWINSZ on the pty master.

@@ -27,7 +27,7 @@ use super::{
     runc::{CriuFlags, CriuImages, Runc},
     CheckpointArgs, Containers, Status,
 };
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 /// What `Task.Create` asks for, stripped of protobuf.
 pub struct CreateArgs {
@@ -42,9 +42,8 @@ pub struct CreateArgs {
 
 impl Containers {
     pub async fn create(&self, args: CreateArgs) -> Result<u32> {
-        if lock(&self.inner.map).contains_key(&args.id) {
-            return Err(Error::AlreadyExists(format!("container {}", args.id)));
-        }
+        // Held until the container is in the map (or the create failed and cleaned up).
+        let _claim = self.claim(&args.id)?;
         self.check_runc().await?;
         // Before runc records the spec: the CRIU hook lets a pod checkpoint freeze the pod only
         // once every dump is ready (see pod::criu_hook). Without it the container works the same.
@@ -117,14 +116,8 @@ impl Containers {
                 }
             }
         };
-        let inserted = {
-            let mut map = lock(&self.inner.map);
-            !map.contains_key(&c.id) && map.insert(c.id.clone(), c.clone()).is_none()
-        };
-        if !inserted {
-            unmount(&c).await;
-            return Err(Error::AlreadyExists(format!("container {}", c.id)));
-        }
+        // The claim kept every other Create of this id out, so nothing can be there.
+        lock(&self.inner.map).insert(c.id.clone(), c.clone());
         if pid > 0 {
             self.register(pid, &c.id, "");
         }
@@ -147,11 +140,11 @@ impl Containers {
     async fn apply_rootfs_hook(&self, rootfs: &Path, args: &super::RestoreArgs) -> Result<()> {
         let hook = lock(&self.inner.rootfs_hook)
             .clone()
-            .ok_or_else(|| Error::FailedPrecondition("a rootfs diff is staged but no rootfs hook is set".into()))?;
+            .ok_or_else(|| Error::failed_precondition("a rootfs diff is staged but no rootfs hook is set"))?;
         let (rootfs, args) = (rootfs.to_path_buf(), args.clone());
         tokio::task::spawn_blocking(move || hook(&rootfs, &args))
             .await
-            .map_err(|e| Error::Other(format!("rootfs hook: {e}")))?
+            .map_err(Error::join("rootfs hook"))?
     }
 
     async fn runc_create(&self, c: &Container) -> Result<u32> {
@@ -186,7 +179,7 @@ impl Containers {
             return self.start_exec(&c, exec_id).await;
         }
         if c.init.started() {
-            return Err(Error::FailedPrecondition(format!("container {id} already started")));
+            return Err(Error::failed_precondition(format!("container {id} already started")));
         }
         let pid = match c.take_restore() {
             Some(plan) => {
@@ -263,21 +256,14 @@ impl Containers {
             .collect();
         let allowed = cap_mask(&granted);
         for pid in c.runc.ps(&c.id).await? {
+            // A process that exited meanwhile holds nothing.
             let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
-            for field in ["CapEff", "CapPrm", "CapBnd"] {
-                let held = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                    .unwrap_or(0);
-                let extra = held & !allowed;
-                if extra != 0 {
-                    return Err(Error::FailedPrecondition(format!(
-                        "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
-                        c.id,
-                        cap_names(extra)
-                    )));
-                }
+            if let Some((field, extra)) = excess_caps(&status, allowed) {
+                return Err(Error::failed_precondition(format!(
+                    "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
+                    c.id,
+                    cap_names(extra)
+                )));
             }
         }
         Ok(())
@@ -286,10 +272,10 @@ impl Containers {
     async fn start_exec(&self, c: &Container, exec_id: &str) -> Result<u32> {
         let p = c.exec(exec_id)?;
         if p.started() {
-            return Err(Error::FailedPrecondition(format!("exec {exec_id} already started")));
+            return Err(Error::failed_precondition(format!("exec {exec_id} already started")));
         }
         if c.status() == Status::Stopped {
-            return Err(Error::FailedPrecondition(format!("container {} is stopped", c.id)));
+            return Err(Error::failed_precondition(format!("container {} is stopped", c.id)));
         }
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
         write_private(&spec_file, p.spec.as_deref().unwrap_or_default().to_vec()).await?;
@@ -318,7 +304,7 @@ impl Containers {
     pub fn add_exec(&self, id: &str, exec_id: &str, stdio: Stdio, spec: Vec<u8>) -> Result<()> {
         let c = self.get(id)?;
         if c.status() == Status::Stopped {
-            return Err(Error::FailedPrecondition(format!("container {id} is stopped")));
+            return Err(Error::failed_precondition(format!("container {id} is stopped")));
         }
         c.add_exec(Arc::new(Process::new(exec_id, stdio, Some(spec))))?;
         self.inner.events.send(
@@ -339,19 +325,19 @@ impl Containers {
         let p = c.process(exec_id)?;
         if !exec_id.is_empty() {
             if p.exit().is_some() || p.pid() == 0 {
-                return Err(Error::NotFound(format!("exec {exec_id} is not running")));
+                return Err(Error::not_found(format!("exec {exec_id} is not running")));
             }
             let sig = nix::sys::signal::Signal::try_from(signal as i32)
-                .map_err(|_| Error::InvalidArgument(format!("signal {signal}")))?;
+                .map_err(|_| Error::invalid_argument(format!("signal {signal}")))?;
             return nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig)
                 .map_err(Error::nix("kill exec"));
         }
         if p.exit().is_some() && !all {
-            return Err(Error::NotFound(format!("container {id} is not running")));
+            return Err(Error::not_found(format!("container {id} is not running")));
         }
         if p.pid() == 0 {
             // A pending restore has nothing to signal yet.
-            return Err(Error::NotFound(format!("container {id} has no process")));
+            return Err(Error::not_found(format!("container {id} has no process")));
         }
         match c.runc.kill(id, signal, all).await {
             // `--all` after the init died still finds stragglers; nothing left is fine.
@@ -365,7 +351,7 @@ impl Containers {
         let c = self.get(id)?;
         let p = c.process(exec_id)?;
         if p.started() && p.exit().is_none() {
-            return Err(Error::FailedPrecondition(format!("process {id}/{exec_id} is running")));
+            return Err(Error::failed_precondition(format!("process {id}/{exec_id} is running")));
         }
         let exit = p.exit().unwrap_or(Exit { status: 0, at: SystemTime::now() });
         if !exec_id.is_empty() {
@@ -472,7 +458,7 @@ impl Containers {
     pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let p = self.get(id)?.process(exec_id)?;
         let io: ProcessIo = p.io();
-        let pty = io.pty.ok_or_else(|| Error::FailedPrecondition(format!("{id}/{exec_id} has no terminal")))?;
+        let pty = io.pty.ok_or_else(|| Error::failed_precondition(format!("{id}/{exec_id} has no terminal")))?;
         io::resize(&pty, width, height)
     }
 
@@ -505,7 +491,7 @@ async fn unmount_path(id: &str, rootfs: &Path, mounted: bool) {
 
 async fn read_pid(path: &Path) -> Result<u32> {
     let s = tokio::fs::read_to_string(path).await.map_err(Error::io(format!("read {}", path.display())))?;
-    s.trim().parse().map_err(|_| Error::Other(format!("bad pid in {}: {s:?}", path.display())))
+    s.trim().parse().map_err(|_| Error::Process(format!("bad pid in {}: {s:?}", path.display())))
 }
 
 /// Adds CRIU's own reason to a runc error, which only says "criu failed". CRIU logs its failure
@@ -547,6 +533,20 @@ pub(super) fn criu_reason(log: &str) -> String {
         return lines[lines.len().saturating_sub(10)..].join("\n");
     }
     errors.join("\n")
+}
+
+/// The first of a `/proc/<pid>/status`'s capability sets (effective, permitted, bounding) that
+/// holds a capability outside `allowed`, with the excess; an unreadable field counts as all set.
+pub(super) fn excess_caps(status: &str, allowed: u64) -> Option<(&'static str, u64)> {
+    ["CapEff", "CapPrm", "CapBnd"].into_iter().find_map(|field| {
+        let held = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        let extra = held & !allowed;
+        (extra != 0).then_some((field, extra))
+    })
 }
 
 fn path_str(p: &Path) -> String {
@@ -607,12 +607,23 @@ async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
         f.write_all(&data).map_err(Error::io("write exec spec"))
     })
     .await
-    .map_err(|e| Error::Other(format!("exec spec writer: {e}")))?
+    .map_err(Error::join("exec spec writer"))?
 }
 
 #[cfg(test)]
 mod criu_log_tests {
-    use super::criu_reason;
+    use super::{criu_reason, excess_caps};
+
+    #[test]
+    fn restored_capabilities_beyond_the_spec_are_found() {
+        let status = "Name:\tcounter\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n";
+        assert_eq!(excess_caps(status, 0xa80425fb), None);
+        let admin = status.replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a82425fb");
+        assert_eq!(excess_caps(&admin, 0xa80425fb), Some(("CapEff", 1 << 21)));
+        let bounding = status.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t000001ffffffffff");
+        assert_eq!(excess_caps(&bounding, 0xa80425fb).map(|(f, _)| f), Some("CapBnd"));
+        assert!(excess_caps("Name:\tx\n", 0xa80425fb).is_some(), "unreadable sets are not trusted");
+    }
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {

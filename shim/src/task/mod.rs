@@ -34,7 +34,7 @@ use container::Container;
 pub use runc::CriuFlags;
 
 use crate::{
-    error::{Error, Result},
+    runc_error::{Error, Result},
     events::EventSink,
 };
 
@@ -87,8 +87,8 @@ pub trait RestoreHook: Send + Sync {
     /// Called by `Task.Create` before anything of the container exists, with the OCI spec
     /// containerd generated: may stage a restore for `id` (a pod the kubelet creates with
     /// `podcr.io/restore-from`), and holds any restore staged for it to the spec. An error fails
-    /// the create and leaves nothing staged.
-    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> Result<()>;
+    /// the create and leaves nothing staged. The refusals are the pod logic's, so is the error.
+    async fn before_create(&self, id: &str, spec: &serde_json::Value) -> podcr_sandbox_controller::Result<()>;
     /// Called once a restored container's processes run and passed the capability check.
     async fn restored(&self, id: &str);
 }
@@ -114,12 +114,26 @@ struct Inner {
     runc_checked: tokio::sync::OnceCell<std::result::Result<(), String>>,
     events: EventSink,
     map: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose Create is under way (see [`CreateClaim`]).
+    creating: Mutex<std::collections::HashSet<String>>,
     staged: Mutex<HashMap<String, RestoreArgs>>,
     pids: Mutex<PidTable>,
     sandboxed: AtomicBool,
     exit: CancellationToken,
     rootfs_hook: Mutex<Option<RootfsHook>>,
     restore_hook: Mutex<Option<Arc<dyn RestoreHook>>>,
+}
+
+/// An id's Create under way; dropping it (on success or failure) frees the id.
+struct CreateClaim {
+    store: Containers,
+    id: String,
+}
+
+impl Drop for CreateClaim {
+    fn drop(&mut self) {
+        lock(&self.store.inner.creating).remove(&self.id);
+    }
 }
 
 /// Cheap-to-clone handle to the shim's containers (see the module docs).
@@ -147,7 +161,7 @@ impl Containers {
         }
         let binary = self.inner.runc_binary.clone();
         let checked = self.inner.runc_checked.get_or_init(|| async move { runc::check_version(&binary).await }).await;
-        checked.clone().map_err(Error::FailedPrecondition)
+        checked.clone().map_err(Error::failed_precondition)
     }
 
     /// Like [`Containers::new`] with another runc binary (unit tests use a fake).
@@ -165,6 +179,7 @@ impl Containers {
                 runc_checked: tokio::sync::OnceCell::new(),
                 events,
                 map: Mutex::default(),
+                creating: Mutex::default(),
                 staged: Mutex::default(),
                 pids: Mutex::default(),
                 sandboxed: AtomicBool::new(false),
@@ -183,6 +198,11 @@ impl Containers {
             }
         });
         Ok(store)
+    }
+
+    /// The runc binary the containers run with.
+    pub fn runc_binary(&self) -> &std::path::Path {
+        &self.inner.runc_binary
     }
 
     pub fn namespace(&self) -> &str {
@@ -254,8 +274,19 @@ impl Containers {
 
     // ---- internals shared by the lifecycle ----
 
+    /// Claims `id` for one Create until the claim drops. Two Creates of one id share a bundle
+    /// and so a rootfs mount point: without the claim both mounted it and ran `runc create`, and
+    /// the one that lost the final insert unmounted the winner's rootfs.
+    fn claim(&self, id: &str) -> Result<CreateClaim> {
+        let taken = lock(&self.inner.map).contains_key(id) || !lock(&self.inner.creating).insert(id.to_string());
+        if taken {
+            return Err(Error::already_exists(format!("container {id}")));
+        }
+        Ok(CreateClaim { store: self.clone(), id: id.to_string() })
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::NotFound(format!("container {id}")))
+        lock(&self.inner.map).get(id).cloned().ok_or_else(|| Error::not_found(format!("container {id}")))
     }
 
     fn is_empty(&self) -> bool {

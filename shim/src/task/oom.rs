@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::{
     cgroups::{self, ControllerCgroup},
-    error::{Error, Result},
+    runc_error::{Error, Result},
     events::EventSink,
 };
 

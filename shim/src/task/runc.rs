@@ -10,7 +10,7 @@ use std::{
 use tokio::process::Command;
 
 use crate::{
-    error::{Error, Result},
+    runc_error::{Error, Result},
     reaper::{self, Io, Output},
 };
 

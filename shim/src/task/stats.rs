@@ -6,14 +6,14 @@ use std::path::Path;
 use protobuf::well_known_types::any::Any;
 
 use super::Containers;
-use crate::error::{Error, Result};
+use crate::runc_error::{Error, Result};
 
 impl Containers {
     pub async fn stats(&self, id: &str) -> Result<Any> {
         let c = self.get(id)?;
         let pid = c.init.pid();
         if pid == 0 || c.init.exit().is_some() {
-            return Err(Error::NotFound(format!("container {id} is not running")));
+            return Err(Error::not_found(format!("container {id} is not running")));
         }
         tokio::task::spawn_blocking(move || -> Result<Any> {
             let cg = containerd_shim::cgroup::get_cgroup(pid)?;
@@ -25,6 +25,6 @@ impl Containers {
             Ok(containerd_shim::util::convert_to_any(metrics)?)
         })
         .await
-        .map_err(|e| Error::Other(format!("stats task: {e}")))?
+        .map_err(Error::join("stats task"))?
     }
 }

@@ -304,6 +304,67 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
     assert_eq!(stage.deleted, vec!["/etc/motd".to_string()]);
 }
 
+/// The backend's identity is what the checkpoint records, and a backend of another runtime
+/// refuses to restore it before anything is staged.
+#[tokio::test]
+async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true")])).await.unwrap();
+    let ckpt = archive::open_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
+    assert_eq!(ckpt.manifest.runtime, "fake");
+    let annotation = |k: &str| ckpt.options.annotations.get(k).cloned().unwrap_or_default();
+    assert_eq!(annotation(archive::annotations::RUNTIME_NAME), "fake");
+    assert_eq!(annotation(archive::annotations::RUNTIME_VERSION), "1.0");
+    assert_eq!(annotation(archive::annotations::CRIU_VERSION), "2.0");
+
+    let (fake2, ctl2, _b2) = ready_pod(&[]).await;
+    *fake2.runtime.lock().unwrap() = Some("runc".into());
+    let err = ctl2
+        .restore(PodRestoreRequest {
+            sandbox_id: "pod1".into(),
+            checkpoint_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("\"fake\"")), "{err}");
+    assert!(fake2.staged.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn restore_holds_the_checkpoint_to_the_callers_configs() {
+    let (fake, ctl, _b) = ready_pod(&["app"]).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(&fake, out.path(), &[("leave-running", "true")]);
+    let privileged = serde_json::json!({"command": ["/app"], "linux": {"security_context": {"privileged": true}}});
+    req.containers[0].config = Some(privileged.clone());
+    ctl.checkpoint(req).await.unwrap();
+
+    let (fake2, ctl2, bundle2) = ready_pod(&[]).await;
+    let restore = |config: serde_json::Value| PodRestoreRequest {
+        sandbox_id: "pod1".into(),
+        checkpoint_path: out.path().to_path_buf(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), config: Some(config), spec: None }],
+        ..Default::default()
+    };
+    for (config, field) in [
+        (serde_json::json!({"command": ["/app"]}), "privileged"),
+        (serde_json::json!({"command": ["/other"], "linux": {"security_context": {"privileged": true}}}), "command"),
+    ] {
+        let err = ctl2.restore(restore(config)).await.unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains(&format!(": {field}:"))), "{err}");
+        assert!(fake2.staged.lock().unwrap().is_empty(), "a refused restore staged something");
+        let staging = bundle2.path().join(crate::restore::RESTORE_DIR);
+        assert!(!staging.join("app").exists(), "a refused restore left its extraction");
+    }
+    ctl2.restore(restore(privileged)).await.unwrap();
+    assert!(fake2.staged.lock().unwrap().contains_key("new-app"));
+}
+
 #[tokio::test]
 async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
@@ -392,4 +453,83 @@ async fn a_node_without_its_key_refuses_before_freezing() {
     assert!(matches!(err, Error::FailedPrecondition(ref m) if m.contains("podcr key generate")), "{err}");
     assert!(!fake.calls().iter().any(|c| c == "freeze"), "nothing may be frozen without a key");
     assert!(dir_entries(out.path()).is_empty());
+}
+
+/// A backend that only runs pods: the core trait and three empty capability impls. A checkpoint
+/// of its pod is refused as Unimplemented and leaves nothing behind; the pod keeps running.
+mod minimal {
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::backend::{
+        BackendIdentity, ContainerInfo, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PreparedDumps,
+    };
+
+    struct RunOnly;
+
+    #[async_trait]
+    impl PodBackend for RunOnly {
+        async fn create_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn start_pod(&self, _spec: &PodSpec) -> crate::Result<PodAnchor> {
+            // The sender is dropped: the anchor never reports an exit.
+            Ok(PodAnchor { pid: 1, exit: watch::channel(None).1 })
+        }
+        async fn stop_pod(&self, _spec: &PodSpec, _timeout: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn destroy_pod(&self, _spec: &PodSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn containers(&self) -> crate::Result<Vec<ContainerInfo>> {
+            Ok(vec![ContainerInfo {
+                id: "c1".into(),
+                name: "app".into(),
+                pid: 2,
+                running: true,
+                bundle: std::env::temp_dir(),
+                image: None,
+                created_at: Utc::now(),
+            }])
+        }
+        async fn identity(&self) -> BackendIdentity {
+            BackendIdentity { runtime: "run-only".into(), ..Default::default() }
+        }
+    }
+    impl PodCheckpoint for RunOnly {}
+    impl PreparedDumps for RunOnly {}
+    impl PodRestore for RunOnly {}
+
+    #[tokio::test]
+    async fn a_backend_without_checkpoint_refuses_it_and_leaves_nothing() {
+        let ctl = SandboxController::new(Arc::new(RunOnly)).with_signing(signing(&keys_dir()));
+        let bundle = tempfile::tempdir().unwrap();
+        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() })
+            .await
+            .unwrap();
+        ctl.start("pod1").await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let req = PodCheckpointRequest {
+            sandbox_id: "pod1".into(),
+            containers: vec![ContainerSelection { id: "c1".into(), ..Default::default() }],
+            output_path: out.path().to_path_buf(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let err = ctl.checkpoint(req).await.unwrap_err();
+        assert!(matches!(&err, Error::Unimplemented(m) if m.contains("freeze")), "{err}");
+        assert!(dir_entries(out.path()).is_empty(), "{:?}", dir_entries(out.path()));
+        let restore = ctl
+            .restore(PodRestoreRequest {
+                sandbox_id: "pod1".into(),
+                checkpoint_path: out.path().to_path_buf(),
+                containers: vec![RestoreSelection { id: "c2".into(), name: "app".into(), ..Default::default() }],
+                ..Default::default()
+            })
+            .await;
+        assert!(restore.is_err(), "a restore from nothing must fail");
+    }
 }
