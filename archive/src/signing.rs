@@ -322,6 +322,15 @@ impl TrustPolicy {
         self.allow_unsigned
     }
 
+    /// How many keys are trusted.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     pub fn trusts(&self, id: &str) -> bool {
         self.keys.contains_key(id)
     }
