@@ -30,28 +30,19 @@ pub enum KeyCommand {
 }
 
 pub fn run(cmd: &KeyCommand) -> Result<()> {
-    let cfg = NodeConfig::load()
-        .with_context(|| format!("read {}", NodeConfig::path().display()))?
-        .signing;
+    let cfg = NodeConfig::load().with_context(|| format!("read {}", NodeConfig::path().display()))?.signing;
     match cmd {
         KeyCommand::Generate { out, no_trust } => {
             let dir = match out {
                 Some(d) => d.clone(),
-                None => cfg
-                    .key
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from(".")),
+                None => cfg.key.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
             };
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let (signer, key, public) = write_new_keypair(&dir)?;
             println!("{}", signer.key_id());
             eprintln!("wrote {} and {}", key.display(), public.display());
             if key != cfg.key {
-                eprintln!(
-                    "note: [signing] key is {}; this node signs with that file",
-                    cfg.key.display()
-                );
+                eprintln!("note: [signing] key is {}; this node signs with that file", cfg.key.display());
             }
             if !no_trust {
                 trust(&cfg.trusted_dir, &public)?;
@@ -71,10 +62,7 @@ fn trust(dir: &Path, file: &Path) -> Result<()> {
     }
     let key = parse_public_key(&pem, file)?;
     let id = key_id(&key);
-    let name = format!(
-        "{}.pub",
-        id.trim_start_matches("sha256:").get(..16).unwrap_or(&id)
-    );
+    let name = format!("{}.pub", id.trim_start_matches("sha256:").get(..16).unwrap_or(&id));
     create_trusted_dir(dir)?;
     let dest = dir.join(name);
     match std::fs::read(&dest) {
@@ -94,11 +82,7 @@ fn trust(dir: &Path, file: &Path) -> Result<()> {
 
 fn create_trusted_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-    {
+    match std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
         Ok(()) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
     }
