@@ -108,7 +108,9 @@ fn read_containers(src: &transport::Source) -> Result<Vec<(String, ArchiveMetada
     let limits = Limits::default();
     let mut out = Vec::new();
     for (name, path, digest) in src.checkpoint.container_archives() {
-        let c = archive::read_container_metadata(&path, &digest, &limits)
+        // No more decompressed than the signed manifest says the archive holds.
+        let unpacked = src.checkpoint.manifest.containers.iter().find(|c| c.name == name).and_then(|c| c.unpacked);
+        let c = archive::read_container_metadata(&path, &digest, &limits.within(unpacked))
             .with_context(|| format!("read container {name} from {}", path.display()))?;
         let cfg = container_config(&name, &c)?;
         out.push((name.clone(), c, cfg));
