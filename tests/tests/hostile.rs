@@ -422,6 +422,30 @@ async fn a_16_gib_entry_the_manifest_calls_small_is_refused_at_its_header() -> R
     Ok(())
 }
 
+/// The same inside a container archive: its CRIU memory image claims 16 GiB where the signed
+/// manifest says the whole archive unpacks to 4 KiB. The reader is held to that at the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_gib_memory_image_in_a_4_kib_container_archive_is_refused_at_its_header() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cd = Containerd::shared()?;
+    let base = base(cd).await?;
+    let dir = copy_base(cd, base, "16g-image")?;
+    let mut tar = header(b"checkpoint/", tar::EntryType::Directory, 0);
+    tar.extend(header(b"checkpoint/pages-1.img", tar::EntryType::Regular, 16 * GIB));
+    tar.extend(std::iter::repeat_n(0u8, 110 << 10));
+    let data = zstd(&tar)?;
+    replace_archive(&dir, &data, 10)?;
+    faults::edit_manifest(&dir, |m| {
+        if let Some(cs) = m["containers"].as_array_mut() {
+            for c in cs {
+                c["unpacked"] = serde_json::json!({"bytes": 4096, "entries": 10});
+            }
+        }
+    })?;
+    refused(cd, "16g-image", &dir, &["17179869184", "more than the limit of 4096"]).await?;
+    Ok(())
+}
+
 /// One entry 50,000 directories deep (a 100 KB path in a GNU long name): refused before the
 /// name is read, so no directory of it is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
