@@ -48,3 +48,34 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// These limits narrowed to what the signed manifest says a container archive unpacks to
+    /// (`None`: an older checkpoint that does not say, so the limits stay as they are).
+    pub fn within(self, unpacked: Option<super::metadata::Unpacked>) -> Limits {
+        match unpacked {
+            Some(u) => Limits {
+                max_total_bytes: self.max_total_bytes.min(u.bytes),
+                max_entries: self.max_entries.min(u.entries),
+                ..self
+            },
+            None => self,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Unpacked;
+
+    #[test]
+    fn the_signed_sizes_only_narrow() {
+        let d = Limits::default();
+        let l = d.within(Some(Unpacked { bytes: 10, entries: 3 }));
+        assert_eq!((l.max_total_bytes, l.max_entries), (10, 3));
+        let l = d.within(Some(Unpacked { bytes: u64::MAX, entries: u64::MAX }));
+        assert_eq!(l, d);
+        assert_eq!(d.within(None), d);
+    }
+}

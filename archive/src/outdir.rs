@@ -50,13 +50,10 @@ impl OutputDir {
     /// empty) plus the ownership, no-symlink and lock rules of the module docs.
     pub fn open(path: &Path) -> Result<OutputDir> {
         let dir = OutputDir::open_locked(path)?;
-        let mut entries = std::fs::read_dir(dir.path())
-            .map_err(Error::io(format!("read output path {}", path.display())))?;
+        let mut entries =
+            std::fs::read_dir(dir.path()).map_err(Error::io(format!("read output path {}", path.display())))?;
         if entries.next().is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "output path {} is not empty",
-                path.display()
-            )));
+            return Err(Error::InvalidArgument(format!("output path {} is not empty", path.display())));
         }
         Ok(dir)
     }
@@ -65,14 +62,10 @@ impl OutputDir {
     /// recovery reopens a dead shim's output this way to remove its partial files.
     pub fn open_locked(path: &Path) -> Result<OutputDir> {
         if !path.is_absolute() {
-            return Err(Error::InvalidArgument(format!(
-                "output path {} is not absolute",
-                path.display()
-            )));
+            return Err(Error::InvalidArgument(format!("output path {} is not absolute", path.display())));
         }
         let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let mut cur = nix::fcntl::open("/", flags, Mode::empty())
-            .map_err(|e| Error::io("open /")(e.into()))?;
+        let mut cur = nix::fcntl::open("/", flags, Mode::empty()).map_err(|e| Error::io("open /")(e.into()))?;
         let mut shown = PathBuf::from("/");
         let mut last = fstat(&cur).map_err(|e| Error::io("stat /")(e.into()))?;
         let comps: Vec<_> = path.components().collect();
@@ -80,12 +73,7 @@ impl OutputDir {
             let name = match comp {
                 Component::RootDir | Component::CurDir => continue,
                 Component::Normal(n) => *n,
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "output path {} contains '..'",
-                        path.display()
-                    )))
-                }
+                _ => return Err(Error::InvalidArgument(format!("output path {} contains '..'", path.display()))),
             };
             // The parent, now that it has a child on the way: root's (or ours), and either
             // writable by no one else or sticky.
@@ -99,12 +87,7 @@ impl OutputDir {
                 )));
             }
             shown.push(name);
-            cur = match openat(
-                &cur,
-                std::ffi::OsStr::from_bytes(name.as_bytes()),
-                flags,
-                Mode::empty(),
-            ) {
+            cur = match openat(&cur, std::ffi::OsStr::from_bytes(name.as_bytes()), flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::ELOOP) => {
                     return Err(Error::InvalidArgument(format!(
@@ -114,21 +97,14 @@ impl OutputDir {
                     )))
                 }
                 Err(Errno::ENOTDIR) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "output path {} is not a directory",
-                        shown.display()
-                    )))
+                    return Err(Error::InvalidArgument(format!("output path {} is not a directory", shown.display())))
                 }
                 Err(Errno::ENOENT) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "output path {} does not exist",
-                        shown.display()
-                    )))
+                    return Err(Error::InvalidArgument(format!("output path {} does not exist", shown.display())))
                 }
                 Err(e) => return Err(Error::io(format!("open {}", shown.display()))(e.into())),
             };
-            last = fstat(&cur)
-                .map_err(|e| Error::io(format!("stat {}", shown.display()))(e.into()))?;
+            last = fstat(&cur).map_err(|e| Error::io(format!("stat {}", shown.display()))(e.into()))?;
         }
         if !owner_ok(&last) || last.st_mode & 0o022 != 0 {
             return Err(Error::FailedPrecondition(format!(
@@ -139,22 +115,13 @@ impl OutputDir {
             )));
         }
         let lock = Flock::lock(cur, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
-            Errno::EWOULDBLOCK => Error::FailedPrecondition(format!(
-                "output path {} is in use by another checkpoint",
-                path.display()
-            )),
+            Errno::EWOULDBLOCK => {
+                Error::FailedPrecondition(format!("output path {} is in use by another checkpoint", path.display()))
+            }
             e => Error::io(format!("lock {}", path.display()))(e.into()),
         })?;
-        let via_fd = PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            lock.as_raw_fd()
-        ));
-        Ok(OutputDir {
-            _lock: lock,
-            given: path.to_owned(),
-            via_fd,
-        })
+        let via_fd = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), lock.as_raw_fd()));
+        Ok(OutputDir { _lock: lock, given: path.to_owned(), via_fd })
     }
 
     /// The directory as this process opened it (`/proc/<pid>/fd/<fd>`): valid while `self` lives,
@@ -222,34 +189,16 @@ mod tests {
         let real = tmp.path().join("real");
         std::fs::create_dir_all(real.join("out")).unwrap();
         std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
-        assert!(matches!(
-            OutputDir::open(&tmp.path().join("link/out")),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            OutputDir::open(&tmp.path().join("link")),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            OutputDir::open(Path::new("rel")),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            OutputDir::open(&tmp.path().join("none")),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(OutputDir::open(&tmp.path().join("link/out")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(OutputDir::open(&tmp.path().join("link")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(OutputDir::open(Path::new("rel")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(OutputDir::open(&tmp.path().join("none")), Err(Error::InvalidArgument(_))));
         std::fs::set_permissions(real.join("out"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(
-            OutputDir::open(&real.join("out")),
-            Err(Error::FailedPrecondition(_))
-        ));
+        assert!(matches!(OutputDir::open(&real.join("out")), Err(Error::FailedPrecondition(_))));
         std::fs::set_permissions(real.join("out"), std::fs::Permissions::from_mode(0o700)).unwrap();
         // A group-writable ancestor lets another user swap the directory out.
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o770)).unwrap();
-        assert!(matches!(
-            OutputDir::open(&real.join("out")),
-            Err(Error::FailedPrecondition(_))
-        ));
+        assert!(matches!(OutputDir::open(&real.join("out")), Err(Error::FailedPrecondition(_))));
         // Sticky and world-writable, like /tmp, is fine.
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o1777)).unwrap();
         OutputDir::open(&real.join("out")).unwrap();

@@ -22,10 +22,7 @@ use std::{
 };
 
 use ed25519_dalek::{
-    pkcs8::{
-        spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey,
-        EncodePublicKey,
-    },
+    pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey},
     Signature, Signer as _, SigningKey, VerifyingKey,
 };
 use serde::{Deserialize, Serialize};
@@ -75,9 +72,7 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("key_id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("key_id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -100,10 +95,7 @@ impl Signer {
             _ => Error::io(format!("stat signing key {}", path.display()))(e),
         })?;
         if !meta.is_file() {
-            return Err(Error::FailedPrecondition(format!(
-                "signing key {} is not a regular file",
-                path.display()
-            )));
+            return Err(Error::FailedPrecondition(format!("signing key {} is not a regular file", path.display())));
         }
         if meta.permissions().mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
             return Err(Error::FailedPrecondition(format!(
@@ -112,14 +104,10 @@ impl Signer {
             )));
         }
         let pem = read_bounded_following(path)?;
-        let text = std::str::from_utf8(&pem).map_err(|_| {
-            Error::InvalidArgument(format!("signing key {} is not PEM", path.display()))
-        })?;
+        let text = std::str::from_utf8(&pem)
+            .map_err(|_| Error::InvalidArgument(format!("signing key {} is not PEM", path.display())))?;
         let key = SigningKey::from_pkcs8_pem(text).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "signing key {} is not an ed25519 PKCS#8 PEM key: {e}",
-                path.display()
-            ))
+            Error::InvalidArgument(format!("signing key {} is not an ed25519 PKCS#8 PEM key: {e}", path.display()))
         })?;
         Ok(Signer::new(key))
     }
@@ -155,10 +143,7 @@ impl Signer {
             key_id: self.id.clone(),
             signature: hex::encode(sig.to_bytes()),
         };
-        serde_json::to_vec_pretty(&file).map_err(|source| Error::Json {
-            path: "<signature>".into(),
-            source,
-        })
+        serde_json::to_vec_pretty(&file).map_err(|source| Error::Json { path: "<signature>".into(), source })
     }
 
     /// The private key as PKCS#8 PEM.
@@ -177,26 +162,17 @@ impl Signer {
 }
 
 pub fn public_pem(key: &VerifyingKey) -> Result<String> {
-    key.to_public_key_pem(LineEnding::LF)
-        .map_err(|e| Error::InvalidArgument(format!("encode public key: {e}")))
+    key.to_public_key_pem(LineEnding::LF).map_err(|e| Error::InvalidArgument(format!("encode public key: {e}")))
 }
 
 /// Parses an SPKI PEM ed25519 public key.
 pub fn parse_public_key(pem: &[u8], shown: &Path) -> Result<VerifyingKey> {
-    let text = std::str::from_utf8(pem).map_err(|_| {
-        Error::InvalidArgument(format!("{} is not a PEM public key", shown.display()))
-    })?;
-    let key = VerifyingKey::from_public_key_pem(text).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "{} is not an ed25519 public key in PEM: {e}",
-            shown.display()
-        ))
-    })?;
+    let text = std::str::from_utf8(pem)
+        .map_err(|_| Error::InvalidArgument(format!("{} is not a PEM public key", shown.display())))?;
+    let key = VerifyingKey::from_public_key_pem(text)
+        .map_err(|e| Error::InvalidArgument(format!("{} is not an ed25519 public key in PEM: {e}", shown.display())))?;
     if key.is_weak() {
-        return Err(Error::InvalidArgument(format!(
-            "{} is a weak (small-order) ed25519 key",
-            shown.display()
-        )));
+        return Err(Error::InvalidArgument(format!("{} is a weak (small-order) ed25519 key", shown.display())));
     }
     Ok(key)
 }
@@ -238,17 +214,14 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(Error::io(format!("create {}", path.display())))?;
-    f.write_all(data)
-        .map_err(Error::io(format!("write {}", path.display())))?;
-    f.sync_all()
-        .map_err(Error::io(format!("fsync {}", path.display())))
+    f.write_all(data).map_err(Error::io(format!("write {}", path.display())))?;
+    f.sync_all().map_err(Error::io(format!("fsync {}", path.display())))
 }
 
 /// Key files may be symlinks (a Kubernetes secret volume is made of them); their size is still
 /// bounded before they are read.
 fn read_bounded_following(path: &Path) -> Result<Vec<u8>> {
-    let resolved =
-        std::fs::canonicalize(path).map_err(Error::io(format!("resolve {}", path.display())))?;
+    let resolved = std::fs::canonicalize(path).map_err(Error::io(format!("resolve {}", path.display())))?;
     read_bounded(&resolved, MAX_KEY_BYTES)
 }
 
@@ -261,18 +234,12 @@ pub struct TrustPolicy {
 
 impl TrustPolicy {
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>, allow_unsigned: bool) -> TrustPolicy {
-        TrustPolicy {
-            keys: keys.into_iter().map(|k| (key_id(&k), k)).collect(),
-            allow_unsigned,
-        }
+        TrustPolicy { keys: keys.into_iter().map(|k| (key_id(&k), k)).collect(), allow_unsigned }
     }
 
     /// Accepts only unsigned checkpoints and nothing signed: for unit tests of other concerns.
     pub fn unsigned_only() -> TrustPolicy {
-        TrustPolicy {
-            keys: BTreeMap::new(),
-            allow_unsigned: true,
-        }
+        TrustPolicy { keys: BTreeMap::new(), allow_unsigned: true }
     }
 
     /// The policy `[signing]` describes: every `*.pub` in `trusted_dir` (a missing directory
@@ -283,24 +250,17 @@ impl TrustPolicy {
         let dir = &cfg.trusted_dir;
         match std::fs::metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::io(format!(
-                    "stat trusted key directory {}",
-                    dir.display()
-                ))(e))
-            }
+            Err(e) => return Err(Error::io(format!("stat trusted key directory {}", dir.display()))(e)),
             Ok(meta) => {
                 check_not_writable_by_others(&meta, dir)?;
-                let entries =
-                    std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
+                let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
                 for entry in entries {
                     let entry = entry.map_err(Error::io(format!("read {}", dir.display())))?;
                     let path = entry.path();
                     if path.extension().and_then(|e| e.to_str()) != Some("pub") {
                         continue;
                     }
-                    let meta = std::fs::metadata(&path)
-                        .map_err(Error::io(format!("stat {}", path.display())))?;
+                    let meta = std::fs::metadata(&path).map_err(Error::io(format!("stat {}", path.display())))?;
                     if !meta.is_file() {
                         continue;
                     }
@@ -320,6 +280,15 @@ impl TrustPolicy {
 
     pub fn allows_unsigned(&self) -> bool {
         self.allow_unsigned
+    }
+
+    /// How many keys are trusted.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     pub fn trusts(&self, id: &str) -> bool {
@@ -343,13 +312,10 @@ impl TrustPolicy {
             ));
         };
         if raw.len() as u64 > MAX_SIGNATURE_BYTES {
-            return Err(Error::Untrusted(format!(
-                "the signature file is larger than {MAX_SIGNATURE_BYTES} bytes"
-            )));
+            return Err(Error::Untrusted(format!("the signature file is larger than {MAX_SIGNATURE_BYTES} bytes")));
         }
-        let file: SignatureFile = serde_json::from_slice(raw).map_err(|e| {
-            Error::Untrusted(format!("the signature file is not a podcr signature: {e}"))
-        })?;
+        let file: SignatureFile = serde_json::from_slice(raw)
+            .map_err(|e| Error::Untrusted(format!("the signature file is not a podcr signature: {e}")))?;
         if file.format != SIGNATURE_FORMAT || file.version != 1 || file.algorithm != ALGORITHM {
             return Err(Error::Untrusted(format!(
                 "unsupported signature {:?} version {} algorithm {:?}",
@@ -401,15 +367,9 @@ mod tests {
         let signer = generate();
         let policy = TrustPolicy::new([signer.verifying_key()], false);
         let sig = signer.sign(b"manifest").unwrap();
-        assert_eq!(
-            policy.verify(b"manifest", Some(&sig)).unwrap().as_deref(),
-            Some(signer.key_id())
-        );
+        assert_eq!(policy.verify(b"manifest", Some(&sig)).unwrap().as_deref(), Some(signer.key_id()));
         let err = policy.verify(b"manifesT", Some(&sig)).unwrap_err();
-        assert!(
-            matches!(err, Error::Untrusted(ref m) if m.contains("modified or forged")),
-            "{err}"
-        );
+        assert!(matches!(err, Error::Untrusted(ref m) if m.contains("modified or forged")), "{err}");
         // A forged signature is refused even where unsigned checkpoints are allowed.
         let lenient = TrustPolicy::new([signer.verifying_key()], true);
         assert!(lenient.verify(b"manifesT", Some(&sig)).is_err());
@@ -423,11 +383,7 @@ mod tests {
         let sig = signer.sign(b"m").unwrap();
         let err = strict.verify(b"m", Some(&sig)).unwrap_err().to_string();
         assert!(err.contains("does not trust"), "{err}");
-        assert!(strict
-            .verify(b"m", None)
-            .unwrap_err()
-            .to_string()
-            .contains("not signed"));
+        assert!(strict.verify(b"m", None).unwrap_err().to_string().contains("not signed"));
         let lenient = TrustPolicy::new([other.verifying_key()], true);
         assert_eq!(lenient.verify(b"m", Some(&sig)).unwrap(), None);
         assert_eq!(lenient.verify(b"m", None).unwrap(), None);
@@ -438,50 +394,29 @@ mod tests {
     fn key_files_roundtrip_and_are_private() {
         let tmp = tempfile::tempdir().unwrap();
         let (signer, key, public) = write_new_keypair(tmp.path()).unwrap();
-        assert_eq!(
-            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(Signer::load(&key).unwrap().key_id(), signer.key_id());
         let vk = parse_public_key(&std::fs::read(&public).unwrap(), &public).unwrap();
         assert_eq!(key_id(&vk), signer.key_id());
-        assert!(matches!(
-            write_new_keypair(tmp.path()),
-            Err(Error::AlreadyExists(_))
-        ));
+        assert!(matches!(write_new_keypair(tmp.path()), Err(Error::AlreadyExists(_))));
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(
-            Signer::load(&key),
-            Err(Error::FailedPrecondition(_))
-        ));
+        assert!(matches!(Signer::load(&key), Err(Error::FailedPrecondition(_))));
 
         let trusted = tmp.path().join("trusted.d");
         std::fs::create_dir(&trusted).unwrap();
         std::fs::set_permissions(&trusted, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::copy(&public, trusted.join("node-a.pub")).unwrap();
         std::fs::write(trusted.join("README"), b"ignored").unwrap();
-        let cfg = SigningConfig {
-            key,
-            trusted_dir: trusted.clone(),
-            allow_unsigned: false,
-        };
-        assert!(TrustPolicy::from_config(&cfg)
-            .unwrap()
-            .trusts(signer.key_id()));
+        let cfg = SigningConfig { key, trusted_dir: trusted.clone(), allow_unsigned: false };
+        assert!(TrustPolicy::from_config(&cfg).unwrap().trusts(signer.key_id()));
         std::fs::set_permissions(&trusted, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(
-            TrustPolicy::from_config(&cfg),
-            Err(Error::FailedPrecondition(_))
-        ));
+        assert!(matches!(TrustPolicy::from_config(&cfg), Err(Error::FailedPrecondition(_))));
     }
 
     #[test]
     fn a_missing_key_is_refused_unless_unsigned_is_allowed() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = SigningConfig {
-            key: tmp.path().join("none.key"),
-            ..SigningConfig::default()
-        };
+        let mut cfg = SigningConfig { key: tmp.path().join("none.key"), ..SigningConfig::default() };
         let err = Signer::from_config(&cfg).unwrap_err().to_string();
         assert!(err.contains("podcr key generate"), "{err}");
         cfg.allow_unsigned = true;

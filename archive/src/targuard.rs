@@ -33,12 +33,7 @@ impl GuardCaps {
     /// Caps for podcr's own archives and rootfs diffs: paths up to `max_path_len`, PAX headers
     /// up to 64 KiB (paths plus xattrs such as `security.capability` and ACLs).
     pub fn new(max_path_len: usize, max_entry: u64, max_stream: u64) -> GuardCaps {
-        GuardCaps {
-            max_long_name: max_path_len as u64 + 1,
-            max_pax: 64 * 1024,
-            max_entry,
-            max_stream,
-        }
+        GuardCaps { max_long_name: max_path_len as u64 + 1, max_pax: 64 * 1024, max_entry, max_stream }
     }
 }
 
@@ -51,11 +46,7 @@ impl GuardCaps {
             .saturating_add(8)
             .saturating_mul(4 * BLOCK)
             .saturating_add(super::codec::MAX_TRAILING_ZEROS + 64 * 1024);
-        GuardCaps::new(
-            limits.max_path_len,
-            limits.max_total_bytes,
-            limits.max_total_bytes.saturating_add(overhead),
-        )
+        GuardCaps::new(limits.max_path_len, limits.max_total_bytes, limits.max_total_bytes.saturating_add(overhead))
     }
 }
 
@@ -87,10 +78,8 @@ fn numeric(field: &[u8]) -> io::Result<u64> {
         return Ok(tail.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)));
     }
     let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    let text = std::str::from_utf8(&field[..end])
-        .map_err(|_| refuse("tar size field is not text".into()))?;
-    u64::from_str_radix(text.trim(), 8)
-        .map_err(|_| refuse(format!("tar size field {text:?} is not a number")))
+    let text = std::str::from_utf8(&field[..end]).map_err(|_| refuse("tar size field is not text".into()))?;
+    u64::from_str_radix(text.trim(), 8).map_err(|_| refuse(format!("tar size field {text:?} is not a number")))
 }
 
 /// The `size` record of PAX extension data (`"<len> key=value\n"` records). Stricter than the
@@ -100,19 +89,14 @@ fn pax_size(data: &[u8]) -> io::Result<Option<u64>> {
     let mut rest = data;
     let mut size = None;
     while !rest.is_empty() {
-        let sp = rest
-            .iter()
-            .position(|b| *b == b' ')
-            .ok_or_else(|| refuse("malformed PAX record".into()))?;
+        let sp = rest.iter().position(|b| *b == b' ').ok_or_else(|| refuse("malformed PAX record".into()))?;
         let len: usize = std::str::from_utf8(&rest[..sp])
             .ok()
             .and_then(|s| s.parse().ok())
             .filter(|l| *l > sp + 1 && *l <= rest.len())
             .ok_or_else(|| refuse("malformed PAX record length".into()))?;
         let record = &rest[sp + 1..len];
-        let body = record
-            .strip_suffix(b"\n")
-            .ok_or_else(|| refuse("PAX record does not end with a newline".into()))?;
+        let body = record.strip_suffix(b"\n").ok_or_else(|| refuse("PAX record does not end with a newline".into()))?;
         if body.contains(&b'\n') || !body.contains(&b'=') {
             return Err(refuse("malformed PAX record".into()));
         }
@@ -208,9 +192,7 @@ impl<R: Read> TarGuard<R> {
                 if let Some((start, len, buf)) = &mut self.pax {
                     let (s, e) = (at.max(*start), (at + upto as u64).min(*start + *len));
                     if s < e {
-                        buf.extend_from_slice(
-                            &chunk[off + (s - at) as usize..off + (e - at) as usize],
-                        );
+                        buf.extend_from_slice(&chunk[off + (s - at) as usize..off + (e - at) as usize]);
                     }
                     if buf.len() as u64 == *len {
                         let size = pax_size(buf)?;
@@ -238,10 +220,7 @@ impl<R: Read> Read for TarGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if self.pos + n as u64 > self.caps.max_stream {
-            return Err(refuse(format!(
-                "the archive holds more than {} bytes",
-                self.caps.max_stream
-            )));
+            return Err(refuse(format!("the archive holds more than {} bytes", self.caps.max_stream)));
         }
         self.track(&buf[..n])?;
         self.pos += n as u64;
@@ -293,10 +272,7 @@ mod tests {
     #[test]
     fn a_pax_bomb_and_a_pax_size_override_are_caught() {
         let data = header(b"pax", b'x', b"30000000000\0");
-        assert!(drain(&data, caps())
-            .unwrap_err()
-            .to_string()
-            .contains("PAX"));
+        assert!(drain(&data, caps()).unwrap_err().to_string().contains("PAX"));
         // A PAX size of 2 MiB for a file whose header says 0: over the 1 MiB entry bound.
         let rec = b"19 size=2097152000\n";
         let mut data = header(b"pax", b'x', format!("{:011o}\0", rec.len()).as_bytes());
@@ -304,10 +280,7 @@ mod tests {
         block.resize(512, 0);
         data.extend(block);
         data.extend(header(b"f", b'0', b"00000000000\0"));
-        assert!(drain(&data, caps())
-            .unwrap_err()
-            .to_string()
-            .contains("entry claims"));
+        assert!(drain(&data, caps()).unwrap_err().to_string().contains("entry claims"));
     }
 
     #[test]
@@ -320,32 +293,14 @@ mod tests {
         b.append_data(&mut h, &long, &[7u8; 1000][..]).unwrap();
         let mut h = tar::Header::new_ustar();
         h.set_size(3);
-        b.append_pax_extensions([("path", b"pax/name".as_slice())])
-            .unwrap();
+        b.append_pax_extensions([("path", b"pax/name".as_slice())]).unwrap();
         b.append_data(&mut h, "short", &b"abc"[..]).unwrap();
         let data = b.into_inner().unwrap();
         let mut ar = tar::Archive::new(TarGuard::new(&data[..], caps()));
-        let names: Vec<String> = ar
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names: Vec<String> =
+            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, vec![long, "pax/name".to_string()]);
-        assert!(drain(
-            &data,
-            GuardCaps {
-                max_stream: 1024,
-                ..caps()
-            }
-        )
-        .is_err());
-        assert!(drain(
-            &data,
-            GuardCaps {
-                max_entry: 999,
-                ..caps()
-            }
-        )
-        .is_err());
+        assert!(drain(&data, GuardCaps { max_stream: 1024, ..caps() }).is_err());
+        assert!(drain(&data, GuardCaps { max_entry: 999, ..caps() }).is_err());
     }
 }

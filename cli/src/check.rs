@@ -53,6 +53,41 @@ fn at_least(name: &'static str, version: &str, min: (u32, u32)) -> Check {
     }
 }
 
+/// runc 1.3.3 or later, as the shim requires before it creates a container: 1.3.3 fixed
+/// CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881.
+fn runc_check(version: &str) -> Check {
+    let patch = |v: &str| -> Option<u32> {
+        v.split('.').nth(2).map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>()).and_then(|p| p.parse().ok())
+    };
+    match (major_minor(version), patch(version).unwrap_or(0)) {
+        (Some(mm), p) if (mm.0, mm.1, p) >= (1, 3, 3) => check("runc", Outcome::Pass, version),
+        (Some(_), _) => check(
+            "runc",
+            Outcome::Fail,
+            format!("{version}: podcr needs 1.3.3 or later (CVE-2025-31133, -52565, -52881); the shim refuses older"),
+        ),
+        (None, _) => check("runc", Outcome::Warn, format!("cannot read the version {version:?}")),
+    }
+}
+
+/// The node's signing key and trusted keys per `[signing]`: without a key every checkpoint is
+/// refused, without a trusted key every restore is.
+fn signing_checks(cfg: &podcr_archive::signing_config::SigningConfig) -> Vec<Check> {
+    use podcr_archive::signing::{Signer, TrustPolicy};
+    let key = match Signer::from_config(cfg) {
+        Ok(Some(s)) => check("signing key", Outcome::Pass, format!("{} ({})", cfg.key.display(), s.key_id())),
+        Ok(None) => check("signing key", Outcome::Warn, "none; checkpoints are written unsigned ([signing] allow_unsigned)".to_string()),
+        Err(e) => check("signing key", Outcome::Fail, e.to_string()),
+    };
+    let trusted = match TrustPolicy::from_config(cfg) {
+        Ok(p) if !p.is_empty() => check("trusted keys", Outcome::Pass, format!("{} in {}", p.len(), cfg.trusted_dir.display())),
+        Ok(_) if cfg.allow_unsigned => check("trusted keys", Outcome::Warn, format!("none in {}; only unsigned checkpoints restore", cfg.trusted_dir.display())),
+        Ok(_) => check("trusted keys", Outcome::Fail, format!("none in {}: no checkpoint can be restored (podcr key trust FILE.pub)", cfg.trusted_dir.display())),
+        Err(e) => check("trusted keys", Outcome::Fail, e.to_string()),
+    };
+    vec![key, trusted]
+}
+
 /// The CRI's view of the handler: registered, and with the runtime type and sandboxer podcr needs.
 fn handler_check(handler: &str, handlers: &[String], config: Option<&serde_json::Value>) -> Check {
     const NAME: &str = "cri handler";
@@ -164,7 +199,7 @@ pub async fn run_checks(
     }
     match tool_output("runc", &["--version"], timeout).await {
         Ok((_, text)) => match crate::version::parse_version(&text) {
-            Some(v) => all.push(at_least("runc", &v, (1, 3))),
+            Some(v) => all.push(runc_check(&v)),
             None => all.push(check(
                 "runc",
                 Outcome::Fail,
@@ -197,11 +232,10 @@ pub async fn run_checks(
     all.push(cgroup_check(cri_config.as_ref()));
     let path = podcr_sandbox_controller::node_config::NodeConfig::path();
     match podcr_sandbox_controller::node_config::NodeConfig::load() {
-        Ok(_) => all.push(check(
-            "node config",
-            Outcome::Pass,
-            format!("{} (missing means defaults)", path.display()),
-        )),
+        Ok(cfg) => {
+            all.push(check("node config", Outcome::Pass, format!("{} (missing means defaults)", path.display())));
+            all.extend(signing_checks(&cfg.signing));
+        }
         Err(e) => all.push(check("node config", Outcome::Fail, e.to_string())),
     }
     all
@@ -288,6 +322,9 @@ mod tests {
         );
         assert_eq!(cgroup_check(None).outcome, Outcome::Pass);
         assert_eq!(at_least("runc", "1.2.9", (1, 3)).outcome, Outcome::Fail);
+        assert_eq!(runc_check("1.3.2").outcome, Outcome::Fail);
+        assert_eq!(runc_check("1.3.3").outcome, Outcome::Pass);
+        assert_eq!(runc_check("1.4.0-rc.1").outcome, Outcome::Pass);
         assert_eq!(at_least("runc", "1.3.6", (1, 3)).outcome, Outcome::Pass);
     }
 }

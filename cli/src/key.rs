@@ -30,28 +30,19 @@ pub enum KeyCommand {
 }
 
 pub fn run(cmd: &KeyCommand) -> Result<()> {
-    let cfg = NodeConfig::load()
-        .with_context(|| format!("read {}", NodeConfig::path().display()))?
-        .signing;
+    let cfg = NodeConfig::load().with_context(|| format!("read {}", NodeConfig::path().display()))?.signing;
     match cmd {
         KeyCommand::Generate { out, no_trust } => {
             let dir = match out {
                 Some(d) => d.clone(),
-                None => cfg
-                    .key
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from(".")),
+                None => cfg.key.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
             };
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let (signer, key, public) = write_new_keypair(&dir)?;
             println!("{}", signer.key_id());
             eprintln!("wrote {} and {}", key.display(), public.display());
             if key != cfg.key {
-                eprintln!(
-                    "note: [signing] key is {}; this node signs with that file",
-                    cfg.key.display()
-                );
+                eprintln!("note: [signing] key is {}; this node signs with that file", cfg.key.display());
             }
             if !no_trust {
                 trust(&cfg.trusted_dir, &public)?;
@@ -71,10 +62,7 @@ fn trust(dir: &Path, file: &Path) -> Result<()> {
     }
     let key = parse_public_key(&pem, file)?;
     let id = key_id(&key);
-    let name = format!(
-        "{}.pub",
-        id.trim_start_matches("sha256:").get(..16).unwrap_or(&id)
-    );
+    let name = format!("{}.pub", id.trim_start_matches("sha256:").get(..16).unwrap_or(&id));
     create_trusted_dir(dir)?;
     let dest = dir.join(name);
     match std::fs::read(&dest) {
@@ -94,12 +82,32 @@ fn trust(dir: &Path, file: &Path) -> Result<()> {
 
 fn create_trusted_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-    {
+    match std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
         Ok(()) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusting_a_key_is_idempotent_and_refuses_what_is_not_a_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (signer, _, public) = write_new_keypair(tmp.path()).unwrap();
+        let dir = tmp.path().join("trusted.d");
+        trust(&dir, &public).unwrap();
+        trust(&dir, &public).unwrap();
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(files, 1, "the same key is trusted once");
+        let stored = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(key_id(&parse_public_key(&std::fs::read(&stored).unwrap(), &stored).unwrap()), signer.key_id());
+        let junk = tmp.path().join("junk.pub");
+        std::fs::write(&junk, b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n").unwrap();
+        assert!(trust(&dir, &junk).is_err());
+        // A private key handed over by mistake is not trusted as if it were public.
+        assert!(trust(&dir, &tmp.path().join(signing::KEY_FILE)).is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }
 }

@@ -115,7 +115,9 @@ fn read_containers(src: &transport::Source) -> Result<Vec<(String, ArchiveMetada
     let limits = Limits::default();
     let mut out = Vec::new();
     for (name, path, digest) in src.checkpoint.container_archives() {
-        let c = archive::read_container_metadata(&path, &digest, &limits)
+        // No more decompressed than the signed manifest says the archive holds.
+        let unpacked = src.checkpoint.manifest.containers.iter().find(|c| c.name == name).and_then(|c| c.unpacked);
+        let c = archive::read_container_metadata(&path, &digest, &limits.within(unpacked))
             .with_context(|| format!("read container {name} from {}", path.display()))?;
         let cfg = container_config(&name, &c)?;
         out.push((name.clone(), c, cfg));
@@ -211,7 +213,7 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &RestoreAr
             return Err(e);
         }
     };
-    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, &src.dir, state, args.created_only, timeout).await;
+    let restored = restore_into(cd, &cri, &pod_id, &pod, &containers, src, state, args.created_only, timeout).await;
     match restored {
         Ok(ids) => {
             if args.quiet {
@@ -254,7 +256,7 @@ async fn restore_into(
     pod_id: &str,
     pod: &PodSandboxConfig,
     containers: &[(String, ContainerConfig)],
-    checkpoint: &Path,
+    src: transport::Source,
     state: &Path,
     created_only: bool,
     timeout: Duration,
@@ -263,11 +265,14 @@ async fn restore_into(
     for (name, cfg) in containers {
         ids.push((name.clone(), cri.create_container(pod_id, cfg.clone(), pod.clone()).await?));
     }
-    let req = restore_request(pod_id, checkpoint, pod, containers, &ids);
+    let req = restore_request(pod_id, &src.dir, pod, containers, &ids);
     let shim = shim::Shim::connect(&shim::address_of(cd, pod_id, state).await?).await?;
     let progress = output::Progress::start(&format!("restoring pod {pod_id}"));
     let result = shim.restore(&req, timeout).await;
     progress.finish().await;
+    // The shim has its own verified copy now (or failed): an archive unpacked into TMPDIR, a
+    // second copy of the pod's memory, goes before the containers start rather than after.
+    drop(src);
     result?;
     if !created_only {
         let starts = ids.iter().map(|(_, id)| cri.start_container(id));

@@ -289,7 +289,17 @@ fn check_passes_on_the_test_node_and_fails_for_a_missing_handler() -> Result<()>
             .map(|c| c["outcome"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default()
     };
-    for name in ["containerd", "cri handler", "shim", "runc", "criu", "criu check", "node config"] {
+    for name in [
+        "containerd",
+        "cri handler",
+        "shim",
+        "runc",
+        "criu",
+        "criu check",
+        "node config",
+        "signing key",
+        "trusted keys",
+    ] {
         ensure!(outcome(&checks, name) == "pass", "{name}: {checks:#}");
     }
     code(&out, 0)?;
@@ -297,8 +307,34 @@ fn check_passes_on_the_test_node_and_fails_for_a_missing_handler() -> Result<()>
     let out = podcr(&["-a", &sock(cd), "check", "--handler", "no-such-handler", "-o", "json"], &env)?;
     code(&out, 1)?;
     ensure!(outcome(&json(&out)?, "cri handler") == "fail", "{out:?}");
-    let table = podcr(&["-a", &sock(cd), "check", "--handler", "no-such-handler"], &env)?;
-    ensure!(table.stdout.contains("FAIL") && table.stderr.contains("checks failed"), "{table:?}");
+    let table = podcr(
+        &["-a", &sock(cd), "check", "--handler", "no-such-handler"],
+        &env,
+    )?;
+    ensure!(
+        table.stdout.contains("FAIL") && table.stderr.contains("checks failed"),
+        "{table:?}"
+    );
+
+    // A node without its signing key or any trusted key can neither checkpoint nor restore.
+    let bare = cd.dir().join("cli-check-nokey");
+    std::fs::create_dir_all(&bare)?;
+    let config = bare.join("podcr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[signing]\nkey = {:?}\ntrusted_dir = {:?}\n",
+            bare.join("signing.key").display().to_string(),
+            bare.join("trusted.d").display().to_string()
+        ),
+    )?;
+    let config = config.display().to_string();
+    let out = podcr(&["-a", &sock(cd), "check", "-o", "json"], &[("PODCR_CONFIG", config.as_str())])?;
+    code(&out, 1)?;
+    let checks = json(&out)?;
+    for name in ["signing key", "trusted keys"] {
+        ensure!(outcome(&checks, name) == "fail", "{name}: {checks:#}");
+    }
     Ok(())
 }
 

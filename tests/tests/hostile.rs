@@ -88,14 +88,9 @@ impl MemCgroup {
             ("/sys/fs/cgroup", "memory.peak")
         };
         let dir = Path::new(root).join(format!("podcr-hostile-{}-{case}", std::process::id()));
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("create memory cgroup {}", dir.display()))?;
+        std::fs::create_dir(&dir).with_context(|| format!("create memory cgroup {}", dir.display()))?;
         let cg = MemCgroup { dir, peak_file };
-        ensure!(
-            cg.dir.join(peak_file).exists(),
-            "{} has no {peak_file}: cannot measure peak memory",
-            cg.dir.display()
-        );
+        ensure!(cg.dir.join(peak_file).exists(), "{} has no {peak_file}: cannot measure peak memory", cg.dir.display());
         Ok(cg)
     }
 
@@ -116,8 +111,7 @@ impl Drop for MemCgroup {
 fn podcr_measured(cd: &Containerd, tmp: &Path, case: &str, args: Vec<String>) -> Result<Measured> {
     let mut cmd = faults::podcr_command(cd, tmp, &args)?;
     let (stdout, stderr) = (tmp.join("..").join("stdout"), tmp.join("..").join("stderr"));
-    cmd.stdout(std::fs::File::create(&stdout)?)
-        .stderr(std::fs::File::create(&stderr)?);
+    cmd.stdout(std::fs::File::create(&stdout)?).stderr(std::fs::File::create(&stderr)?);
     let cg = MemCgroup::new(case)?;
     let procs = std::ffi::CString::new(cg.dir.join("cgroup.procs").as_os_str().as_encoded_bytes())?;
     // SAFETY: between fork and exec only async-signal-safe calls: open, write, close on a path
@@ -142,27 +136,15 @@ fn podcr_measured(cd: &Containerd, tmp: &Path, case: &str, args: Vec<String>) ->
     // SAFETY: rusage is plain data the kernel fills; pid is our own unreaped child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    ensure!(
-        rc == pid,
-        "wait4 podcr: {}",
-        std::io::Error::last_os_error()
-    );
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
+    ensure!(rc == pid, "wait4 podcr: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
     let out = Output {
         cmdline: format!("podcr {}", args.join(" ")),
         code,
         stdout: std::fs::read_to_string(&stdout)?,
         stderr: std::fs::read_to_string(&stderr)?,
     };
-    Ok(Measured {
-        out,
-        max_rss: cg.peak()?,
-        written: usage.ru_oublock as u64 * 512,
-    })
+    Ok(Measured { out, max_rss: cg.peak()?, written: usage.ru_oublock as u64 * 512 })
 }
 
 /// A file no case may change: its bytes and mtime before and after.
@@ -185,14 +167,8 @@ impl Canary {
     }
 
     fn check(&self) -> Result<()> {
-        ensure!(
-            std::fs::read(&self.path)? == self.data,
-            "the canary's content changed"
-        );
-        ensure!(
-            std::fs::metadata(&self.path)?.modified()? == self.mtime,
-            "the canary was written"
-        );
+        ensure!(std::fs::read(&self.path)? == self.data, "the canary's content changed");
+        ensure!(std::fs::metadata(&self.path)?.modified()? == self.mtime, "the canary was written");
         let dir = self.path.parent().context("canary dir")?;
         ensure!(
             pods::dir_entries(dir)? == ["canary"],
@@ -215,27 +191,12 @@ async fn base(cd: &'static Containerd) -> Result<&'static Base> {
     BASE.get_or_try_init(|| async {
         let image = blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?;
         let mut rs = cd.cri_runtime().await?;
-        let pod = pods::run_pod(
-            cd,
-            &mut rs,
-            Runtime::Podcr,
-            "hostile-base",
-            &image,
-            &[("app", COUNTER)],
-        )
-        .await?;
+        let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "hostile-base", &image, &[("app", COUNTER)]).await?;
         let log = pod.log("app");
         blocking(move || pods::wait_count(&log, 3, T).map(|_| ())).await?;
         let dir = cd.dir().join("hostile-base-ckpt");
-        let mut args = strings(&[
-            "checkpoint",
-            "--pod-namespace",
-            POD_NS,
-            "hostile-base",
-            "--compression",
-            "zstd",
-            "-o",
-        ]);
+        let mut args =
+            strings(&["checkpoint", "--pod-namespace", POD_NS, "hostile-base", "--compression", "zstd", "-o"]);
         args.push(dir.display().to_string());
         let out = blocking(move || pods::podcr(cd, args)).await?;
         pods::ensure_success("podcr checkpoint (base)", &out)?;
@@ -267,8 +228,7 @@ fn replace_archive(dir: &Path, data: &[u8], unpacked_entries: u64) -> Result<()>
         m["files"][name] = serde_json::json!({"sha256": sha, "size": size});
         if let Some(cs) = m["containers"].as_array_mut() {
             for c in cs {
-                c["unpacked"] =
-                    serde_json::json!({"bytes": 64u64 << 20, "entries": unpacked_entries});
+                c["unpacked"] = serde_json::json!({"bytes": 64u64 << 20, "entries": unpacked_entries});
             }
         }
     })
@@ -291,24 +251,14 @@ fn zstd(data: &[u8]) -> Result<Vec<u8>> {
 
 /// `podcr restore SOURCE` must be refused, with `expect` in its message, leaving nothing, and
 /// within the CLI bounds. Returns what the CLI used.
-async fn refused(
-    cd: &'static Containerd,
-    case: &str,
-    source: &Path,
-    expect: &[&str],
-) -> Result<Measured> {
+async fn refused(cd: &'static Containerd, case: &str, source: &Path, expect: &[&str]) -> Result<Measured> {
     let mut rs: Cri = cd.cri_runtime().await?;
     let tmp = cd.dir().join("hostile-tmp").join(case).join("tmp");
     std::fs::create_dir_all(&tmp)?;
     let canary = Canary::new(&cd.dir().join("hostile-canary"))?;
     let before = Inventory::take(cd, &mut rs, &tmp).await?;
     let name = format!("hostile-{case}");
-    let args = vec![
-        "restore".to_string(),
-        source.display().to_string(),
-        "--name".into(),
-        name.clone(),
-    ];
+    let args = vec!["restore".to_string(), source.display().to_string(), "--name".into(), name.clone()];
     let m = {
         let (tmp, args, case) = (tmp.clone(), args.clone(), case.to_string());
         blocking(move || podcr_measured(cd, &tmp, &case, args)).await?
@@ -320,17 +270,9 @@ async fn refused(
         m.written >> 10,
         m.out.stderr.trim()
     );
-    ensure!(
-        !m.out.success(),
-        "{case}: the hostile checkpoint was restored: {:?}",
-        m.out
-    );
+    ensure!(!m.out.success(), "{case}: the hostile checkpoint was restored: {:?}", m.out);
     for e in expect {
-        ensure!(
-            m.out.stderr.contains(e),
-            "{case}: the refusal does not say {e:?}:\n{}",
-            m.out.stderr
-        );
+        ensure!(m.out.stderr.contains(e), "{case}: the refusal does not say {e:?}:\n{}", m.out.stderr);
     }
     ensure!(
         m.max_rss <= MAX_CLI_RSS,
@@ -347,15 +289,8 @@ async fn refused(
     faults::wait_nothing_added(cd, &mut rs, &tmp, &before)
         .await
         .with_context(|| format!("{case}: after the refusal"))?;
-    ensure!(
-        pods::find_pod(&mut rs, &name).await?.is_none(),
-        "{case}: a pod was left"
-    );
-    ensure!(
-        pods::dir_entries(&tmp)?.is_empty(),
-        "{case}: the CLI left {:?} in its TMPDIR",
-        pods::dir_entries(&tmp)?
-    );
+    ensure!(pods::find_pod(&mut rs, &name).await?.is_none(), "{case}: a pod was left");
+    ensure!(pods::dir_entries(&tmp)?.is_empty(), "{case}: the CLI left {:?} in its TMPDIR", pods::dir_entries(&tmp)?);
     canary.check().with_context(|| format!("{case}: canary"))?;
     Ok(m)
 }
@@ -374,13 +309,7 @@ async fn a_forged_signature_is_refused() -> Result<()> {
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     m["sandbox_id"] = serde_json::json!("forged");
     std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
-    refused(
-        cd,
-        "forged",
-        &dir,
-        &["untrusted checkpoint", "modified or forged"],
-    )
-    .await?;
+    refused(cd, "forged", &dir, &["untrusted checkpoint", "modified or forged"]).await?;
     // And a signature of the right manifest with bytes flipped.
     let dir = copy_base(cd, base, "forged-bytes")?;
     let sig_path = dir.join("podcr.manifest.sig");
@@ -403,13 +332,7 @@ async fn a_checkpoint_signed_by_an_unknown_key_is_refused() -> Result<()> {
     let stranger = podcr_archive::signing::generate();
     let manifest = std::fs::read(dir.join("podcr.manifest.json"))?;
     std::fs::write(dir.join("podcr.manifest.sig"), stranger.sign(&manifest)?)?;
-    refused(
-        cd,
-        "unknown-key",
-        &dir,
-        &["does not trust", stranger.key_id()],
-    )
-    .await?;
+    refused(cd, "unknown-key", &dir, &["does not trust", stranger.key_id()]).await?;
     Ok(())
 }
 
@@ -425,13 +348,7 @@ async fn an_unsigned_checkpoint_is_refused() -> Result<()> {
     let archive = cd.dir().join("hostile-unsigned.tar");
     let out = blocking({
         let (dir, archive) = (dir.clone(), archive.clone());
-        move || {
-            Ok(podcr_archive::pack_pod_dir(
-                &dir,
-                &archive,
-                podcr_archive::Compression::None,
-            )?)
-        }
+        move || Ok(podcr_archive::pack_pod_dir(&dir, &archive, podcr_archive::Compression::None)?)
     })
     .await?;
     ensure!(out.entries > 2, "packed {} entries", out.entries);
@@ -468,19 +385,11 @@ async fn a_pax_header_bomb_is_refused_at_its_header() -> Result<()> {
     let mut tar = Vec::new();
     for name in ["podcr.manifest.json", "podcr.manifest.sig"] {
         let data = std::fs::read(base.dir.join(name))?;
-        tar.extend(header(
-            name.as_bytes(),
-            tar::EntryType::Regular,
-            data.len() as u64,
-        ));
+        tar.extend(header(name.as_bytes(), tar::EntryType::Regular, data.len() as u64));
         tar.extend(&data);
         tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
     }
-    tar.extend(header(
-        b"PaxHeaders/pod.dump",
-        tar::EntryType::XHeader,
-        3 * GIB,
-    ));
+    tar.extend(header(b"PaxHeaders/pod.dump", tar::EntryType::XHeader, 3 * GIB));
     tar.extend(std::iter::repeat_n(b'9', 110 << 10));
     let archive = cd.dir().join("hostile-pax.tar.zst");
     std::fs::write(&archive, zstd(&tar)?)?;
@@ -498,31 +407,42 @@ async fn a_16_gib_entry_the_manifest_calls_small_is_refused_at_its_header() -> R
     let mut tar = Vec::new();
     for name in ["podcr.manifest.json", "podcr.manifest.sig"] {
         let data = std::fs::read(base.dir.join(name))?;
-        tar.extend(header(
-            name.as_bytes(),
-            tar::EntryType::Regular,
-            data.len() as u64,
-        ));
+        tar.extend(header(name.as_bytes(), tar::EntryType::Regular, data.len() as u64));
         tar.extend(&data);
         tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
     }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(base.dir.join("podcr.manifest.json"))?)?;
-    let small = manifest["files"]["pod.dump"]["size"]
-        .as_u64()
-        .context("pod.dump size")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(base.dir.join("podcr.manifest.json"))?)?;
+    let small = manifest["files"]["pod.dump"]["size"].as_u64().context("pod.dump size")?;
     ensure!(small < 64 << 10, "pod.dump is {small} bytes");
     tar.extend(header(b"pod.dump", tar::EntryType::Regular, 16 * GIB));
     tar.extend(std::iter::repeat_n(b'{', 110 << 10));
     let archive = cd.dir().join("hostile-16g.tar.zst");
     std::fs::write(&archive, zstd(&tar)?)?;
-    refused(
-        cd,
-        "16g",
-        &archive,
-        &["17179869184", "signed manifest says"],
-    )
-    .await?;
+    refused(cd, "16g", &archive, &["17179869184", "signed manifest says"]).await?;
+    Ok(())
+}
+
+/// The same inside a container archive: its CRIU memory image claims 16 GiB where the signed
+/// manifest says the whole archive unpacks to 4 KiB. The reader is held to that at the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_gib_memory_image_in_a_4_kib_container_archive_is_refused_at_its_header() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cd = Containerd::shared()?;
+    let base = base(cd).await?;
+    let dir = copy_base(cd, base, "16g-image")?;
+    let mut tar = header(b"checkpoint/", tar::EntryType::Directory, 0);
+    tar.extend(header(b"checkpoint/pages-1.img", tar::EntryType::Regular, 16 * GIB));
+    tar.extend(std::iter::repeat_n(0u8, 110 << 10));
+    let data = zstd(&tar)?;
+    replace_archive(&dir, &data, 10)?;
+    faults::edit_manifest(&dir, |m| {
+        if let Some(cs) = m["containers"].as_array_mut() {
+            for c in cs {
+                c["unpacked"] = serde_json::json!({"bytes": 4096, "entries": 10});
+            }
+        }
+    })?;
+    refused(cd, "16g-image", &dir, &["17179869184", "more than the limit of 4096"]).await?;
     Ok(())
 }
 
@@ -567,11 +487,7 @@ async fn an_inode_flood_is_refused() -> Result<()> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1)?;
     enc.write_all(&header(b"checkpoint/", tar::EntryType::Directory, 0))?;
     for i in 0..120_000u32 {
-        enc.write_all(&header(
-            format!("checkpoint/f{i}").as_bytes(),
-            tar::EntryType::Regular,
-            0,
-        ))?;
+        enc.write_all(&header(format!("checkpoint/f{i}").as_bytes(), tar::EntryType::Regular, 0))?;
     }
     enc.write_all(&[0u8; 1024])?;
     let data = enc.finish()?;
@@ -595,8 +511,7 @@ async fn sixty_four_containers_with_maximal_zstd_windows_are_refused() -> Result
     enc.include_contentsize(false)?;
     enc.write_all(&plain)?;
     let wide = enc.finish()?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("podcr.manifest.json"))?)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("podcr.manifest.json"))?)?;
     let template = manifest["containers"][0].clone();
     std::fs::remove_file(dir.join("app.tar.zst"))?;
     let mut containers = Vec::new();
@@ -629,10 +544,7 @@ async fn sixty_four_containers_with_maximal_zstd_windows_are_refused() -> Result
                     serde_json::json!({"sha256": wide_sha, "size": wide_size}),
                 );
             }
-            files.insert(
-                "pod.options".into(),
-                serde_json::json!({"sha256": opts_sha, "size": opts_size}),
-            );
+            files.insert("pod.options".into(), serde_json::json!({"sha256": opts_sha, "size": opts_size}));
         }
     })?;
     refused(cd, "windows", &dir, &["Frame requires too much memory"]).await?;
@@ -654,19 +566,14 @@ async fn hog_pod(cd: &'static Containerd, rs: &mut Cri, name: &str) -> Result<po
     let pod = pods::run_pod(cd, rs, Runtime::Podcr, name, &image, &[("hog", HOG_256)]).await?;
     let log = pod.log("hog");
     blocking(move || {
-        podcr_tests::wait_until("the hog to fill its memory", T, || {
-            Ok(!faults::values(&log, "ok").is_empty())
-        })
+        podcr_tests::wait_until("the hog to fill its memory", T, || Ok(!faults::values(&log, "ok").is_empty()))
     })
     .await?;
     Ok(pod)
 }
 
 async fn ensure_running(rs: &mut Cri, pod: &pods::Pod, what: &str) -> Result<()> {
-    ensure!(
-        pods::all_running(rs, &pod.id).await?,
-        "{what}: the pod is not running"
-    );
+    ensure!(pods::all_running(rs, &pod.id).await?, "{what}: the pod is not running");
     let log = pod.log("hog");
     let from = faults::values(&log, "ok").last().copied().unwrap_or(0);
     blocking(move || faults::wait_value_advances(&log, "ok", from, T))
@@ -685,58 +592,25 @@ async fn a_symlink_planted_in_the_output_directory_is_never_followed() -> Result
     let out = cd.dir().join("hostile-plant-out");
     std::fs::create_dir(&out)?;
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700))?;
-    let run = faults::spawn_podcr(
-        cd,
-        &cd.dir().join("hostile-tmp/plant"),
-        checkpoint_args("hostile-plant", &out),
-    )?;
+    let run = faults::spawn_podcr(cd, &cd.dir().join("hostile-tmp/plant"), checkpoint_args("hostile-plant", &out))?;
     // Once the checkpoint has opened the directory and started staging, plant symlinks to the
     // canary under the names it will write.
     let staging = out.join(".podcr-staging");
-    blocking(move || {
-        podcr_tests::wait_until(
-            "the checkpoint to start staging",
-            T,
-            || Ok(staging.exists()),
-        )
-    })
-    .await?;
-    for name in [
-        "hog.tar",
-        "hog.tar.zst",
-        "hog.tar.gz",
-        "pod.options",
-        "pod.dump",
-        "podcr.manifest.json",
-    ] {
+    blocking(move || podcr_tests::wait_until("the checkpoint to start staging", T, || Ok(staging.exists()))).await?;
+    for name in ["hog.tar", "hog.tar.zst", "hog.tar.gz", "pod.options", "pod.dump", "podcr.manifest.json"] {
         std::os::unix::fs::symlink(&canary.path, out.join(name))?;
     }
     let done = blocking(move || run.wait(Duration::from_secs(300))).await?;
-    eprintln!(
-        "planted symlinks: exit {}: {}",
-        done.code,
-        done.stderr.trim()
-    );
-    ensure!(
-        !done.success(),
-        "the checkpoint succeeded over planted symlinks"
-    );
+    eprintln!("planted symlinks: exit {}: {}", done.code, done.stderr.trim());
+    ensure!(!done.success(), "the checkpoint succeeded over planted symlinks");
     ensure!(
         done.stderr.contains(&format!("{}/", out.display())) && !done.stderr.contains("/proc/"),
         "the refusal does not name the output directory as the caller knows it:\n{}",
         done.stderr
     );
-    ensure!(
-        done.stderr.contains("exists"),
-        "the refusal does not say a file was in the way:\n{}",
-        done.stderr
-    );
+    ensure!(done.stderr.contains("exists"), "the refusal does not say a file was in the way:\n{}", done.stderr);
     canary.check()?;
-    ensure!(
-        pods::dir_entries(&out)?.is_empty(),
-        "left in the output: {:?}",
-        pods::dir_entries(&out)?
-    );
+    ensure!(pods::dir_entries(&out)?.is_empty(), "left in the output: {:?}", pods::dir_entries(&out)?);
     ensure_running(&mut rs, &pod, "after the planted symlinks").await?;
 
     // The directory itself swapped for a symlink mid-checkpoint: the checkpoint goes on into the
@@ -746,36 +620,20 @@ async fn a_symlink_planted_in_the_output_directory_is_never_followed() -> Result
     let trap = cd.dir().join("hostile-canary-dir");
     std::fs::create_dir_all(&trap)?;
     std::fs::create_dir(&out2)?;
-    let run = faults::spawn_podcr(
-        cd,
-        &cd.dir().join("hostile-tmp/swap"),
-        checkpoint_args("hostile-plant", &out2),
-    )?;
+    let run = faults::spawn_podcr(cd, &cd.dir().join("hostile-tmp/swap"), checkpoint_args("hostile-plant", &out2))?;
     let staging = out2.join(".podcr-staging");
-    blocking(move || {
-        podcr_tests::wait_until(
-            "the checkpoint to start staging",
-            T,
-            || Ok(staging.exists()),
-        )
-    })
-    .await?;
+    blocking(move || podcr_tests::wait_until("the checkpoint to start staging", T, || Ok(staging.exists()))).await?;
     std::fs::rename(&out2, &moved)?;
     std::os::unix::fs::symlink(&trap, &out2)?;
     let done = blocking(move || run.wait(Duration::from_secs(300))).await?;
-    eprintln!(
-        "swapped directory: exit {}: {}",
-        done.code,
-        done.stderr.trim()
-    );
+    eprintln!("swapped directory: exit {}: {}", done.code, done.stderr.trim());
     ensure!(
         pods::dir_entries(&trap)?.is_empty(),
         "the checkpoint wrote through the swapped-in symlink: {:?}",
         pods::dir_entries(&trap)?
     );
     if done.success() {
-        faults::verify_checkpoint_dir(&moved)
-            .context("the checkpoint in the directory it opened")?;
+        faults::verify_checkpoint_dir(&moved).context("the checkpoint in the directory it opened")?;
     }
     ensure_running(&mut rs, &pod, "after the swapped directory").await?;
     pods::remove_pod(&mut rs, &pod.id).await?;
@@ -793,36 +651,13 @@ async fn two_pods_checkpointed_into_one_directory_at_once() -> Result<()> {
     std::fs::create_dir(&out)?;
     // Both start at once: before, both passed the emptiness check and one pod's images could
     // land in the other's checkpoint.
-    let ra = faults::spawn_podcr(
-        cd,
-        &cd.dir().join("hostile-tmp/two-a"),
-        checkpoint_args("hostile-two-a", &out),
-    )?;
-    let rb = faults::spawn_podcr(
-        cd,
-        &cd.dir().join("hostile-tmp/two-b"),
-        checkpoint_args("hostile-two-b", &out),
-    )?;
+    let ra = faults::spawn_podcr(cd, &cd.dir().join("hostile-tmp/two-a"), checkpoint_args("hostile-two-a", &out))?;
+    let rb = faults::spawn_podcr(cd, &cd.dir().join("hostile-tmp/two-b"), checkpoint_args("hostile-two-b", &out))?;
     let da = blocking(move || ra.wait(Duration::from_secs(300))).await?;
     let db = blocking(move || rb.wait(Duration::from_secs(300))).await?;
-    eprintln!(
-        "pod a: exit {} {}\npod b: exit {} {}",
-        da.code,
-        da.stderr.trim(),
-        db.code,
-        db.stderr.trim()
-    );
-    ensure!(
-        da.success() != db.success(),
-        "want exactly one checkpoint to succeed: a {}, b {}",
-        da.code,
-        db.code
-    );
-    let (winner, loser) = if da.success() {
-        ("hostile-two-a", &db)
-    } else {
-        ("hostile-two-b", &da)
-    };
+    eprintln!("pod a: exit {} {}\npod b: exit {} {}", da.code, da.stderr.trim(), db.code, db.stderr.trim());
+    ensure!(da.success() != db.success(), "want exactly one checkpoint to succeed: a {}, b {}", da.code, db.code);
+    let (winner, loser) = if da.success() { ("hostile-two-a", &db) } else { ("hostile-two-b", &da) };
     ensure!(
         loser.stderr.contains("in use by another checkpoint") || loser.stderr.contains("not empty"),
         "the refused checkpoint does not say why:\n{}",
@@ -835,11 +670,7 @@ async fn two_pods_checkpointed_into_one_directory_at_once() -> Result<()> {
         "the checkpoint is not (only) {winner}'s: {opts}"
     );
     ensure!(
-        pods::dir_entries(&out)?
-            .iter()
-            .filter(|f| f.contains(".tar"))
-            .count()
-            == 1,
+        pods::dir_entries(&out)?.iter().filter(|f| f.contains(".tar")).count() == 1,
         "{:?}",
         pods::dir_entries(&out)?
     );
@@ -856,15 +687,7 @@ async fn output_directories_others_own_or_may_write_are_refused() -> Result<()> 
     let cd = Containerd::shared()?;
     let mut rs = cd.cri_runtime().await?;
     let image = base(cd).await?.image.clone();
-    let pod = pods::run_pod(
-        cd,
-        &mut rs,
-        Runtime::Podcr,
-        "hostile-owner",
-        &image,
-        &[("app", COUNTER)],
-    )
-    .await?;
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "hostile-owner", &image, &[("app", COUNTER)]).await?;
     let log = pod.log("app");
     {
         let l = log.clone();
@@ -873,40 +696,20 @@ async fn output_directories_others_own_or_may_write_are_refused() -> Result<()> 
     let nobody = nix::unistd::Uid::from_raw(65534);
     type Make = Box<dyn Fn(&Path) -> Result<()>>;
     let cases: Vec<(&str, Make, &str)> = vec![
-        (
-            "owned",
-            Box::new(move |d: &Path| Ok(nix::unistd::chown(d, Some(nobody), None)?)),
-            "owned by uid 65534",
-        ),
+        ("owned", Box::new(move |d: &Path| Ok(nix::unistd::chown(d, Some(nobody), None)?)), "owned by uid 65534"),
         (
             "world-writable",
-            Box::new(|d: &Path| {
-                Ok(std::fs::set_permissions(
-                    d,
-                    std::fs::Permissions::from_mode(0o777),
-                )?)
-            }),
+            Box::new(|d: &Path| Ok(std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))?)),
             "writable",
         ),
         (
             "group-writable",
-            Box::new(|d: &Path| {
-                Ok(std::fs::set_permissions(
-                    d,
-                    std::fs::Permissions::from_mode(0o770),
-                )?)
-            }),
+            Box::new(|d: &Path| Ok(std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o770))?)),
             "writable",
         ),
         (
             "parent-owned",
-            Box::new(move |d: &Path| {
-                Ok(nix::unistd::chown(
-                    d.parent().context("parent")?,
-                    Some(nobody),
-                    None,
-                )?)
-            }),
+            Box::new(move |d: &Path| Ok(nix::unistd::chown(d.parent().context("parent")?, Some(nobody), None)?)),
             "ancestor",
         ),
     ];
@@ -916,26 +719,11 @@ async fn output_directories_others_own_or_may_write_are_refused() -> Result<()> 
         std::fs::create_dir_all(&out)?;
         std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700))?;
         make(&out)?;
-        let o = faults::podcr(
-            cd,
-            &cd.dir().join("hostile-tmp").join(case),
-            checkpoint_args("hostile-owner", &out),
-        )?;
+        let o = faults::podcr(cd, &cd.dir().join("hostile-tmp").join(case), checkpoint_args("hostile-owner", &out))?;
         eprintln!("{case}: exit {}: {}", o.code, o.stderr.trim());
-        ensure!(
-            !o.success(),
-            "{case}: the checkpoint went into a directory another user controls"
-        );
-        ensure!(
-            o.stderr.contains(expect),
-            "{case}: the refusal does not say {expect:?}:\n{}",
-            o.stderr
-        );
-        ensure!(
-            pods::dir_entries(&out)?.is_empty(),
-            "{case}: written: {:?}",
-            pods::dir_entries(&out)?
-        );
+        ensure!(!o.success(), "{case}: the checkpoint went into a directory another user controls");
+        ensure!(o.stderr.contains(expect), "{case}: the refusal does not say {expect:?}:\n{}", o.stderr);
+        ensure!(pods::dir_entries(&out)?.is_empty(), "{case}: written: {:?}", pods::dir_entries(&out)?);
         let from = pods::last_count(&log).unwrap_or(0);
         let l = log.clone();
         blocking(move || pods::wait_count(&l, from + 2, T).map(|_| ()))
@@ -963,10 +751,8 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 impl ShimSampler {
     fn start(cd: &Containerd) -> Result<ShimSampler> {
         let socket = cd.socket().to_path_buf();
-        let before: std::collections::HashSet<u32> = podcr_tests::procs::shims_of(&socket)?
-            .iter()
-            .map(|p| p.pid)
-            .collect();
+        let before: std::collections::HashSet<u32> =
+            podcr_tests::procs::shims_of(&socket)?.iter().map(|p| p.pid).collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -977,8 +763,7 @@ impl ShimSampler {
                         continue;
                     }
                     // Only after the exec: before it, the process is containerd's fork.
-                    let exe =
-                        std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap_or_default();
+                    let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap_or_default();
                     if !exe.to_string_lossy().contains("containerd-shim-podcr-v1") {
                         continue;
                     }
@@ -996,9 +781,7 @@ impl ShimSampler {
 
     fn finish(self) -> Result<(u64, usize)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the shim sampler panicked"))
+        self.thread.join().map_err(|_| anyhow::anyhow!("the shim sampler panicked"))
     }
 }
 
@@ -1015,10 +798,7 @@ fn with_rootfs_diff(archive: &[u8], diff: &[u8]) -> Result<(Vec<u8>, u64, u64)> 
         std::io::Read::read_to_end(&mut e, &mut data)?;
         entries.push((path, kind, data));
     }
-    ensure!(
-        entries.iter().any(|(p, _, _)| p == "rootfs-diff.tar"),
-        "the base checkpoint has no rootfs diff"
-    );
+    ensure!(entries.iter().any(|(p, _, _)| p == "rootfs-diff.tar"), "the base checkpoint has no rootfs diff");
     let mut files = serde_json::Map::new();
     let mut b = tar::Builder::new(Vec::new());
     let (mut bytes, mut count) = (0u64, 0u64);
@@ -1031,18 +811,11 @@ fn with_rootfs_diff(archive: &[u8], diff: &[u8]) -> Result<(Vec<u8>, u64, u64)> 
             m["files"] = serde_json::Value::Object(files.clone());
             *data = serde_json::to_vec_pretty(&m)?;
         } else if *kind == tar::EntryType::Regular {
-            files.insert(
-                path.clone(),
-                serde_json::json!({"sha256": sha256_hex(data), "size": data.len()}),
-            );
+            files.insert(path.clone(), serde_json::json!({"sha256": sha256_hex(data), "size": data.len()}));
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(*kind);
-        h.set_mode(if *kind == tar::EntryType::Directory {
-            0o700
-        } else {
-            0o600
-        });
+        h.set_mode(if *kind == tar::EntryType::Directory { 0o700 } else { 0o600 });
         h.set_size(data.len() as u64);
         b.append_data(&mut h, path.as_str(), &data[..])?;
         bytes += data.len() as u64;
@@ -1062,8 +835,7 @@ async fn a_3_gib_long_name_in_a_rootfs_diff_is_refused_by_the_shim() -> Result<(
     let dir = copy_base(cd, base, "diff-long-name")?;
     let mut diff = header(b"././@LongLink", tar::EntryType::GNULongName, 3 * GIB);
     diff.extend(std::iter::repeat_n(b'a', 110 << 10));
-    let (archive, bytes, entries) =
-        with_rootfs_diff(&std::fs::read(dir.join("app.tar.zst"))?, &diff)?;
+    let (archive, bytes, entries) = with_rootfs_diff(&std::fs::read(dir.join("app.tar.zst"))?, &diff)?;
     replace_archive(&dir, &archive, entries)?;
     let (sha, size) = (sha256_hex(&archive), archive.len() as u64);
     faults::edit_manifest(&dir, |m| {
@@ -1078,19 +850,8 @@ async fn a_3_gib_long_name_in_a_rootfs_diff_is_refused_by_the_shim() -> Result<(
     let refusal = refused(cd, "diff-long-name", &dir, &["GNU long name"]).await;
     let (peak, shims) = sampler.finish()?;
     refusal?;
-    eprintln!(
-        "diff-long-name: {shims} new shim processes, peak VmHWM {} KiB",
-        peak >> 10
-    );
-    ensure!(
-        shims > 0,
-        "no shim read the checkpoint: the case did not reach the shim"
-    );
-    ensure!(
-        peak <= MAX_SHIM_HWM,
-        "a shim peaked at {} MiB (bound {} MiB)",
-        peak >> 20,
-        MAX_SHIM_HWM >> 20
-    );
+    eprintln!("diff-long-name: {shims} new shim processes, peak VmHWM {} KiB", peak >> 10);
+    ensure!(shims > 0, "no shim read the checkpoint: the case did not reach the shim");
+    ensure!(peak <= MAX_SHIM_HWM, "a shim peaked at {} MiB (bound {} MiB)", peak >> 20, MAX_SHIM_HWM >> 20);
     Ok(())
 }

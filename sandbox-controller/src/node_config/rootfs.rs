@@ -20,3 +20,16 @@ impl RootfsConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{archive::Privileged, node_config::NodeConfig};
+
+    #[test]
+    fn privileged_bits_are_dropped_unless_kept() {
+        assert_eq!(NodeConfig::parse("").unwrap().rootfs.privileged(), Privileged::Strip);
+        let kept = NodeConfig::parse("[rootfs]\nkeep_privileged = true\n").unwrap();
+        assert_eq!(kept.rootfs.privileged(), Privileged::Keep);
+        assert!(NodeConfig::parse("[rootfs]\nkeep_setuid = true\n").is_err(), "a typo must not pass silently");
+    }
+}

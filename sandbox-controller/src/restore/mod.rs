@@ -228,11 +228,7 @@ fn extract_all(
                     .ok_or_else(|| Error::Archive(format!("manifest lists no digest for {}", entry.archive)))?;
                 // The signed manifest says what each archive unpacks to: nothing beyond it is
                 // decompressed or written.
-                let mut bounded = limits;
-                if let Some(u) = entry.unpacked {
-                    bounded.max_total_bytes = bounded.max_total_bytes.min(u.bytes);
-                    bounded.max_entries = bounded.max_entries.min(u.entries);
-                }
+                let bounded = limits.within(entry.unpacked);
                 Ok((selection, entry, digest, bounded))
             })
             .collect::<Result<Vec<_>>>()?;

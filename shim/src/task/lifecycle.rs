@@ -635,3 +635,27 @@ mod criu_log_tests {
         assert_eq!(criu_reason("a\nb\n"), "a\nb");
     }
 }
+
+#[cfg(test)]
+mod exec_spec_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn exec_specs_are_private_and_never_written_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = tmp.path().join("exec-1.json");
+        write_private(&spec, b"{\"env\":[\"TOKEN=secret\"]}".to_vec()).await.unwrap();
+        assert_eq!(std::fs::metadata(&spec).unwrap().permissions().mode() & 0o777, 0o600);
+        // A stale file or a planted symlink in its place is replaced, its target untouched.
+        let target = tmp.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        std::fs::remove_file(&spec).unwrap();
+        std::os::unix::fs::symlink(&target, &spec).unwrap();
+        write_private(&spec, b"{}".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&spec).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&spec).unwrap(), b"{}");
+    }
+}
