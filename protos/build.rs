@@ -11,7 +11,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     generate("checkpoint", &["proto/checkpoint.proto"])?;
     generate("events", &["proto/events.proto"])?;
-    let sandbox = ["proto/sandbox.proto", "proto/types/mount.proto", "proto/types/platform.proto", "proto/types/metrics.proto"];
+    let sandbox =
+        ["proto/sandbox.proto", "proto/types/mount.proto", "proto/types/platform.proto", "proto/types/metrics.proto"];
     generate("sandbox", &sandbox)
 }
 

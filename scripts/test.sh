@@ -2,7 +2,7 @@
 # The whole test suite: host set-up, lints, build, unit tests, then the integration tests against a
 # private containerd (runc.v2 and podcr side by side). Needs root.
 #
-# The lints run first and end the run on a finding: clippy with -D warnings, cargo-machete (unused
+# The lints run first and end the run on a finding: rustfmt --check, clippy with -D warnings, cargo-machete (unused
 # dependencies) and cargo-deny (licences, bans, sources; advisories only where the RustSec database
 # can be fetched, else one SKIP line). PODCR_SKIP_LINTS=1 skips them for a quick local re-run.
 #
@@ -26,6 +26,8 @@ scripts/setup-host.sh
 command -v cargo >/dev/null || . "${CARGO_HOME:-$HOME/.cargo}/env"
 
 lints() {
+  echo "==> cargo fmt --all -- --check" >&2
+  cargo fmt --all -- --check
   echo "==> cargo clippy --workspace --all-targets -- -D warnings" >&2
   cargo clippy --workspace --all-targets --quiet -- -D warnings
   echo "==> cargo machete (unused dependencies)" >&2

@@ -92,33 +92,16 @@ mod archive_tests {
         let dest = tmp.path().join("app.tar");
         let cancel = Cancel::new();
         cancel.cancel();
-        let err = write_container_archive_until(
-            &staging,
-            &support::meta("app"),
-            &dest,
-            Compression::None,
-            &cancel,
-        )
-        .unwrap_err();
+        let err = write_container_archive_until(&staging, &support::meta("app"), &dest, Compression::None, &cancel)
+            .unwrap_err();
         assert!(err.to_string().contains(CANCELLED), "{err}");
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["staging"], "the writer left files behind");
 
-        let stats =
-            write_container_archive(&staging, &support::meta("app"), &dest, Compression::None)
-                .unwrap();
+        let stats = write_container_archive(&staging, &support::meta("app"), &dest, Compression::None).unwrap();
         let x = tmp.path().join("x");
-        let err = extract_container_archive_verified_until(
-            &dest,
-            &stats.digest(),
-            &x,
-            &Limits::default(),
-            &cancel,
-        )
-        .unwrap_err();
+        let err = extract_container_archive_verified_until(&dest, &stats.digest(), &x, &Limits::default(), &cancel)
+            .unwrap_err();
         assert!(err.to_string().contains(CANCELLED), "{err}");
         assert!(!x.exists(), "a cancelled extraction left its directory");
     }

@@ -78,14 +78,12 @@ pub fn digest_bytes(data: &[u8]) -> FileDigest {
 /// Opens an existing regular file for reading without following a symlink at its last
 /// component, and refuses anything but a regular file (a FIFO would block the reader forever).
 pub fn open_regular_nofollow(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+        |e| match e.raw_os_error() {
             Some(libc::ELOOP) => Error::Archive(format!("{} is a symlink", path.display())),
             _ => Error::io(format!("open {}", path.display()))(e),
-        })?;
+        },
+    )?;
     let meta = file.metadata().map_err(Error::io(format!("stat {}", path.display())))?;
     if !meta.is_file() {
         return Err(Error::Archive(format!("{} is not a regular file", path.display())));
@@ -259,9 +257,9 @@ pub fn open_subdir(dir: &impl AsFd, name: &OsStr, create: Option<u32>, shown: &s
             openat(dir.as_fd(), name, flags, Mode::empty())
                 .map_err(|e| Error::io(format!("open directory {shown}"))(e.into()))
         }
-        Err(Errno::ELOOP | Errno::ENOTDIR) => Err(Error::Archive(format!(
-            "refusing to write through {shown}: it is a symlink or not a directory"
-        ))),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
+            Err(Error::Archive(format!("refusing to write through {shown}: it is a symlink or not a directory")))
+        }
         Err(e) => Err(Error::io(format!("open directory {shown}"))(e.into())),
     }
 }

@@ -118,8 +118,7 @@ pub fn check_output_dir(path: &Path) -> Result<PathBuf> {
     if !meta.is_dir() {
         return Err(Error::InvalidArgument(format!("output path {} is not a directory", path.display())));
     }
-    let mut entries =
-        std::fs::read_dir(path).map_err(Error::io(format!("read output path {}", path.display())))?;
+    let mut entries = std::fs::read_dir(path).map_err(Error::io(format!("read output path {}", path.display())))?;
     if entries.next().is_some() {
         return Err(Error::InvalidArgument(format!("output path {} is not empty", path.display())));
     }

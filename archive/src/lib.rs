@@ -45,22 +45,24 @@ mod writer;
 mod tests;
 
 pub use cancel::{Cancel, CANCELLED};
-pub use error::{Error, Result};
 pub use capture::{capture_overlay_upperdir, RootfsCaptureStats};
+pub use error::{Error, Result};
+pub use fsutil::read_bounded as read_bounded_file;
 pub use fsutil::{check_free_inodes, check_free_space};
 pub use layout::*;
-pub use fsutil::read_bounded as read_bounded_file;
 pub use limits::Limits;
 pub use metadata::*;
 pub use outdir::OutputDir;
 pub use pack::{pack_pod_dir, unpack_pod_archive};
-pub use pod::{open_pod_dir, verify_pod_dir, PodCheckpoint};
 pub use peek::{read_container_metadata, ContainerMetadata};
+pub use pod::{open_pod_dir, verify_pod_dir, PodCheckpoint};
 pub use reader::{
-    extract_container_archive, extract_container_archive_verified, extract_container_archive_verified_until, ExtractedContainer,
+    extract_container_archive, extract_container_archive_verified, extract_container_archive_verified_until,
+    ExtractedContainer,
 };
-pub use signing::{Signer, TrustPolicy};
 pub use rootfs::{apply_rootfs_diff, check_deleted_path, delete_rootfs_paths, Privileged, RootfsApplyStats};
+pub use signing::{Signer, TrustPolicy};
 pub use writer::{
-    finish_pod_manifest, write_container_archive, write_container_archive_until, write_pod_files, ArchiveStats, PodManifestInfo,
+    finish_pod_manifest, write_container_archive, write_container_archive_until, write_pod_files, ArchiveStats,
+    PodManifestInfo,
 };

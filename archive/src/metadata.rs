@@ -299,7 +299,12 @@ mod tests {
 
     #[test]
     fn pod_options_and_bind_mounts() {
-        let id = PodIdentity { pod_name: "p".into(), host_arch: "x86_64".into(), runtime: "runc".into(), ..Default::default() };
+        let id = PodIdentity {
+            pod_name: "p".into(),
+            host_arch: "x86_64".into(),
+            runtime: "runc".into(),
+            ..Default::default()
+        };
         let opts = PodOptions::podcr([("app".to_string(), "app.tar".to_string())].into(), &id);
         let v = serde_json::to_value(&opts).unwrap();
         assert_eq!(v["version"], 1);
@@ -307,10 +312,9 @@ mod tests {
         assert_eq!(v["annotations"][annotations::POD_NAME], "p");
         assert_eq!(v["annotations"][annotations::RUNTIME_NAME], "runc");
         assert!(v["annotations"].get(annotations::POD_UID).is_none());
-        let bm: Vec<BindMount> = serde_json::from_str(
-            r#"[{"source":"/a","destination":"/b","file_type":"directory","permissions":493}]"#,
-        )
-        .unwrap();
+        let bm: Vec<BindMount> =
+            serde_json::from_str(r#"[{"source":"/a","destination":"/b","file_type":"directory","permissions":493}]"#)
+                .unwrap();
         assert_eq!(bm[0].file_type, BindMountType::Directory);
         assert!(serde_json::from_str::<FileDigest>(r#"{"sha256":"x","size":1,"extra":1}"#).is_err());
     }

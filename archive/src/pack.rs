@@ -91,9 +91,9 @@ pub fn unpack_pod_archive(file: &Path, dest: &Path, limits: &Limits, trust: &Tru
                 (1, POD_MANIFEST_FILE) if size <= limits.max_manifest_bytes => return Ok(()),
                 (1, _) => {
                     return Err(Error::Archive(format!(
-                        "a pod archive starts with {POD_MANIFEST_FILE} of at most {} bytes, not {path:?} ({size} bytes)",
-                        limits.max_manifest_bytes
-                    )))
+                    "a pod archive starts with {POD_MANIFEST_FILE} of at most {} bytes, not {path:?} ({size} bytes)",
+                    limits.max_manifest_bytes
+                )))
                 }
                 (2, SIGNATURE_FILE) if size <= super::signing::MAX_SIGNATURE_BYTES => return Ok(()),
                 (_, POD_MANIFEST_FILE | SIGNATURE_FILE) => {
@@ -110,9 +110,10 @@ pub fn unpack_pod_archive(file: &Path, dest: &Path, limits: &Limits, trust: &Tru
                 super::fsutil::check_free_inodes(dest, manifest.files.len() as u64)?;
                 signed = Some(manifest);
             }
-            let want = signed.as_ref().and_then(|m| m.files.get(path)).ok_or_else(|| {
-                Error::Archive(format!("{path:?} in the pod archive is not in its manifest"))
-            })?;
+            let want = signed
+                .as_ref()
+                .and_then(|m| m.files.get(path))
+                .ok_or_else(|| Error::Archive(format!("{path:?} in the pod archive is not in its manifest")))?;
             if size != want.size {
                 return Err(Error::Archive(format!(
                     "{path:?} claims {size} bytes; the signed manifest says {}",

@@ -88,7 +88,10 @@ fn collect<R: Read>(entries: std::io::Result<tar::Entries<'_, R>>, limits: &Limi
             return Err(Error::Archive(format!("entry type {kind:?} is not allowed")));
         }
         let raw = entry.path_bytes();
-        let path = std::str::from_utf8(&raw).map_err(|_| Error::Archive("entry name is not UTF-8".into()))?.trim_end_matches('/').to_string();
+        let path = std::str::from_utf8(&raw)
+            .map_err(|_| Error::Archive("entry name is not UTF-8".into()))?
+            .trim_end_matches('/')
+            .to_string();
         let size = entry.size();
         check_container_entry(&path, kind.is_dir(), size, limits)?;
         if WANTED.contains(&path.as_str()) {

@@ -61,7 +61,11 @@ pub fn open_pod_dir(path: &Path, limits: &Limits, trust: &TrustPolicy) -> Result
 /// Reads the manifest's exact bytes and verifies its signature (when the directory has one)
 /// against `trust`; nothing of the manifest is parsed before this succeeds. Returns the bytes
 /// and the signer's key id.
-pub(super) fn read_signed_manifest(dir: &Path, limits: &Limits, trust: &TrustPolicy) -> Result<(Vec<u8>, Option<String>)> {
+pub(super) fn read_signed_manifest(
+    dir: &Path,
+    limits: &Limits,
+    trust: &TrustPolicy,
+) -> Result<(Vec<u8>, Option<String>)> {
     let manifest_path = dir.join(POD_MANIFEST_FILE);
     let raw = read_bounded(&manifest_path, limits.max_manifest_bytes).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -85,7 +89,10 @@ fn plain_name(name: &str) -> bool {
 fn check_pod_dir(path: &Path, limits: &Limits, trust: &TrustPolicy, hash_archives: bool) -> Result<PodCheckpoint> {
     let meta = std::fs::symlink_metadata(path).map_err(Error::io(format!("stat {}", path.display())))?;
     if !meta.is_dir() {
-        return Err(Error::InvalidArgument(format!("checkpoint {} is not a directory (or is a symlink)", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint {} is not a directory (or is a symlink)",
+            path.display()
+        )));
     }
     let (raw, signer) = read_signed_manifest(path, limits, trust)?;
     let manifest_path = path.join(POD_MANIFEST_FILE);

@@ -59,7 +59,8 @@ const TOP_LEVEL: [&str; 10] = [
 ];
 
 /// Metadata documents loaded into memory, so bounded by [`Limits::max_metadata_bytes`].
-const SMALL: [&str; 7] = [CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, CONTAINER_CONFIG_DUMP, STATS_DUMP, DELETED_FILES, BIND_MOUNTS];
+const SMALL: [&str; 7] =
+    [CONFIG_DUMP, SPEC_DUMP, STATUS_DUMP, CONTAINER_CONFIG_DUMP, STATS_DUMP, DELETED_FILES, BIND_MOUNTS];
 
 pub(super) fn check_container_entry(path: &str, is_dir: bool, size: u64, limits: &Limits) -> Result<()> {
     if path == CHECKPOINT_DIR || path.starts_with("checkpoint/") {

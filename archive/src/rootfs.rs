@@ -19,7 +19,10 @@ use nix::{
     errno::Errno,
     fcntl::{openat, AtFlags, OFlag},
     sys::{
-        stat::{fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags},
+        stat::{
+            fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+            UtimensatFlags,
+        },
         time::TimeSpec,
     },
     unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags},
@@ -38,10 +41,11 @@ use crate::error::{Error, Result};
 
 /// Checks one `deleted.files` entry: absolute, no `..`, no NUL, not `/` itself.
 pub fn check_deleted_path(path: &str) -> Result<()> {
-    let rel = path
-        .strip_prefix('/')
-        .ok_or_else(|| Error::Archive(format!("deleted path {path:?} is not absolute")))?;
-    if split_relative(rel.as_bytes(), 4096).map_err(|e| Error::Archive(format!("deleted path {path:?}: {e}")))?.is_empty() {
+    let rel = path.strip_prefix('/').ok_or_else(|| Error::Archive(format!("deleted path {path:?} is not absolute")))?;
+    if split_relative(rel.as_bytes(), 4096)
+        .map_err(|e| Error::Archive(format!("deleted path {path:?}: {e}")))?
+        .is_empty()
+    {
         return Err(Error::Archive(format!("deleted path {path:?} names the root")));
     }
     Ok(())
@@ -153,7 +157,10 @@ pub fn apply_rootfs_diff(
         let raw = entry.path_bytes().into_owned();
         let comps = split_relative(&raw, limits.max_path_len)?;
         if comps.len() > limits.max_depth {
-            return Err(Error::Archive(format!("rootfs diff entry is nested deeper than {} directories", limits.max_depth)));
+            return Err(Error::Archive(format!(
+                "rootfs diff entry is nested deeper than {} directories",
+                limits.max_depth
+            )));
         }
         let key: Vec<u8> = comps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
         let shown = format!("/{}", String::from_utf8_lossy(&raw));
@@ -201,7 +208,8 @@ pub fn apply_rootfs_diff(
             EntryType::Directory => {
                 if !is_dir(&parent, name, &shown)? {
                     remove_any(&parent, name, &shown)?;
-                    mkdirat(&parent, name, Mode::from_bits_truncate(0o700)).map_err(nix_io(format!("mkdir {shown}")))?;
+                    mkdirat(&parent, name, Mode::from_bits_truncate(0o700))
+                        .map_err(nix_io(format!("mkdir {shown}")))?;
                 }
                 let dir = open_subdir(&parent, name, None, &shown)?;
                 fchown(&dir, owner.0, owner.1).map_err(nix_io(format!("chown {shown}")))?;
@@ -233,8 +241,7 @@ pub fn apply_rootfs_diff(
                     .ok_or_else(|| Error::Archive(format!("symlink {shown:?} has no target")))?
                     .into_owned();
                 remove_any(&parent, name, &shown)?;
-                symlinkat(OsStr::from_bytes(&target), &parent, name)
-                    .map_err(nix_io(format!("symlink {shown}")))?;
+                symlinkat(OsStr::from_bytes(&target), &parent, name).map_err(nix_io(format!("symlink {shown}")))?;
                 fchownat(&parent, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(nix_io(format!("chown {shown}")))?;
                 utimensat(&parent, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
@@ -246,7 +253,8 @@ pub fn apply_rootfs_diff(
                     .ok_or_else(|| Error::Archive(format!("hard link {shown:?} has no target")))?
                     .into_owned();
                 let tcomps = split_relative(&target, limits.max_path_len)?;
-                let tkey: Vec<u8> = tcomps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
+                let tkey: Vec<u8> =
+                    tcomps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
                 if !files.contains(&tkey) {
                     return Err(Error::Archive(format!(
                         "hard link {shown:?} points to {:?}, which is not a file earlier in the diff",
@@ -266,7 +274,8 @@ pub fn apply_rootfs_diff(
                 fchownat(&parent, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(nix_io(format!("chown {shown}")))?;
                 // The FIFO was just created by us in a rootfs nothing runs in yet.
-                fchmodat(&parent, name, mode, FchmodatFlags::FollowSymlink).map_err(nix_io(format!("chmod {shown}")))?;
+                fchmodat(&parent, name, mode, FchmodatFlags::FollowSymlink)
+                    .map_err(nix_io(format!("chmod {shown}")))?;
             }
             other => {
                 return Err(Error::Archive(format!(

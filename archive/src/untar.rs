@@ -154,7 +154,13 @@ pub fn extract_strict_until(
     Ok(StrictOutput { compression, entries: out, archive_digest })
 }
 
-fn write_entry(root: &OwnedFd, path: &str, is_dir: bool, size: u64, data: &mut impl Read) -> Result<Option<FileDigest>> {
+fn write_entry(
+    root: &OwnedFd,
+    path: &str,
+    is_dir: bool,
+    size: u64,
+    data: &mut impl Read,
+) -> Result<Option<FileDigest>> {
     let comps = split_relative(path.as_bytes(), usize::MAX)?;
     let parent = walk_parent(root, &comps, Some(DIR_MODE))?;
     let name = comps.last().ok_or_else(|| Error::Archive("empty entry path".into()))?;

@@ -140,7 +140,10 @@ fn scan_staging(dir: &Path) -> Result<Vec<String>> {
         }
     }
     if !has_images {
-        return Err(Error::InvalidArgument(format!("staging dir {} has no {CHECKPOINT_DIR}/ directory", dir.display())));
+        return Err(Error::InvalidArgument(format!(
+            "staging dir {} has no {CHECKPOINT_DIR}/ directory",
+            dir.display()
+        )));
     }
     Ok(present)
 }
@@ -220,9 +223,10 @@ pub fn finish_pod_manifest(
     let entries = std::fs::read_dir(output_path).map_err(Error::io(format!("read {}", output_path.display())))?;
     for entry in entries {
         let entry = entry.map_err(Error::io(format!("read {}", output_path.display())))?;
-        let name = entry.file_name().into_string().map_err(|n| {
-            Error::InvalidArgument(format!("non-UTF-8 name {n:?} in {}", output_path.display()))
-        })?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| Error::InvalidArgument(format!("non-UTF-8 name {n:?} in {}", output_path.display())))?;
         if name == POD_MANIFEST_FILE || name == SIGNATURE_FILE {
             return Err(Error::AlreadyExists(format!("{} already has a manifest or signature", output_path.display())));
         }
@@ -240,7 +244,10 @@ pub fn finish_pod_manifest(
     for c in &info.containers {
         validate_container_name(&c.name)?;
         if !files.contains_key(&c.archive) || c.archive != container_archive_name(&c.name, c.compression)? {
-            return Err(Error::InvalidArgument(format!("container {:?}: archive {:?} missing or misnamed", c.name, c.archive)));
+            return Err(Error::InvalidArgument(format!(
+                "container {:?}: archive {:?} missing or misnamed",
+                c.name, c.archive
+            )));
         }
     }
     let manifest = PodManifest {

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use k8s_cri::v1::{
-    CheckpointContainerRequest, ContainerConfig, ContainerFilter, ExecSyncRequest,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    ListContainersRequest, ListPodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    CheckpointContainerRequest, ContainerConfig, ContainerFilter, ExecSyncRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest,
 };
 use podcr_tests::{
     cmd::{self, Running},
@@ -48,10 +48,7 @@ const POD_NS: &str = "podcr-test";
 const LONG: Duration = Duration::from_secs(900);
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "podcr-bench",
-    about = "podcr pod checkpoint/restore against runc.v2, raw runc and Podman"
-)]
+#[command(name = "podcr-bench", about = "podcr pod checkpoint/restore against runc.v2, raw runc and Podman")]
 struct Opts {
     /// Small and fast (under a minute): 2 repetitions, 64 MiB, pods of 1 and 2 containers, no gzip.
     #[arg(long)]
@@ -126,15 +123,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(opts: Opts) -> Result<()> {
     for c in &opts.compressions {
-        ensure!(
-            ["none", "gzip", "zstd"].contains(&c.as_str()),
-            "unknown compression {c}"
-        );
+        ensure!(["none", "gzip", "zstd"].contains(&c.as_str()), "unknown compression {c}");
     }
-    ensure!(
-        !opts.compressions.is_empty() && opts.reps > 0,
-        "nothing to measure"
-    );
+    ensure!(!opts.compressions.is_empty() && opts.reps > 0, "nothing to measure");
     let podcr_bin = podcr_tests::target_profile_dir()?.join("podcr");
     ensure!(
         podcr_bin.exists(),
@@ -145,22 +136,11 @@ fn run(opts: Opts) -> Result<()> {
 
     eprintln!("==> starting a private containerd");
     let cd = Containerd::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let imported = cd.import(CRI_NAMESPACE, &images::BUSYBOX)?;
     let layout = cd.dir().join("bench-registry");
     std::fs::create_dir_all(&layout)?;
-    cmd::run_ok(
-        "tar",
-        [
-            "-xf".as_ref(),
-            images::BUSYBOX.tarball()?.as_os_str(),
-            "-C".as_ref(),
-            layout.as_os_str(),
-        ],
-    )?;
+    cmd::run_ok("tar", ["-xf".as_ref(), images::BUSYBOX.tarball()?.as_os_str(), "-C".as_ref(), layout.as_os_str()])?;
     let registry = registry::Registry::serve(&layout)?;
     let image = pullable_name(&cd, &imported, registry.port)?;
     let podman = if opts.no_podman {
@@ -171,16 +151,8 @@ fn run(opts: Opts) -> Result<()> {
     if let Err(why) = &podman {
         eprintln!("==> podman unavailable: {why}");
     }
-    let mut b = Bench {
-        cd,
-        rt,
-        image,
-        podman,
-        samples: Vec::new(),
-        failures: Vec::new(),
-        notes: Vec::new(),
-        pod_counter: 0,
-    };
+    let mut b =
+        Bench { cd, rt, image, podman, samples: Vec::new(), failures: Vec::new(), notes: Vec::new(), pod_counter: 0 };
     b.notes.push(host_note());
 
     let result = b.measure(&opts);
@@ -194,14 +166,7 @@ fn run(opts: Opts) -> Result<()> {
     }
     let stop = b.cd.stop();
     // Write whatever was measured even if a step failed half-way.
-    let report = report::write(
-        &opts.out,
-        &b.samples,
-        &b.failures,
-        &b.notes,
-        &opts,
-        b.podman.as_ref().err(),
-    )?;
+    let report = report::write(&opts.out, &b.samples, &b.failures, &b.notes, &opts, b.podman.as_ref().err())?;
     println!("{report}");
     result?;
     stop?;
@@ -210,20 +175,13 @@ fn run(opts: Opts) -> Result<()> {
 
 /// Kernel, CPUs, memory, load: the context any number here needs.
 fn host_note() -> String {
-    let uname = cmd::run_ok("uname", ["-r"])
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_default();
+    let uname = cmd::run_ok("uname", ["-r"]).map(|o| o.stdout.trim().to_string()).unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!(
         "kernel {uname}, {cpus} CPUs, {} MiB RAM available at start, load average {}",
         meminfo("MemAvailable").unwrap_or(0) / 1024,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     )
 }
 
@@ -246,11 +204,8 @@ fn free_disk_mib(path: &Path) -> Result<u64> {
 impl Bench {
     fn measure(&mut self, opts: &Opts) -> Result<()> {
         self.pod_start_latency(opts)?;
-        let mut shapes: Vec<(usize, u64)> = opts
-            .containers
-            .iter()
-            .flat_map(|n| opts.sizes.iter().map(move |m| (*n, *m)))
-            .collect();
+        let mut shapes: Vec<(usize, u64)> =
+            opts.containers.iter().flat_map(|n| opts.sizes.iter().map(move |m| (*n, *m))).collect();
         // Small pods first: a shape that does not fit is skipped, not the whole run.
         shapes.sort_by_key(|(n, m)| *n as u64 * m);
         for (n, mib) in shapes {
@@ -271,9 +226,7 @@ impl Bench {
             }
             for rep in 0..opts.reps {
                 eprintln!("==> {n} x {mib} MiB, repetition {}/{}", rep + 1, opts.reps);
-                self.side(Side::Podcr, n, mib, rep, |b| {
-                    b.podcr_side(opts, n, mib, rep)
-                });
+                self.side(Side::Podcr, n, mib, rep, |b| b.podcr_side(opts, n, mib, rep));
                 if !opts.no_runc {
                     self.side(Side::RuncV2, n, mib, rep, |b| b.runc_side(n, mib, rep));
                 }
@@ -286,20 +239,12 @@ impl Bench {
     }
 
     /// Runs one side; a failure is recorded and the run goes on, with the side's leftovers removed.
-    fn side(
-        &mut self,
-        side: Side,
-        n: usize,
-        mib: u64,
-        rep: usize,
-        f: impl FnOnce(&mut Bench) -> Result<()>,
-    ) {
+    fn side(&mut self, side: Side, n: usize, mib: u64, rep: usize, f: impl FnOnce(&mut Bench) -> Result<()>) {
         let started = Instant::now();
         if let Err(e) = f(self) {
             let msg = format!("{} {n}x{mib} MiB rep {rep}: {e:#}", side.name());
             eprintln!("    FAILED {msg}");
-            self.failures
-                .push(msg.lines().take(12).collect::<Vec<_>>().join("\n"));
+            self.failures.push(msg.lines().take(12).collect::<Vec<_>>().join("\n"));
         }
         if let Err(e) = self.remove_all_pods() {
             eprintln!("    cleanup after {}: {e:#}", side.name());
@@ -309,32 +254,13 @@ impl Bench {
         }
         // Settle dirty pages now so that the next side's writes do not pay for this one's.
         let _ = cmd::run(&mut Command::new("sync"), LONG);
-        eprintln!(
-            "    {} done in {:.1}s",
-            side.name(),
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("    {} done in {:.1}s", side.name(), started.elapsed().as_secs_f64());
     }
 
     /// Records one sample; `at` is (containers, MiB each, repetition).
-    fn push(
-        &mut self,
-        side: Side,
-        variant: &str,
-        at: (usize, u64, usize),
-        metric: &'static str,
-        value: f64,
-    ) {
+    fn push(&mut self, side: Side, variant: &str, at: (usize, u64, usize), metric: &'static str, value: f64) {
         let (n, mib, rep) = at;
-        self.samples.push(Sample {
-            side,
-            variant: variant.to_string(),
-            containers: n,
-            mib,
-            rep,
-            metric,
-            value,
-        });
+        self.samples.push(Sample { side, variant: variant.to_string(), containers: n, mib, rep, metric, value });
     }
 
     fn cri(&self) -> Result<Cri> {
@@ -359,11 +285,7 @@ impl Bench {
     fn remove_all_pods(&self) -> Result<()> {
         let mut rs = self.cri()?;
         self.rt.block_on(async {
-            let pods = rs
-                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-                .await?
-                .into_inner()
-                .items;
+            let pods = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
             for p in pods {
                 pods::remove_pod(&mut rs, &p.id).await?;
             }
@@ -373,18 +295,11 @@ impl Bench {
 
     /// CRI RunPodSandbox + two started containers, podcr and runc.v2 alternating.
     fn pod_start_latency(&mut self, opts: &Opts) -> Result<()> {
-        eprintln!(
-            "==> pod start latency (RunPodSandbox + 2 containers), {} each",
-            opts.start_reps
-        );
+        eprintln!("==> pod start latency (RunPodSandbox + 2 containers), {} each", opts.start_reps);
         let sleep: &[&str] = &["sleep", "3600"];
         for rep in 0..opts.start_reps {
             for rt in [Runtime::Podcr, Runtime::Runc] {
-                let side = if rt == Runtime::Podcr {
-                    Side::Podcr
-                } else {
-                    Side::RuncV2
-                };
+                let side = if rt == Runtime::Podcr { Side::Podcr } else { Side::RuncV2 };
                 let name = self.pod_name("start");
                 let mut rs = self.cri()?;
                 let t = Instant::now();
@@ -414,9 +329,7 @@ impl Bench {
                     // The first start of each runtime also pays for unpacking the image; keep it out.
                     Ok(_) if rep == 0 && opts.start_reps > 1 => {}
                     Ok(_) => self.push(side, "-", (2, 0, rep), "pod_start_ms", ms(took)),
-                    Err(e) => self
-                        .failures
-                        .push(format!("pod start {}: {e:#}", rt.handler())),
+                    Err(e) => self.failures.push(format!("pod start {}: {e:#}", rt.handler())),
                 }
                 self.remove_all_pods()?;
             }
@@ -429,28 +342,15 @@ impl Bench {
         let arg = mib.to_string();
         let command: Vec<&str> = vec!["/usr/local/bin/memhog", &arg, "/memhog"];
         let names: Vec<String> = (0..n).map(|i| format!("hog{i}")).collect();
-        let containers: Vec<(&str, &[&str])> = names
-            .iter()
-            .map(|c| (c.as_str(), command.as_slice()))
-            .collect();
+        let containers: Vec<(&str, &[&str])> = names.iter().map(|c| (c.as_str(), command.as_slice())).collect();
         let mut rs = self.cri()?;
-        let pod = self.rt.block_on(pods::run_pod(
-            &self.cd,
-            &mut rs,
-            rt,
-            &name,
-            &self.image,
-            &containers,
-        ))?;
+        let pod = self.rt.block_on(pods::run_pod(&self.cd, &mut rs, rt, &name, &self.image, &containers))?;
         // Checkpointing a half-filled heap would measure less memory than asked for.
         for (c, _) in &pod.containers {
             let log = pod.log(c);
             podcr_tests::wait_for(&format!("{name}/{c} to fill {mib} MiB"), LONG, || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                ensure!(
-                    !text.contains("corrupt"),
-                    "memhog in {name}/{c} reports corruption"
-                );
+                ensure!(!text.contains("corrupt"), "memhog in {name}/{c} reports corruption");
                 Ok(text.contains("filled ").then_some(()))
             })?;
         }
@@ -463,19 +363,12 @@ impl Bench {
         self.rt.block_on(async {
             let items = rs
                 .list_containers(ListContainersRequest {
-                    filter: Some(ContainerFilter {
-                        pod_sandbox_id: pod_id.into(),
-                        ..Default::default()
-                    }),
+                    filter: Some(ContainerFilter { pod_sandbox_id: pod_id.into(), ..Default::default() }),
                 })
                 .await?
                 .into_inner()
                 .containers;
-            ensure!(
-                items.len() == n,
-                "restored pod has {} containers, expected {n}",
-                items.len()
-            );
+            ensure!(items.len() == n, "restored pod has {} containers, expected {n}", items.len());
             for c in items {
                 let mut last = String::new();
                 let mut ok = false;
@@ -490,11 +383,7 @@ impl Bench {
                         .await?
                         .into_inner();
                     let out = String::from_utf8_lossy(&r.stdout).trim().to_string();
-                    ensure!(
-                        !out.starts_with("corrupt"),
-                        "restored memhog {}: {out}",
-                        c.id
-                    );
+                    ensure!(!out.starts_with("corrupt"), "restored memhog {}: {out}", c.id);
                     if out.starts_with("ok ") && !last.is_empty() && out != last {
                         ok = true;
                         break;
@@ -502,11 +391,7 @@ impl Bench {
                     last = out;
                     tokio::time::sleep(Duration::from_millis(150)).await;
                 }
-                ensure!(
-                    ok,
-                    "restored memhog {} is not counting (last read {last:?})",
-                    c.id
-                );
+                ensure!(ok, "restored memhog {} is not counting (last read {last:?})", c.id);
             }
             anyhow::Ok(())
         })
@@ -515,10 +400,7 @@ impl Bench {
     /// The shim process serving `sandbox_id`.
     fn shim_pid(&self, sandbox_id: &str) -> Option<u32> {
         let shims = procs::shims_of(self.cd.socket()).ok()?;
-        shims
-            .iter()
-            .find(|p| p.arg_after("-id") == Some(sandbox_id))
-            .map(|p| p.pid)
+        shims.iter().find(|p| p.arg_after("-id") == Some(sandbox_id)).map(|p| p.pid)
     }
 
     /// Peak RSS (VmHWM, KiB) of the shim serving `sandbox_id`.
@@ -550,20 +432,12 @@ impl Bench {
             }
             let dir = self.work_dir(&format!("{}-{comp}", pod.name))?;
             std::fs::remove_dir(&dir)?;
-            let args: Vec<String> = [
-                "checkpoint",
-                "--leave-running",
-                "--pod-namespace",
-                POD_NS,
-                "--compression",
-                comp,
-                &pod.name,
-                "-o",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([dir.display().to_string()])
-            .collect();
+            let args: Vec<String> =
+                ["checkpoint", "--leave-running", "--pod-namespace", POD_NS, "--compression", comp, &pod.name, "-o"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([dir.display().to_string()])
+                    .collect();
             let sampler = AnonSampler::start(shim);
             let t = Instant::now();
             let out = self.podcr(&args)?;
@@ -572,31 +446,13 @@ impl Bench {
                 self.push(Side::Podcr, comp, (n, mib, rep), "shim_anon_peak_kib", kib);
             }
             pods::ensure_success("podcr checkpoint", &out)?;
-            let stats = report::parse_podcr_stats(&out.stdout)
-                .with_context(|| format!("podcr output:\n{}", out.stdout))?;
+            let stats =
+                report::parse_podcr_stats(&out.stdout).with_context(|| format!("podcr output:\n{}", out.stdout))?;
             self.push(Side::Podcr, comp, (n, mib, rep), "ckpt_wall_ms", ms(wall));
-            self.push(
-                Side::Podcr,
-                comp,
-                (n, mib, rep),
-                "freeze_ms",
-                stats.freeze_ms,
-            );
+            self.push(Side::Podcr, comp, (n, mib, rep), "freeze_ms", stats.freeze_ms);
             self.push(Side::Podcr, comp, (n, mib, rep), "write_ms", stats.write_ms);
-            self.push(
-                Side::Podcr,
-                comp,
-                (n, mib, rep),
-                "slowest_dump_ms",
-                stats.slowest_dump_ms,
-            );
-            self.push(
-                Side::Podcr,
-                comp,
-                (n, mib, rep),
-                "archive_bytes",
-                dir_bytes(&dir)? as f64,
-            );
+            self.push(Side::Podcr, comp, (n, mib, rep), "slowest_dump_ms", stats.slowest_dump_ms);
+            self.push(Side::Podcr, comp, (n, mib, rep), "archive_bytes", dir_bytes(&dir)? as f64);
             if let Some(kib) = shim.and_then(|p| status_kib(p, "VmHWM")) {
                 self.push(Side::Podcr, comp, (n, mib, rep), "shim_hwm_kib", kib);
             }
@@ -626,19 +482,10 @@ impl Bench {
         let wall = t.elapsed();
         pods::ensure_success("podcr restore", &out)?;
         self.push(Side::Podcr, &variant, (n, mib, rep), "restore_ms", ms(wall));
-        let restored = self
-            .rt
-            .block_on(pods::find_pod(&mut rs, &name))?
-            .context("restored pod not listed")?;
+        let restored = self.rt.block_on(pods::find_pod(&mut rs, &name))?.context("restored pod not listed")?;
         self.verify_pod(&restored, n)?;
         if let Some(kib) = self.shim_hwm_kib(&restored) {
-            self.push(
-                Side::Podcr,
-                &variant,
-                (n, mib, rep),
-                "shim_hwm_restored_kib",
-                kib,
-            );
+            self.push(Side::Podcr, &variant, (n, mib, rep), "shim_hwm_restored_kib", kib);
         }
         std::fs::remove_dir_all(&dir)?;
         Ok(())
@@ -657,10 +504,7 @@ impl Bench {
             let d = work.join("floor").join(name);
             std::fs::create_dir_all(&d)?;
             let mut c = Command::new("runc");
-            c.arg("--root")
-                .arg(&root)
-                .args(["checkpoint", "--leave-running", "--image-path"])
-                .arg(d.join("images"));
+            c.arg("--root").arg(&root).args(["checkpoint", "--leave-running", "--image-path"]).arg(d.join("images"));
             c.arg("--work-path").arg(&d).arg(id);
             running.push((name.clone(), d, Running::spawn(&mut c)?));
         }
@@ -673,22 +517,10 @@ impl Bench {
             floor_bytes += dir_bytes(&d.join("images"))?;
         }
         let floor_wall = t.elapsed();
-        self.push(
-            Side::Floor,
-            "none",
-            (n, mib, rep),
-            "ckpt_wall_ms",
-            ms(floor_wall),
-        );
+        self.push(Side::Floor, "none", (n, mib, rep), "ckpt_wall_ms", ms(floor_wall));
         // Containers frozen in parallel: the pod has a frozen container for as long as the set runs.
         self.push(Side::Floor, "none", (n, mib, rep), "freeze_ms", ms(slowest));
-        self.push(
-            Side::Floor,
-            "none",
-            (n, mib, rep),
-            "archive_bytes",
-            floor_bytes as f64,
-        );
+        self.push(Side::Floor, "none", (n, mib, rep), "archive_bytes", floor_bytes as f64);
         std::fs::remove_dir_all(work.join("floor"))?;
         let _ = cmd::run(&mut Command::new("sync"), LONG);
 
@@ -713,9 +545,7 @@ impl Bench {
                     location: tar.display().to_string(),
                     timeout: LONG.as_secs() as i64,
                 }))
-                .with_context(|| {
-                    format!("CRI CheckpointContainer {name}\n{}", error_lines(&self.cd))
-                })?;
+                .with_context(|| format!("CRI CheckpointContainer {name}\n{}", error_lines(&self.cd)))?;
             let call = c0.elapsed();
             calls += call;
             // CRIU's own frozen time when containerd copied stats-dump into the archive; else the call.
@@ -726,13 +556,7 @@ impl Bench {
         }
         let seq = t.elapsed();
         if let Some(kib) = sampler.finish() {
-            self.push(
-                Side::RuncV2,
-                "none",
-                (n, mib, rep),
-                "shim_anon_peak_kib",
-                kib,
-            );
+            self.push(Side::RuncV2, "none", (n, mib, rep), "shim_anon_peak_kib", kib);
         }
         let packed = work.join("pod.tar");
         let p0 = Instant::now();
@@ -743,37 +567,13 @@ impl Bench {
         }
         cmd::run(&mut tar_cmd, LONG)?.ok()?;
         let pack = p0.elapsed();
-        self.push(
-            Side::RuncV2,
-            "none",
-            (n, mib, rep),
-            "ckpt_wall_ms",
-            ms(seq + pack),
-        );
+        self.push(Side::RuncV2, "none", (n, mib, rep), "ckpt_wall_ms", ms(seq + pack));
         self.push(Side::RuncV2, "none", (n, mib, rep), "pack_ms", ms(pack));
         self.push(Side::RuncV2, "none", (n, mib, rep), "freeze_ms", frozen_sum);
         // The slowest container frozen on its own by CRIU: what a perfectly parallel pod freeze costs.
-        self.push(
-            Side::RuncV2,
-            "none",
-            (n, mib, rep),
-            "max_frozen_ms",
-            frozen_max,
-        );
-        self.push(
-            Side::RuncV2,
-            "none",
-            (n, mib, rep),
-            "cri_calls_ms",
-            ms(calls),
-        );
-        self.push(
-            Side::RuncV2,
-            "none",
-            (n, mib, rep),
-            "archive_bytes",
-            std::fs::metadata(&packed)?.len() as f64,
-        );
+        self.push(Side::RuncV2, "none", (n, mib, rep), "max_frozen_ms", frozen_max);
+        self.push(Side::RuncV2, "none", (n, mib, rep), "cri_calls_ms", ms(calls));
+        self.push(Side::RuncV2, "none", (n, mib, rep), "archive_bytes", std::fs::metadata(&packed)?.len() as f64);
         std::fs::remove_file(&packed)?;
         if let Some(kib) = shim.and_then(|p| status_kib(p, "VmHWM")) {
             self.push(Side::RuncV2, "none", (n, mib, rep), "shim_hwm_kib", kib);
@@ -783,35 +583,19 @@ impl Bench {
         self.rt.block_on(pods::remove_pod(&mut rs, &pod.id))?;
         let name = format!("{}-r", pod.name);
         let t = Instant::now();
-        let new_id = self.rt.block_on(cri_restore(
-            &self.cd,
-            &mut rs,
-            &name,
-            &pod.containers,
-            &tars,
-        ))?;
+        let new_id = self.rt.block_on(cri_restore(&self.cd, &mut rs, &name, &pod.containers, &tars))?;
         let wall = t.elapsed();
         self.push(Side::RuncV2, "none", (n, mib, rep), "restore_ms", ms(wall));
         self.verify_pod(&new_id, n)?;
         if let Some(kib) = self.shim_hwm_kib(&new_id) {
-            self.push(
-                Side::RuncV2,
-                "none",
-                (n, mib, rep),
-                "shim_hwm_restored_kib",
-                kib,
-            );
+            self.push(Side::RuncV2, "none", (n, mib, rep), "shim_hwm_restored_kib", kib);
         }
         std::fs::remove_dir_all(&work)?;
         Ok(())
     }
 
     fn podman_side(&mut self, n: usize, mib: u64, rep: usize) -> Result<()> {
-        let podman = self
-            .podman
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .clone();
+        let podman = self.podman.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
         let name = self.pod_name("pm");
         let work = self.work_dir(&name)?;
         let names: Vec<String> = (0..n).map(|i| format!("{name}-hog{i}")).collect();
@@ -833,21 +617,9 @@ impl Bench {
             archives.push((c.clone(), tar));
         }
         let wall = t.elapsed();
-        self.push(
-            Side::Podman,
-            "none",
-            (n, mib, rep),
-            "ckpt_wall_ms",
-            ms(wall),
-        );
+        self.push(Side::Podman, "none", (n, mib, rep), "ckpt_wall_ms", ms(wall));
         self.push(Side::Podman, "none", (n, mib, rep), "freeze_ms", frozen);
-        self.push(
-            Side::Podman,
-            "none",
-            (n, mib, rep),
-            "archive_bytes",
-            bytes as f64,
-        );
+        self.push(Side::Podman, "none", (n, mib, rep), "archive_bytes", bytes as f64);
         podman.remove_all();
         let t = Instant::now();
         for (c, tar) in &archives {
@@ -889,8 +661,7 @@ async fn cri_restore(
         .into_inner()
         .pod_sandbox_id;
     for ((cname, _), tar) in containers.iter().zip(tars) {
-        let mut cconfig: ContainerConfig =
-            cri::container_config(cname, &tar.display().to_string(), &[]);
+        let mut cconfig: ContainerConfig = cri::container_config(cname, &tar.display().to_string(), &[]);
         cconfig.linux = Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(pods::kubelet_namespaces()),
@@ -901,15 +672,8 @@ async fn cri_restore(
         let cid = match pods::create_container(rs, &id, &config, cconfig).await {
             Ok(cid) => cid,
             Err(e) => {
-                let images = cd
-                    .ctr(CRI_NAMESPACE)
-                    .ok(["images", "ls", "-q"])
-                    .unwrap_or_default();
-                bail!(
-                    "CreateContainer {cname} from {}: {e:#}\nimages: {images}\n{}",
-                    tar.display(),
-                    error_lines(cd)
-                );
+                let images = cd.ctr(CRI_NAMESPACE).ok(["images", "ls", "-q"]).unwrap_or_default();
+                bail!("CreateContainer {cname} from {}: {e:#}\nimages: {images}\n{}", tar.display(), error_lines(cd));
             }
         };
         rs.start_container(StartContainerRequest { container_id: cid })
@@ -929,22 +693,12 @@ fn pullable_name(cd: &Containerd, imported: &str, port: u16) -> Result<String> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&imported))
-                .then(|| f.get(2).map(|d| d.to_string()))
-                .flatten()
+            (f.first() == Some(&imported)).then(|| f.get(2).map(|d| d.to_string())).flatten()
         })
         .with_context(|| format!("{imported} not in `ctr images ls`:\n{ls}"))?;
     let repo = format!("localhost:{port}/podcr-bench/busybox");
     let tag = format!("{repo}:latest");
-    ctr.ok([
-        "images",
-        "tag",
-        "--local",
-        "--force",
-        imported,
-        &tag,
-        &format!("{repo}@{digest}"),
-    ])?;
+    ctr.ok(["images", "tag", "--local", "--force", imported, &tag, &format!("{repo}@{digest}")])?;
     Ok(tag)
 }
 
@@ -957,10 +711,7 @@ fn error_lines(cd: &Containerd) -> String {
 
 /// The runc root the runc.v2 shim keeps `id`'s state in (its default, per containerd namespace).
 fn runc_root(id: &str) -> Result<PathBuf> {
-    for root in [
-        format!("/run/containerd/runc/{CRI_NAMESPACE}"),
-        format!("/run/runc/{CRI_NAMESPACE}"),
-    ] {
+    for root in [format!("/run/containerd/runc/{CRI_NAMESPACE}"), format!("/run/runc/{CRI_NAMESPACE}")] {
         if Path::new(&root).join(id).is_dir() {
             return Ok(PathBuf::from(root));
         }
@@ -976,8 +727,7 @@ fn criu_frozen_ms_in_tar(tar: &Path) -> Option<f64> {
         if e.path().ok()?.to_string_lossy().trim_start_matches("./") == "stats-dump" {
             let mut buf = Vec::new();
             std::io::Read::read_to_end(&mut e, &mut buf).ok()?;
-            let s =
-                podcr_sandbox_controller::checkpoint::criu_stats::parse_dump_stats(&buf).ok()?;
+            let s = podcr_sandbox_controller::checkpoint::criu_stats::parse_dump_stats(&buf).ok()?;
             return Some(s.frozen_time_us as f64 / 1e3);
         }
     }

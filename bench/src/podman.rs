@@ -27,14 +27,8 @@ impl Podman {
     /// Storage under `<run dir>/podman`, the busybox test image loaded; fails with the reason when
     /// Podman cannot run containers here.
     pub fn setup(cd: &Containerd) -> Result<Podman> {
-        let found = cmd::run(
-            Command::new("podman").arg("--version"),
-            Duration::from_secs(30),
-        );
-        ensure!(
-            found.is_ok_and(|o| o.success()),
-            "podman not installed (scripts/setup-host.sh --bench installs it)"
-        );
+        let found = cmd::run(Command::new("podman").arg("--version"), Duration::from_secs(30));
+        ensure!(found.is_ok_and(|o| o.success()), "podman not installed (scripts/setup-host.sh --bench installs it)");
         let dir = cd.dir().join("podman");
         std::fs::create_dir_all(dir.join("tmp"))?;
         let mut p = Podman {
@@ -44,9 +38,7 @@ impl Podman {
             cgroup_parent: format!("/{}-podman", cd.prefix()),
         };
         let tar = images::BUSYBOX.tarball()?;
-        let out = p
-            .ok(&["load", "-i", &tar.to_string_lossy()])
-            .context("podman load")?;
+        let out = p.ok(&["load", "-i", &tar.to_string_lossy()]).context("podman load")?;
         p.image = out
             .lines()
             .find_map(|l| l.strip_prefix("Loaded image: "))
@@ -110,18 +102,11 @@ impl Podman {
     }
 
     pub fn wait_filled(&self, name: &str, timeout: Duration) -> Result<()> {
-        podcr_tests::wait_for(
-            &format!("podman {name} to fill its memory"),
-            timeout,
-            || {
-                let logs = self.ok(&["logs", name])?;
-                ensure!(
-                    !logs.contains("corrupt"),
-                    "memhog {name} reports corruption"
-                );
-                Ok(logs.contains("filled ").then_some(()))
-            },
-        )
+        podcr_tests::wait_for(&format!("podman {name} to fill its memory"), timeout, || {
+            let logs = self.ok(&["logs", name])?;
+            ensure!(!logs.contains("corrupt"), "memhog {name} reports corruption");
+            Ok(logs.contains("filled ").then_some(()))
+        })
     }
 
     /// Uncompressed export, leaving the container running, like the other sides.
@@ -141,40 +126,21 @@ impl Podman {
             serde_json::from_str(&out).with_context(|| format!("--print-stats output: {out}"))?;
         let frozen_us: f64 = v["container_statistics"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["criu_statistics"]["frozen_time"].as_f64())
-                    .sum()
-            })
+            .map(|a| a.iter().filter_map(|c| c["criu_statistics"]["frozen_time"].as_f64()).sum())
             .unwrap_or(0.0);
-        Ok(CheckpointStats {
-            frozen_ms: frozen_us / 1e3,
-        })
+        Ok(CheckpointStats { frozen_ms: frozen_us / 1e3 })
     }
 
     pub fn restore(&self, tar: &Path, name: &str) -> Result<()> {
-        self.ok(&[
-            "container",
-            "restore",
-            "--import",
-            &tar.to_string_lossy(),
-            "--name",
-            name,
-        ])?;
+        self.ok(&["container", "restore", "--import", &tar.to_string_lossy(), "--name", name])?;
         Ok(())
     }
 
     pub fn verify_counting(&self, name: &str) -> Result<()> {
         let mut last = String::new();
         for _ in 0..50 {
-            let out = self
-                .ok(&["exec", name, "cat", "/memhog"])?
-                .trim()
-                .to_string();
-            ensure!(
-                !out.starts_with("corrupt"),
-                "restored podman memhog {name}: {out}"
-            );
+            let out = self.ok(&["exec", name, "cat", "/memhog"])?.trim().to_string();
+            ensure!(!out.starts_with("corrupt"), "restored podman memhog {name}: {out}");
             if out.starts_with("ok ") && !last.is_empty() && out != last {
                 return Ok(());
             }
@@ -186,9 +152,7 @@ impl Podman {
 
     /// Removes every container (memhog ignores SIGTERM: kill at once).
     pub fn remove_all(&self) {
-        if let Err(e) =
-            cmd::run(&mut self.command(&["rm", "-a", "-f", "-t", "0"]), T).and_then(|o| o.ok())
-        {
+        if let Err(e) = cmd::run(&mut self.command(&["rm", "-a", "-f", "-t", "0"]), T).and_then(|o| o.ok()) {
             eprintln!("    podman rm: {e:#}");
         }
     }
@@ -196,9 +160,7 @@ impl Podman {
     /// Everything Podman made: containers, images, storage (the run dir teardown does the rest).
     pub fn teardown(&self) {
         self.remove_all();
-        if let Err(e) =
-            cmd::run(&mut self.command(&["system", "reset", "-f"]), T).and_then(|o| o.ok())
-        {
+        if let Err(e) = cmd::run(&mut self.command(&["system", "reset", "-f"]), T).and_then(|o| o.ok()) {
             eprintln!("podman system reset: {e:#}");
         }
     }

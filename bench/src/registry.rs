@@ -36,13 +36,9 @@ impl Registry {
 
 /// The manifest digest the layout's index names (the image's only manifest).
 fn index_manifest(layout: &Path) -> Option<(String, String)> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
     let m = &index["manifests"][0];
-    Some((
-        m["digest"].as_str()?.to_string(),
-        m["mediaType"].as_str()?.to_string(),
-    ))
+    Some((m["digest"].as_str()?.to_string(), m["mediaType"].as_str()?.to_string()))
 }
 
 fn blob(layout: &Path, digest: &str) -> Option<PathBuf> {
@@ -69,13 +65,11 @@ fn handle(mut conn: TcpStream, layout: &Path) -> Result<()> {
     let mut parts = request.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let head = method == "HEAD";
-    let respond = |conn: &mut TcpStream,
-                   status: &str,
-                   ctype: &str,
-                   digest: Option<&str>,
-                   body: &[u8]|
-     -> Result<()> {
-        let mut h = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let respond = |conn: &mut TcpStream, status: &str, ctype: &str, digest: Option<&str>, body: &[u8]| -> Result<()> {
+        let mut h = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
         if let Some(d) = digest {
             h.push_str(&format!("Docker-Content-Digest: {d}\r\n"));
         }
@@ -89,46 +83,19 @@ fn handle(mut conn: TcpStream, layout: &Path) -> Result<()> {
     if path == "/v2/" || path == "/v2" {
         return respond(&mut conn, "200 OK", "application/json", None, b"{}");
     }
-    let found = if let Some((_, reference)) = path
-        .strip_prefix("/v2/")
-        .and_then(|p| p.rsplit_once("/manifests/"))
-    {
+    let found = if let Some((_, reference)) = path.strip_prefix("/v2/").and_then(|p| p.rsplit_once("/manifests/")) {
         let (digest, media) = match index_manifest(layout) {
             Some((d, m)) if reference == d || !reference.starts_with("sha256:") => (d, m),
-            _ => (
-                reference.to_string(),
-                "application/vnd.oci.image.manifest.v1+json".to_string(),
-            ),
+            _ => (reference.to_string(), "application/vnd.oci.image.manifest.v1+json".to_string()),
         };
         blob(layout, &digest).map(|p| (p, media, digest))
-    } else if let Some((_, digest)) = path
-        .strip_prefix("/v2/")
-        .and_then(|p| p.rsplit_once("/blobs/"))
-    {
-        blob(layout, digest).map(|p| {
-            (
-                p,
-                "application/octet-stream".to_string(),
-                digest.to_string(),
-            )
-        })
+    } else if let Some((_, digest)) = path.strip_prefix("/v2/").and_then(|p| p.rsplit_once("/blobs/")) {
+        blob(layout, digest).map(|p| (p, "application/octet-stream".to_string(), digest.to_string()))
     } else {
         None
     };
     match found {
-        Some((p, media, digest)) => respond(
-            &mut conn,
-            "200 OK",
-            &media,
-            Some(&digest),
-            &std::fs::read(p)?,
-        ),
-        None => respond(
-            &mut conn,
-            "404 Not Found",
-            "application/json",
-            None,
-            br#"{"errors":[{"code":"NOT_FOUND"}]}"#,
-        ),
+        Some((p, media, digest)) => respond(&mut conn, "200 OK", &media, Some(&digest), &std::fs::read(p)?),
+        None => respond(&mut conn, "404 Not Found", "application/json", None, br#"{"errors":[{"code":"NOT_FOUND"}]}"#),
     }
 }

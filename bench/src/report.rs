@@ -96,11 +96,7 @@ pub fn parse_podcr_stats(stdout: &str) -> Result<PodcrStats> {
         }
     }
     anyhow::ensure!(slowest > 0.0, "no per-container DUMP WALL");
-    Ok(PodcrStats {
-        freeze_ms,
-        write_ms,
-        slowest_dump_ms: slowest,
-    })
+    Ok(PodcrStats { freeze_ms, write_ms, slowest_dump_ms: slowest })
 }
 
 type Key = (Side, String, usize, u64, &'static str);
@@ -121,10 +117,7 @@ impl Medians {
     fn new(samples: &[Sample]) -> Medians {
         let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
         for s in samples {
-            groups
-                .entry((s.side, s.variant.clone(), s.containers, s.mib, s.metric))
-                .or_default()
-                .push(s.value);
+            groups.entry((s.side, s.variant.clone(), s.containers, s.mib, s.metric)).or_default().push(s.value);
         }
         Medians(
             groups
@@ -137,43 +130,22 @@ impl Medians {
         )
     }
 
-    fn get(
-        &self,
-        side: Side,
-        variant: &str,
-        n: usize,
-        mib: u64,
-        metric: &'static str,
-    ) -> Option<f64> {
-        self.0
-            .get(&(side, variant.to_string(), n, mib, metric))
-            .map(|(m, _)| *m)
+    fn get(&self, side: Side, variant: &str, n: usize, mib: u64, metric: &'static str) -> Option<f64> {
+        self.0.get(&(side, variant.to_string(), n, mib, metric)).map(|(m, _)| *m)
     }
 }
 
 fn secs(ms: Option<f64>) -> String {
-    ms.map(|v| {
-        if v < 1000.0 {
-            format!("{v:.0} ms")
-        } else {
-            format!("{:.2} s", v / 1e3)
-        }
-    })
-    .unwrap_or_else(|| "–".into())
-}
-
-fn mib(bytes: Option<f64>) -> String {
-    bytes
-        .map(|b| format!("{:.1} MiB", b / 1048576.0))
+    ms.map(|v| if v < 1000.0 { format!("{v:.0} ms") } else { format!("{:.2} s", v / 1e3) })
         .unwrap_or_else(|| "–".into())
 }
 
+fn mib(bytes: Option<f64>) -> String {
+    bytes.map(|b| format!("{:.1} MiB", b / 1048576.0)).unwrap_or_else(|| "–".into())
+}
+
 fn shapes(samples: &[Sample]) -> Vec<(usize, u64)> {
-    let mut v: Vec<(usize, u64)> = samples
-        .iter()
-        .filter(|s| s.mib > 0)
-        .map(|s| (s.containers, s.mib))
-        .collect();
+    let mut v: Vec<(usize, u64)> = samples.iter().filter(|s| s.mib > 0).map(|s| (s.containers, s.mib)).collect();
     v.sort_by_key(|(n, m)| (*n as u64 * m, *n));
     v.dedup();
     v
@@ -205,11 +177,7 @@ pub fn write(
     std::fs::write(out.join("results.csv"), csv)?;
 
     let m = Medians::new(samples);
-    let base = opts
-        .compressions
-        .first()
-        .map(String::as_str)
-        .unwrap_or("none");
+    let base = opts.compressions.first().map(String::as_str).unwrap_or("none");
     let mut md = String::new();
     let _ = writeln!(md, "# podcr benchmark results\n");
     let _ = writeln!(
@@ -222,23 +190,15 @@ pub fn write(
     for n in notes {
         let _ = writeln!(md, "- {n}");
     }
-    let _ = writeln!(
-        md,
-        "- podman: {}",
-        podman
-            .map(|r| format!("unavailable: {r}"))
-            .unwrap_or_else(|| "measured".into())
-    );
+    let _ =
+        writeln!(md, "- podman: {}", podman.map(|r| format!("unavailable: {r}")).unwrap_or_else(|| "measured".into()));
     let _ = writeln!(
         md,
         "- freeze window: podcr = first container frozen to last thawed (shim stats); runc-v2 and podman = sum of CRIU frozen times of the sequential per-container dumps; floor = wall of the parallel dumps.\n- podcr checkpoint wall = the `podcr checkpoint` command (CRI lookups, freeze, dumps, rootfs diff, packaging, fsync); runc-v2 = the CheckpointContainer calls + `tar` of the archives into one file; floor = the parallel `runc checkpoint` calls alone (no rootfs, metadata, packaging or fsync). Restore walls end when every container is started; podcr restores from its uncompressed checkpoint directory.\n"
     );
 
     let _ = writeln!(md, "## Checkpoint and restore\n");
-    let _ = writeln!(
-        md,
-        "| pod | side | checkpoint wall | freeze window | restore wall | archive |"
-    );
+    let _ = writeln!(md, "| pod | side | checkpoint wall | freeze window | restore wall | archive |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for (n, sz) in shapes(samples) {
         let pod = format!("{n} × {sz} MiB");
@@ -269,37 +229,20 @@ pub fn write(
     }
 
     let _ = writeln!(md, "\n## Targets (podcr with `{base}` compression)\n");
-    let _ = writeln!(
-        md,
-        "| pod | target | podcr | reference | ratio | goal | result |"
-    );
+    let _ = writeln!(md, "| pod | target | podcr | reference | ratio | goal | result |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    let row = |md: &mut String,
-               pod: &str,
-               what: &str,
-               ours: Option<f64>,
-               theirs: Option<f64>,
-               goal: f64| {
+    let row = |md: &mut String, pod: &str, what: &str, ours: Option<f64>, theirs: Option<f64>, goal: f64| {
         let (ratio, result) = match (ours, theirs) {
             (Some(a), Some(b)) if b > 0.0 => {
                 let r = a / b;
                 (
                     format!("{r:.2}×"),
-                    if r <= goal {
-                        "PASS".to_string()
-                    } else {
-                        format!("MISS (+{:.0}%)", (r / goal - 1.0) * 100.0)
-                    },
+                    if r <= goal { "PASS".to_string() } else { format!("MISS (+{:.0}%)", (r / goal - 1.0) * 100.0) },
                 )
             }
             _ => ("–".into(), "n/a".into()),
         };
-        let _ = writeln!(
-            md,
-            "| {pod} | {what} | {} | {} | {ratio} | ≤ {goal}× | {result} |",
-            secs(ours),
-            secs(theirs)
-        );
+        let _ = writeln!(md, "| {pod} | {what} | {} | {} | {ratio} | ≤ {goal}× | {result} |", secs(ours), secs(theirs));
     };
     for (n, sz) in shapes(samples) {
         let pod = format!("{n} × {sz} MiB");
@@ -346,10 +289,7 @@ pub fn write(
             0.6,
         );
     }
-    let kib = |v: Option<f64>| {
-        v.map(|k| format!("{:.1} MiB", k / 1024.0))
-            .unwrap_or_else(|| "–".into())
-    };
+    let kib = |v: Option<f64>| v.map(|k| format!("{:.1} MiB", k / 1024.0)).unwrap_or_else(|| "–".into());
     for (n, sz) in shapes(samples) {
         // Per pod means what each extra pod costs: the shim's own memory. File-backed pages (the
         // binary) are shared by every shim on the node and are reported separately below.
@@ -380,43 +320,25 @@ pub fn write(
         );
     }
 
-    let _ = writeln!(
-        md,
-        "\n## Pod start latency (RunPodSandbox + 2 containers)\n"
-    );
+    let _ = writeln!(md, "\n## Pod start latency (RunPodSandbox + 2 containers)\n");
     let _ = writeln!(md, "| runtime | median | samples |");
     let _ = writeln!(md, "|---|---|---|");
-    for (side, label) in [
-        (Side::Podcr, "podcr (shim sandboxer)"),
-        (Side::RuncV2, "runc.v2 (podsandbox, pause container)"),
-    ] {
-        let v: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.side == side && s.metric == "pod_start_ms")
-            .map(|s| s.value)
-            .collect();
+    for (side, label) in
+        [(Side::Podcr, "podcr (shim sandboxer)"), (Side::RuncV2, "runc.v2 (podsandbox, pause container)")]
+    {
+        let v: Vec<f64> =
+            samples.iter().filter(|s| s.side == side && s.metric == "pod_start_ms").map(|s| s.value).collect();
         let n = v.len();
-        let _ = writeln!(
-            md,
-            "| {label} | {} | {n} |",
-            secs((n > 0).then(|| median(v)))
-        );
+        let _ = writeln!(md, "| {label} | {} | {n} |", secs((n > 0).then(|| median(v))));
     }
 
     let idle = |side| {
-        let v: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.side == side && s.metric == "shim_hwm_idle_kib")
-            .map(|s| s.value)
-            .collect();
+        let v: Vec<f64> =
+            samples.iter().filter(|s| s.side == side && s.metric == "shim_hwm_idle_kib").map(|s| s.value).collect();
         kib((!v.is_empty()).then(|| median(v)))
     };
     let idle_of = |side, metric: &str| {
-        let v: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.side == side && s.metric == metric)
-            .map(|s| s.value)
-            .collect();
+        let v: Vec<f64> = samples.iter().filter(|s| s.side == side && s.metric == metric).map(|s| s.value).collect();
         kib((!v.is_empty()).then(|| median(v)))
     };
     let _ = writeln!(
@@ -429,29 +351,15 @@ pub fn write(
         idle_of(Side::RuncV2, "shim_anon_idle_kib"),
         idle_of(Side::RuncV2, "shim_file_idle_kib"),
     );
-    let _ = writeln!(
-        md,
-        "Cells: VmHWM (private anon peak, sampled every 5 ms).\n"
-    );
+    let _ = writeln!(md, "Cells: VmHWM (private anon peak, sampled every 5 ms).\n");
     let mut header = String::from("| pod |");
     for c in &opts.compressions {
         let _ = write!(header, " podcr checkpoint ({c}) |");
     }
-    let _ = writeln!(
-        md,
-        "{header} podcr restore | runc.v2 checkpoint | runc.v2 restore |"
-    );
-    let _ = writeln!(
-        md,
-        "|---|{}---|---|---|",
-        "---|".repeat(opts.compressions.len())
-    );
+    let _ = writeln!(md, "{header} podcr restore | runc.v2 checkpoint | runc.v2 restore |");
+    let _ = writeln!(md, "|---|{}---|---|---|", "---|".repeat(opts.compressions.len()));
     let both = |side, c: &str, n, sz| {
-        format!(
-            "{} ({})",
-            kib(m.get(side, c, n, sz, "shim_hwm_kib")),
-            kib(m.get(side, c, n, sz, "shim_anon_peak_kib"))
-        )
+        format!("{} ({})", kib(m.get(side, c, n, sz, "shim_hwm_kib")), kib(m.get(side, c, n, sz, "shim_anon_peak_kib")))
     };
     for (n, sz) in shapes(samples) {
         let mut line = format!("| {n} × {sz} MiB |");
@@ -487,20 +395,11 @@ pub fn write(
 
 /// A font for the plot's text, from fonts-dejavu-core; without one the plot has no text.
 fn font() -> bool {
-    for p in [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ] {
+    for p in ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"] {
         if let Ok(bytes) = std::fs::read(p) {
             // plotters keeps registered fonts for the life of the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font(
-                "sans-serif",
-                plotters::style::FontStyle::Normal,
-                bytes,
-            )
-            .is_ok()
-            {
+            if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
                 return true;
             }
         }
@@ -518,54 +417,31 @@ fn plot(path: &Path, m: &Medians, samples: &[Sample], base: &str) -> Result<&'st
         let variant = if side == Side::Podcr { base } else { "none" };
         let mut v: Vec<(f64, f64)> = shapes
             .iter()
-            .filter_map(|(n, sz)| {
-                m.get(side, variant, *n, *sz, metric)
-                    .map(|t| ((*n as u64 * sz) as f64, t / 1e3))
-            })
+            .filter_map(|(n, sz)| m.get(side, variant, *n, *sz, metric).map(|t| ((*n as u64 * sz) as f64, t / 1e3)))
             .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
-    let colors = [
-        RGBColor(0, 114, 178),
-        RGBColor(0, 158, 115),
-        RGBColor(213, 94, 0),
-        RGBColor(204, 121, 167),
-    ];
+    let colors = [RGBColor(0, 114, 178), RGBColor(0, 158, 115), RGBColor(213, 94, 0), RGBColor(204, 121, 167)];
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(700);
-    for (area, metric, title) in [
-        (&left, "ckpt_wall_ms", "pod checkpoint wall time"),
-        (&right, "restore_ms", "pod restore wall time"),
-    ] {
-        let all: Vec<(Side, Vec<(f64, f64)>)> = Side::ALL
-            .iter()
-            .map(|s| (*s, series(*s, metric)))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        let xmax = all
-            .iter()
-            .flat_map(|(_, v)| v.iter().map(|p| p.0))
-            .fold(1.0, f64::max)
-            * 1.05;
-        let ymax = all
-            .iter()
-            .flat_map(|(_, v)| v.iter().map(|p| p.1))
-            .fold(0.1, f64::max)
-            * 1.1;
+    for (area, metric, title) in
+        [(&left, "ckpt_wall_ms", "pod checkpoint wall time"), (&right, "restore_ms", "pod restore wall time")]
+    {
+        let all: Vec<(Side, Vec<(f64, f64)>)> =
+            Side::ALL.iter().map(|s| (*s, series(*s, metric))).filter(|(_, v)| !v.is_empty()).collect();
+        let xmax = all.iter().flat_map(|(_, v)| v.iter().map(|p| p.0)).fold(1.0, f64::max) * 1.05;
+        let ymax = all.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.1, f64::max) * 1.1;
         let mut b = ChartBuilder::on(area);
         b.margin(15);
         if text {
-            b.caption(title, ("sans-serif", 22))
-                .x_label_area_size(40)
-                .y_label_area_size(55);
+            b.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(55);
         }
         let mut chart = b.build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("pod memory, MiB (containers × MiB each)")
-                .y_desc("seconds");
+            mesh.x_desc("pod memory, MiB (containers × MiB each)").y_desc("seconds");
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -574,9 +450,8 @@ fn plot(path: &Path, m: &Medians, samples: &[Sample], base: &str) -> Result<&'st
             let color = colors[Side::ALL.iter().position(|s| *s == side).unwrap_or(0)];
             let line = chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
             if text {
-                line.label(side.describe()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                line.label(side.describe())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
         }
@@ -605,10 +480,7 @@ mod tests {
     fn parses_the_cli_stats() {
         let out = "freeze window 1.23s   write 45.6ms   total 2.50s   size 2.0 GiB\n\nCONTAINER  CRIU FROZEN  MEMDUMP  PAGES  DUMP WALL  ROOTFS DIFF  ARCHIVE\nhog0  1.10s  900.0ms  262144  1.20s  2.0 KiB  1.0 GiB\nhog1  1.00s  800.0ms  262144  1.15s  2.0 KiB  1.0 GiB\n";
         let s = parse_podcr_stats(out).unwrap();
-        assert_eq!(
-            (s.freeze_ms, s.write_ms, s.slowest_dump_ms),
-            (1230.0, 45.6, 1200.0)
-        );
+        assert_eq!((s.freeze_ms, s.write_ms, s.slowest_dump_ms), (1230.0, 45.6, 1200.0));
         assert_eq!(parse_duration_ms("850µs"), Some(0.85));
     }
 }

@@ -12,9 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, PodSandboxConfig, PodSandboxMetadata, SecurityProfile,
-};
+use k8s_cri::v1::{ContainerConfig, ContainerMetadata, PodSandboxConfig, PodSandboxMetadata, SecurityProfile};
 use podcr_sandbox_controller::restore;
 use serde_json::Value;
 
@@ -37,12 +35,7 @@ pub const ANNOTATION_ALLOW: &[&str] = &[
 /// Mount destinations containerd's CRI binds into every container itself. (The kubelet's
 /// `/dev/termination-log` is a host path of the old pod: a checkpoint that has it needs an
 /// operator's config that mounts one.)
-const CRI_OWN_MOUNTS: &[&str] = &[
-    "/etc/hosts",
-    "/etc/hostname",
-    "/etc/resolv.conf",
-    "/dev/shm",
-];
+const CRI_OWN_MOUNTS: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm"];
 
 /// CRI `NamespaceMode`.
 const NS_POD: i32 = 0;
@@ -72,17 +65,12 @@ fn keep_allowed(map: &mut std::collections::HashMap<String, String>) {
 }
 
 fn unconfined(p: &Option<SecurityProfile>) -> bool {
-    p.as_ref()
-        .is_some_and(|p| p.profile_type == PROFILE_UNCONFINED)
+    p.as_ref().is_some_and(|p| p.profile_type == PROFILE_UNCONFINED)
 }
 
 /// The pod config: from `--pod-config` when given (the operator's), else the checkpoint's with
 /// the host-reaching fields removed; either way with the new identity and log directory.
-pub fn pod_config(
-    dump: Value,
-    given: Option<PodSandboxConfig>,
-    new: &NewPod,
-) -> Result<PodSandboxConfig> {
+pub fn pod_config(dump: Value, given: Option<PodSandboxConfig>, new: &NewPod) -> Result<PodSandboxConfig> {
     let operators = given.is_some();
     let mut cfg = match given {
         Some(cfg) => cfg,
@@ -93,24 +81,14 @@ pub fn pod_config(
         name: new.name.map(str::to_string).unwrap_or(old.name),
         namespace: new.namespace.map(str::to_string).unwrap_or(old.namespace),
         // A new pod is a new uid, unless the operator's config names one.
-        uid: if operators && !old.uid.is_empty() {
-            old.uid
-        } else {
-            new.uid.to_string()
-        },
+        uid: if operators && !old.uid.is_empty() { old.uid } else { new.uid.to_string() },
         attempt: 0,
     };
-    anyhow::ensure!(
-        !meta.name.is_empty(),
-        "the checkpoint has no pod name; pass --name"
-    );
+    anyhow::ensure!(!meta.name.is_empty(), "the checkpoint has no pod name; pass --name");
     if cfg.log_directory.is_empty() {
         // The kubelet's layout: <root>/<namespace>_<name>_<uid>.
-        cfg.log_directory = new
-            .log_root
-            .join(format!("{}_{}_{}", meta.namespace, meta.name, meta.uid))
-            .to_string_lossy()
-            .into_owned();
+        cfg.log_directory =
+            new.log_root.join(format!("{}_{}_{}", meta.namespace, meta.name, meta.uid)).to_string_lossy().into_owned();
     }
     // The kubelet's pod labels name the pod; they follow the new identity.
     for (key, value) in [
@@ -165,16 +143,9 @@ fn strip_pod(mut cfg: PodSandboxConfig) -> PodSandboxConfig {
 /// A container's config: the operator's file when given, else the checkpoint's stripped; the
 /// name is the checkpoint's and the log path the kubelet's `<name>/<attempt>.log` unless the
 /// operator's file sets one.
-pub fn container_config(
-    name: &str,
-    checkpointed: ContainerConfig,
-    given: Option<ContainerConfig>,
-) -> ContainerConfig {
+pub fn container_config(name: &str, checkpointed: ContainerConfig, given: Option<ContainerConfig>) -> ContainerConfig {
     let mut cfg = given.unwrap_or_else(|| strip_container(checkpointed));
-    cfg.metadata = Some(ContainerMetadata {
-        name: name.to_string(),
-        attempt: 0,
-    });
+    cfg.metadata = Some(ContainerMetadata { name: name.to_string(), attempt: 0 });
     if cfg.log_path.is_empty() {
         cfg.log_path = format!("{name}/0.log");
     }
@@ -225,17 +196,14 @@ fn strip_container(mut cfg: ContainerConfig) -> ContainerConfig {
 /// Reads a CRI config from a JSON file (snake_case field names, absent fields are zero).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let value: Value =
-        serde_json::from_slice(&data).with_context(|| format!("{} is not JSON", path.display()))?;
+    let value: Value = serde_json::from_slice(&data).with_context(|| format!("{} is not JSON", path.display()))?;
     from_go_json(value).with_context(|| format!("{} is not a CRI {what}", path.display()))
 }
 
 /// `NAME=FILE` of `--container-config`.
 pub fn parse_container_arg(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(file)))
-        }
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
         _ => Err(format!("expected NAME=FILE, got {s:?}")),
     }
 }
@@ -254,31 +222,16 @@ pub fn check(
 ) -> Result<()> {
     let config_json = serde_json::to_value(config)?;
     let pod_json = serde_json::to_value(pod)?;
-    restore::check_request(
-        name,
-        Some(&config_json),
-        Some(&pod_json),
-        None,
-        ckpt_pod,
-        ckpt_config,
-        ckpt_spec,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", grant_hint(name)))?;
-    let given: Vec<&str> = config
-        .mounts
-        .iter()
-        .map(|m| m.container_path.as_str())
-        .collect();
+    restore::check_request(name, Some(&config_json), Some(&pod_json), None, ckpt_pod, ckpt_config, ckpt_spec)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", grant_hint(name)))?;
+    let given: Vec<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
     for m in ckpt_spec["mounts"].as_array().into_iter().flatten() {
         let bind = m["type"] == "bind"
-            || m["options"]
-                .as_array()
-                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+            || m["options"].as_array().is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
         let dest = m["destination"].as_str().unwrap_or_default();
         let source = m["source"].as_str().unwrap_or_default();
         // containerd's own per-container files (image volumes, etc.) live in its state.
-        let cri_own =
-            CRI_OWN_MOUNTS.contains(&dest) || source.contains("/io.containerd.grpc.v1.cri/");
+        let cri_own = CRI_OWN_MOUNTS.contains(&dest) || source.contains("/io.containerd.grpc.v1.cri/");
         if bind && !cri_own && !given.contains(&dest) {
             anyhow::bail!(
                 "container {name:?}: mounts: the checkpointed processes had host path {source:?} mounted at {dest:?}, \
@@ -293,8 +246,8 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use k8s_cri::v1::{
-        Capability, CdiDevice, Device, LinuxContainerConfig, LinuxContainerSecurityContext,
-        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceOption,
+        Capability, CdiDevice, Device, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, Mount, NamespaceOption,
     };
     use serde_json::json;
 
@@ -302,25 +255,16 @@ mod tests {
 
     fn hostile_container() -> ContainerConfig {
         ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: "app".into(),
-                attempt: 4,
-            }),
+            metadata: Some(ContainerMetadata { name: "app".into(), attempt: 4 }),
             command: vec!["/bin/sleep".into(), "1000".into()],
             log_path: "../../../../etc/profile.d/x.sh".into(),
-            mounts: vec![Mount {
-                container_path: "/host".into(),
-                host_path: "/".into(),
-                ..Default::default()
-            }],
+            mounts: vec![Mount { container_path: "/host".into(), host_path: "/".into(), ..Default::default() }],
             devices: vec![Device {
                 container_path: "/dev/sda".into(),
                 host_path: "/dev/sda".into(),
                 permissions: "rwm".into(),
             }],
-            cdi_devices: vec![CdiDevice {
-                name: "vendor.com/gpu=all".into(),
-            }],
+            cdi_devices: vec![CdiDevice { name: "vendor.com/gpu=all".into() }],
             annotations: [
                 ("io.kubernetes.container.hash".to_string(), "1".to_string()),
                 ("nri.io/evil".to_string(), "x".to_string()),
@@ -334,14 +278,8 @@ mod tests {
                         drop_capabilities: vec!["NET_RAW".into()],
                         ..Default::default()
                     }),
-                    seccomp: Some(SecurityProfile {
-                        profile_type: PROFILE_UNCONFINED,
-                        ..Default::default()
-                    }),
-                    apparmor: Some(SecurityProfile {
-                        profile_type: PROFILE_UNCONFINED,
-                        ..Default::default()
-                    }),
+                    seccomp: Some(SecurityProfile { profile_type: PROFILE_UNCONFINED, ..Default::default() }),
+                    apparmor: Some(SecurityProfile { profile_type: PROFILE_UNCONFINED, ..Default::default() }),
                     namespace_options: Some(NamespaceOption {
                         network: NS_NODE,
                         pid: NS_NODE,
@@ -362,27 +300,16 @@ mod tests {
         assert_eq!(cfg.log_path, "app/0.log");
         assert_eq!(cfg.metadata.as_ref().map(|m| m.attempt), Some(0));
         assert!(cfg.mounts.is_empty() && cfg.devices.is_empty() && cfg.cdi_devices.is_empty());
-        assert_eq!(
-            cfg.annotations.keys().collect::<Vec<_>>(),
-            ["io.kubernetes.container.hash"]
-        );
+        assert_eq!(cfg.annotations.keys().collect::<Vec<_>>(), ["io.kubernetes.container.hash"]);
         let sc = cfg.linux.unwrap().security_context.unwrap();
         assert!(!sc.privileged);
         let caps = sc.capabilities.unwrap();
         assert!(caps.add_capabilities.is_empty());
-        assert_eq!(
-            caps.drop_capabilities,
-            ["NET_RAW"],
-            "drops narrow, so they stay"
-        );
+        assert_eq!(caps.drop_capabilities, ["NET_RAW"], "drops narrow, so they stay");
         assert!(sc.seccomp.is_none() && sc.apparmor.is_none());
         let ns = sc.namespace_options.unwrap();
         assert_eq!((ns.network, ns.pid, ns.ipc), (NS_POD, NS_CONTAINER, NS_POD));
-        assert_eq!(
-            cfg.command,
-            ["/bin/sleep", "1000"],
-            "the process stays the checkpoint's"
-        );
+        assert_eq!(cfg.command, ["/bin/sleep", "1000"], "the process stays the checkpoint's");
     }
 
     #[test]
@@ -404,20 +331,14 @@ mod tests {
             }),
             hostname: "web-0".into(),
             log_directory: "/etc".into(),
-            labels: [
-                ("io.kubernetes.pod.uid".to_string(), "old".to_string()),
-                ("app".to_string(), "web".to_string()),
-            ]
-            .into(),
+            labels: [("io.kubernetes.pod.uid".to_string(), "old".to_string()), ("app".to_string(), "web".to_string())]
+                .into(),
             annotations: [("podcr.io/restore-from".to_string(), "x".to_string())].into(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: "/".into(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     privileged: true,
-                    namespace_options: Some(NamespaceOption {
-                        network: NS_NODE,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(NamespaceOption { network: NS_NODE, ..Default::default() }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -425,30 +346,14 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let new = NewPod {
-            name: None,
-            namespace: Some("dev"),
-            uid: "new",
-            log_root: Path::new("/var/log/pods"),
-        };
+        let new = NewPod { name: None, namespace: Some("dev"), uid: "new", log_root: Path::new("/var/log/pods") };
         let cfg = pod_config(dump, None, &new).unwrap();
         let m = cfg.metadata.clone().unwrap();
-        assert_eq!(
-            (
-                m.name.as_str(),
-                m.namespace.as_str(),
-                m.uid.as_str(),
-                m.attempt
-            ),
-            ("web", "dev", "new", 0)
-        );
+        assert_eq!((m.name.as_str(), m.namespace.as_str(), m.uid.as_str(), m.attempt), ("web", "dev", "new", 0));
         assert_eq!(cfg.log_directory, "/var/log/pods/dev_web_new");
         assert_eq!(cfg.labels["io.kubernetes.pod.uid"], "new");
         assert_eq!(cfg.labels["app"], "web");
-        assert!(
-            cfg.annotations.is_empty(),
-            "a restore-from must not start a second restore"
-        );
+        assert!(cfg.annotations.is_empty(), "a restore-from must not start a second restore");
         let linux = cfg.linux.unwrap();
         assert!(linux.cgroup_parent.is_empty());
         let sc = linux.security_context.unwrap();
@@ -471,15 +376,8 @@ mod tests {
             ]
         });
         let cfg = container_config("app", hostile_container(), None);
-        let e = check("app", &cfg, &pod, None, None, &spec)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("mounts")
-                && e.contains("/data")
-                && e.contains("--container-config app=FILE"),
-            "{e}"
-        );
+        let e = check("app", &cfg, &pod, None, None, &spec).unwrap_err().to_string();
+        assert!(e.contains("mounts") && e.contains("/data") && e.contains("--container-config app=FILE"), "{e}");
         let mut granted = cfg.clone();
         granted.mounts.push(Mount {
             container_path: "/data".into(),
@@ -489,28 +387,17 @@ mod tests {
         check("app", &granted, &pod, None, None, &spec).unwrap();
         // The checkpoint's (edited) CRI config asks for privileged: refused by default.
         let ckpt_config = serde_json::to_value(hostile_container()).unwrap();
-        let e = check("app", &granted, &pod, None, Some(&ckpt_config), &spec)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("privileged") && e.contains("--container-config app=FILE"),
-            "{e}"
-        );
+        let e = check("app", &granted, &pod, None, Some(&ckpt_config), &spec).unwrap_err().to_string();
+        assert!(e.contains("privileged") && e.contains("--container-config app=FILE"), "{e}");
         let given = container_config("app", ContainerConfig::default(), Some(hostile_container()));
         let mut given = given;
-        given.mounts.push(Mount {
-            container_path: "/data".into(),
-            ..Default::default()
-        });
+        given.mounts.push(Mount { container_path: "/data".into(), ..Default::default() });
         check("app", &given, &pod, None, Some(&ckpt_config), &spec).unwrap();
     }
 
     #[test]
     fn container_args_parse() {
-        assert_eq!(
-            parse_container_arg("app=/x.json").unwrap(),
-            ("app".to_string(), PathBuf::from("/x.json"))
-        );
+        assert_eq!(parse_container_arg("app=/x.json").unwrap(), ("app".to_string(), PathBuf::from("/x.json")));
         assert!(parse_container_arg("app").is_err());
         assert!(parse_container_arg("=x").is_err());
     }

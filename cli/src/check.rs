@@ -29,27 +29,15 @@ pub struct Check {
 }
 
 fn check(name: &'static str, outcome: Outcome, detail: impl Into<String>) -> Check {
-    Check {
-        name,
-        outcome,
-        detail: detail.into(),
-    }
+    Check { name, outcome, detail: detail.into() }
 }
 
 /// At least `min` (major, minor) in `version`.
 fn at_least(name: &'static str, version: &str, min: (u32, u32)) -> Check {
     match major_minor(version) {
         Some(v) if v >= min => check(name, Outcome::Pass, version),
-        Some(_) => check(
-            name,
-            Outcome::Fail,
-            format!("{version}: podcr needs {}.{} or later", min.0, min.1),
-        ),
-        None => check(
-            name,
-            Outcome::Warn,
-            format!("cannot read the version {version:?}"),
-        ),
+        Some(_) => check(name, Outcome::Fail, format!("{version}: podcr needs {}.{} or later", min.0, min.1)),
+        None => check(name, Outcome::Warn, format!("cannot read the version {version:?}")),
     }
 }
 
@@ -57,7 +45,10 @@ fn at_least(name: &'static str, version: &str, min: (u32, u32)) -> Check {
 /// CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881.
 fn runc_check(version: &str) -> Check {
     let patch = |v: &str| -> Option<u32> {
-        v.split('.').nth(2).map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>()).and_then(|p| p.parse().ok())
+        v.split('.')
+            .nth(2)
+            .map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .and_then(|p| p.parse().ok())
     };
     match (major_minor(version), patch(version).unwrap_or(0)) {
         (Some(mm), p) if (mm.0, mm.1, p) >= (1, 3, 3) => check("runc", Outcome::Pass, version),
@@ -76,13 +67,27 @@ fn signing_checks(cfg: &podcr_archive::signing_config::SigningConfig) -> Vec<Che
     use podcr_archive::signing::{Signer, TrustPolicy};
     let key = match Signer::from_config(cfg) {
         Ok(Some(s)) => check("signing key", Outcome::Pass, format!("{} ({})", cfg.key.display(), s.key_id())),
-        Ok(None) => check("signing key", Outcome::Warn, "none; checkpoints are written unsigned ([signing] allow_unsigned)".to_string()),
+        Ok(None) => check(
+            "signing key",
+            Outcome::Warn,
+            "none; checkpoints are written unsigned ([signing] allow_unsigned)".to_string(),
+        ),
         Err(e) => check("signing key", Outcome::Fail, e.to_string()),
     };
     let trusted = match TrustPolicy::from_config(cfg) {
-        Ok(p) if !p.is_empty() => check("trusted keys", Outcome::Pass, format!("{} in {}", p.len(), cfg.trusted_dir.display())),
-        Ok(_) if cfg.allow_unsigned => check("trusted keys", Outcome::Warn, format!("none in {}; only unsigned checkpoints restore", cfg.trusted_dir.display())),
-        Ok(_) => check("trusted keys", Outcome::Fail, format!("none in {}: no checkpoint can be restored (podcr key trust FILE.pub)", cfg.trusted_dir.display())),
+        Ok(p) if !p.is_empty() => {
+            check("trusted keys", Outcome::Pass, format!("{} in {}", p.len(), cfg.trusted_dir.display()))
+        }
+        Ok(_) if cfg.allow_unsigned => check(
+            "trusted keys",
+            Outcome::Warn,
+            format!("none in {}; only unsigned checkpoints restore", cfg.trusted_dir.display()),
+        ),
+        Ok(_) => check(
+            "trusted keys",
+            Outcome::Fail,
+            format!("none in {}: no checkpoint can be restored (podcr key trust FILE.pub)", cfg.trusted_dir.display()),
+        ),
         Err(e) => check("trusted keys", Outcome::Fail, e.to_string()),
     };
     vec![key, trusted]
@@ -92,24 +97,21 @@ fn signing_checks(cfg: &podcr_archive::signing_config::SigningConfig) -> Vec<Che
 fn handler_check(handler: &str, handlers: &[String], config: Option<&serde_json::Value>) -> Check {
     const NAME: &str = "cri handler";
     if !handlers.iter().any(|h| h == handler) {
-        return check(NAME, Outcome::Fail, format!("the CRI has no runtime handler {handler:?} (install.sh adds it; restart containerd after)"));
+        return check(
+            NAME,
+            Outcome::Fail,
+            format!("the CRI has no runtime handler {handler:?} (install.sh adds it; restart containerd after)"),
+        );
     }
-    let Some(rt) = config.and_then(|c| c.pointer(&format!("/containerd/runtimes/{handler}")))
-    else {
+    let Some(rt) = config.and_then(|c| c.pointer(&format!("/containerd/runtimes/{handler}"))) else {
         return check(
             NAME,
             Outcome::Warn,
             format!("{handler:?} is registered; its configuration is not in the CRI status"),
         );
     };
-    let runtime_type = rt
-        .get("runtimeType")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    let sandboxer = rt
-        .get("sandboxer")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
+    let runtime_type = rt.get("runtimeType").and_then(|v| v.as_str()).unwrap_or_default();
+    let sandboxer = rt.get("sandboxer").and_then(|v| v.as_str()).unwrap_or_default();
     if runtime_type != "io.containerd.podcr.v1" || sandboxer != "shim" {
         return check(
             NAME,
@@ -117,40 +119,21 @@ fn handler_check(handler: &str, handlers: &[String], config: Option<&serde_json:
             format!("{handler:?} has runtime_type {runtime_type:?} and sandboxer {sandboxer:?}; podcr needs 'io.containerd.podcr.v1' and 'shim'"),
         );
     }
-    check(
-        NAME,
-        Outcome::Pass,
-        format!("{handler:?}: runtime_type io.containerd.podcr.v1, sandboxer shim"),
-    )
+    check(NAME, Outcome::Pass, format!("{handler:?}: runtime_type io.containerd.podcr.v1, sandboxer shim"))
 }
 
 /// Which cgroup driver the node's runc pods use, from the CRI's runc handler options: podcr
 /// uses cgroupfs paths only, so a systemd node runs podcr pods outside its slices.
 fn cgroup_check(config: Option<&serde_json::Value>) -> Check {
     const NAME: &str = "cgroups";
-    let version = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "v2"
-    } else {
-        "v1"
-    };
-    let systemd = config
-        .and_then(|c| c.pointer("/containerd/runtimes"))
-        .and_then(|r| r.as_object())
-        .is_some_and(|r| {
-            r.values().any(|rt| {
-                rt.pointer("/options/SystemdCgroup")
-                    .and_then(|v| v.as_bool())
-                    == Some(true)
-            })
-        });
+    let version = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "v2" } else { "v1" };
+    let systemd = config.and_then(|c| c.pointer("/containerd/runtimes")).and_then(|r| r.as_object()).is_some_and(|r| {
+        r.values().any(|rt| rt.pointer("/options/SystemdCgroup").and_then(|v| v.as_bool()) == Some(true))
+    });
     if systemd {
         return check(NAME, Outcome::Warn, format!("cgroup {version}; runc handlers use the systemd cgroup driver, which podcr does not support yet (its pods use cgroupfs paths)"));
     }
-    check(
-        NAME,
-        Outcome::Pass,
-        format!("cgroup {version}, cgroupfs driver"),
-    )
+    check(NAME, Outcome::Pass, format!("cgroup {version}, cgroupfs driver"))
 }
 
 pub async fn run_checks(
@@ -170,21 +153,13 @@ pub async fn run_checks(
                 Err(e) => all.push(check("containerd", Outcome::Fail, crate::error::render(&e))),
             }
             match cri {
-                None => all.push(check(
-                    "cri handler",
-                    Outcome::Fail,
-                    "the CRI is not reachable",
-                )),
+                None => all.push(check("cri handler", Outcome::Fail, "the CRI is not reachable")),
                 Some(cri) => match cri.handlers_and_config().await {
                     Ok((handlers, config)) => {
                         all.push(handler_check(handler, &handlers, config.as_ref()));
                         cri_config = config;
                     }
-                    Err(e) => all.push(check(
-                        "cri handler",
-                        Outcome::Fail,
-                        crate::error::render(&e),
-                    )),
+                    Err(e) => all.push(check("cri handler", Outcome::Fail, crate::error::render(&e))),
                 },
             }
             match cd.runtime_info(runtime).await {
@@ -200,11 +175,7 @@ pub async fn run_checks(
     match tool_output("runc", &["--version"], timeout).await {
         Ok((_, text)) => match crate::version::parse_version(&text) {
             Some(v) => all.push(runc_check(&v)),
-            None => all.push(check(
-                "runc",
-                Outcome::Fail,
-                format!("no version in `runc --version`: {}", text.trim()),
-            )),
+            None => all.push(check("runc", Outcome::Fail, format!("no version in `runc --version`: {}", text.trim()))),
         },
         Err(e) => all.push(check("runc", Outcome::Fail, crate::error::render(&e))),
     }
@@ -217,17 +188,11 @@ pub async fn run_checks(
                     all.push(criu_check(timeout).await);
                 }
             }
-            None => all.push(check(
-                "criu",
-                Outcome::Fail,
-                format!("no version in `criu --version`: {}", text.trim()),
-            )),
+            None => all.push(check("criu", Outcome::Fail, format!("no version in `criu --version`: {}", text.trim()))),
         },
-        Err(e) => all.push(check(
-            "criu",
-            Outcome::Fail,
-            format!("{e:#}; checkpoint and restore need CRIU 4.2 or later"),
-        )),
+        Err(e) => {
+            all.push(check("criu", Outcome::Fail, format!("{e:#}; checkpoint and restore need CRIU 4.2 or later")))
+        }
     }
     all.push(cgroup_check(cri_config.as_ref()));
     let path = podcr_sandbox_controller::node_config::NodeConfig::path();
@@ -244,22 +209,12 @@ pub async fn run_checks(
 /// `criu check`: what CRIU itself says this kernel can do.
 async fn criu_check(timeout: Duration) -> Check {
     match tool_output("criu", &["check"], timeout).await {
-        Ok((true, text)) => check(
-            "criu check",
-            Outcome::Pass,
-            text.lines().last().unwrap_or("ok").trim().to_string(),
-        ),
+        Ok((true, text)) => check("criu check", Outcome::Pass, text.lines().last().unwrap_or("ok").trim().to_string()),
         Ok((false, text)) => {
-            let reason: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains("Error") || l.contains("rror:"))
-                .take(3)
-                .collect();
-            let reason = if reason.is_empty() {
-                text.lines().last().unwrap_or_default().to_string()
-            } else {
-                reason.join("; ")
-            };
+            let reason: Vec<&str> =
+                text.lines().filter(|l| l.contains("Error") || l.contains("rror:")).take(3).collect();
+            let reason =
+                if reason.is_empty() { text.lines().last().unwrap_or_default().to_string() } else { reason.join("; ") };
             check("criu check", Outcome::Fail, reason.trim().to_string())
         }
         Err(e) => check("criu check", Outcome::Fail, crate::error::render(&e)),
@@ -299,27 +254,11 @@ mod tests {
             "runc": {"runtimeType": "io.containerd.runc.v2", "options": {"SystemdCgroup": true}},
         }}});
         let handlers = ["podcr".to_string(), "wrong".to_string()];
-        assert_eq!(
-            handler_check("podcr", &handlers, Some(&cfg)).outcome,
-            Outcome::Pass
-        );
-        assert_eq!(
-            handler_check("wrong", &handlers, Some(&cfg)).outcome,
-            Outcome::Fail
-        );
-        assert_eq!(
-            handler_check("absent", &handlers, Some(&cfg)).outcome,
-            Outcome::Fail
-        );
-        assert_eq!(
-            handler_check("podcr", &handlers, None).outcome,
-            Outcome::Warn
-        );
-        assert_eq!(
-            cgroup_check(Some(&cfg)).outcome,
-            Outcome::Warn,
-            "systemd cgroup driver on runc handlers"
-        );
+        assert_eq!(handler_check("podcr", &handlers, Some(&cfg)).outcome, Outcome::Pass);
+        assert_eq!(handler_check("wrong", &handlers, Some(&cfg)).outcome, Outcome::Fail);
+        assert_eq!(handler_check("absent", &handlers, Some(&cfg)).outcome, Outcome::Fail);
+        assert_eq!(handler_check("podcr", &handlers, None).outcome, Outcome::Warn);
+        assert_eq!(cgroup_check(Some(&cfg)).outcome, Outcome::Warn, "systemd cgroup driver on runc handlers");
         assert_eq!(cgroup_check(None).outcome, Outcome::Pass);
         assert_eq!(at_least("runc", "1.2.9", (1, 3)).outcome, Outcome::Fail);
         assert_eq!(runc_check("1.3.2").outcome, Outcome::Fail);

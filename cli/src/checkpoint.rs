@@ -184,10 +184,17 @@ pub fn default_output(identity: Option<(String, String)>, now: chrono::DateTime<
         .filter(|(name, _)| !name.is_empty())
         .context("this pod has no CRI name and namespace to name its checkpoint after; pass --output")?;
     let config = podcr_sandbox_controller::node_config::NodeConfig::load()?;
-    let root = config.restore.checkpoint_roots.first().cloned().unwrap_or_else(|| {
-        PathBuf::from(podcr_sandbox_controller::node_config::restore::KUBELET_CHECKPOINT_ROOT)
-    });
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).with_context(|| format!("create {}", root.display()))?;
+    let root = config
+        .restore
+        .checkpoint_roots
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(podcr_sandbox_controller::node_config::restore::KUBELET_CHECKPOINT_ROOT));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .with_context(|| format!("create {}", root.display()))?;
     let time = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Ok(root.join(format!("checkpoint-{name}_{namespace}-{time}")))
 }
@@ -255,7 +262,11 @@ pub fn pod_by_name(pods: &[k8s_cri::v1::PodSandbox], name: &str, namespace: &str
 /// A CRI-shaped status for a container outside the CRI, so the checkpoint still records its
 /// image (restore needs it) and labels, as `status.dump` does for CRI containers.
 pub fn status_of(c: &containerd_client::services::v1::Container) -> k8s_cri::v1::ContainerStatus {
-    let created_at = c.created_at.as_ref().map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))).unwrap_or(0);
+    let created_at = c
+        .created_at
+        .as_ref()
+        .map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos)))
+        .unwrap_or(0);
     k8s_cri::v1::ContainerStatus {
         id: c.id.clone(),
         metadata: Some(k8s_cri::v1::ContainerMetadata { name: c.id.clone(), attempt: 0 }),
@@ -296,13 +307,20 @@ async fn containers(cd: &Containerd, target: &Target) -> Result<(Option<PodSandb
         let resp = cri.container_status(&c.id).await?;
         let config: Option<ContainerConfig> = config_from_info(&resp.info);
         debug!(id = %c.id, has_config = config.is_some(), "container from the CRI");
-        let name = c.metadata.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.id.clone());
+        let name =
+            c.metadata.as_ref().map(|m| m.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| c.id.clone());
         inputs.push(ContainerInput { id: c.id, name, config, status: resp.status });
     }
     Ok((pod_config, inputs))
 }
 
-pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &CheckpointArgs, timeout: Duration) -> Result<()> {
+pub async fn run(
+    cd: &Containerd,
+    address: &Path,
+    state: &Path,
+    args: &CheckpointArgs,
+    timeout: Duration,
+) -> Result<()> {
     let target = resolve(cd, address, args).await?;
     let (pod_config, inputs) = containers(cd, &target).await?;
     anyhow::ensure!(!inputs.is_empty(), "pod {} has no running containers to checkpoint", target.sandbox_id);
@@ -317,7 +335,13 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
                 Some(id) => Some(id),
                 // containerd's verbose status may lack the config; its pod listing has the name.
                 None => match &target.cri {
-                    Some(cri) => cri.list_pods().await?.into_iter().find(|p| p.id == target.sandbox_id).and_then(|p| p.metadata).map(|m| (m.name, m.namespace)),
+                    Some(cri) => cri
+                        .list_pods()
+                        .await?
+                        .into_iter()
+                        .find(|p| p.id == target.sandbox_id)
+                        .and_then(|p| p.metadata)
+                        .map(|m| (m.name, m.namespace)),
                     None => None,
                 },
             };
@@ -331,7 +355,13 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
     let result = shim.checkpoint(&req, timeout).await;
     let elapsed = progress.finish().await;
     let resp = result?;
-    eprintln!("checkpointed pod {} ({} containers) into {} in {:.2}s", target.sandbox_id, inputs.len(), output.display(), elapsed.as_secs_f64());
+    eprintln!(
+        "checkpointed pod {} ({} containers) into {} in {:.2}s",
+        target.sandbox_id,
+        inputs.len(),
+        output.display(),
+        elapsed.as_secs_f64()
+    );
     let table = args.format == output::Format::Table && !args.quiet;
     if let (true, Some(stats)) = (table, resp.podcr_stats.as_ref()) {
         print!("{}", output::stats_report(stats));
@@ -346,7 +376,13 @@ pub async fn run(cd: &Containerd, address: &Path, state: &Path, args: &Checkpoin
     if args.quiet {
         println!("{}", args.archive.as_deref().unwrap_or(&output).display());
     } else if args.format == output::Format::Json {
-        let doc = output::checkpoint_json(&target.sandbox_id, &output, args.archive.as_deref(), elapsed, resp.podcr_stats.as_ref());
+        let doc = output::checkpoint_json(
+            &target.sandbox_id,
+            &output,
+            args.archive.as_deref(),
+            elapsed,
+            resp.podcr_stats.as_ref(),
+        );
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(())
@@ -367,11 +403,12 @@ fn check_archive_target(archive: &Path, force: bool) -> Result<()> {
 /// new one is renamed in, which never replaces anything.
 fn remove_existing(archive: &Path) -> Result<()> {
     match std::fs::remove_file(archive) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", archive.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", archive.display()))
+        }
         _ => Ok(()),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -399,10 +436,16 @@ mod tests {
         assert!(args(&[]).options().is_empty());
         assert_eq!(args(&["--stop"]).options()["leave-running"], "false");
         assert_eq!(args(&["--leave-running"]).options()["leave-running"], "true");
-        assert!(T::try_parse_from(["t", "pod", "-o", "/x", "--stop", "--leave-running"]).is_err(), "--stop and --leave-running conflict");
+        assert!(
+            T::try_parse_from(["t", "pod", "-o", "/x", "--stop", "--leave-running"]).is_err(),
+            "--stop and --leave-running conflict"
+        );
         let o = args(&["--leave-running", "--file-locks", "--compression", "zstd"]).options();
         assert_eq!(o.len(), 3);
-        assert_eq!((o["leave-running"].as_str(), o["file-locks"].as_str(), o["compression"].as_str()), ("true", "true", "zstd"));
+        assert_eq!(
+            (o["leave-running"].as_str(), o["file-locks"].as_str(), o["compression"].as_str()),
+            ("true", "true", "zstd")
+        );
     }
 
     #[test]

@@ -2,23 +2,19 @@
 //! container store. Every call carries the namespace in the `containerd-namespace` header,
 //! which is how containerd scopes all of its objects.
 
-use std::{
-    path::Path,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{path::Path, sync::OnceLock, time::Duration};
 
 use anyhow::{Context, Result};
 use containerd_client::{
     services::v1::{
         containers_client::ContainersClient,
+        introspection_client::IntrospectionClient,
         sandbox::{
             controller_client::ControllerClient, store_client::StoreClient, ControllerCreateRequest,
             ControllerShutdownRequest, ControllerStartRequest, ControllerStartResponse, ControllerStatusRequest,
-            ControllerStatusResponse, ControllerStopRequest, StoreCreateRequest, StoreDeleteRequest,
-            StoreGetRequest, StoreListRequest,
+            ControllerStatusResponse, ControllerStopRequest, StoreCreateRequest, StoreDeleteRequest, StoreGetRequest,
+            StoreListRequest,
         },
-        introspection_client::IntrospectionClient,
         version_client::VersionClient,
         Container, ListContainersRequest, PluginInfoRequest,
     },
@@ -29,8 +25,8 @@ use containerd_client::{
     },
     types::{RuntimeInfo, RuntimeRequest, Sandbox},
 };
-use prost::Message;
 use hyper_util::rt::TokioIo;
+use prost::Message;
 use tokio::net::UnixStream;
 
 use crate::error::Unreachable;
@@ -112,7 +108,8 @@ fn humantime(d: Duration) -> String {
 impl Containerd {
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Containerd> {
         let channel = unix_channel(socket).await?;
-        let header = namespace.parse().with_context(|| format!("namespace {namespace:?} is not a valid header value"))?;
+        let header =
+            namespace.parse().with_context(|| format!("namespace {namespace:?} is not a valid header value"))?;
         Ok(Containerd { channel, namespace: header, namespace_name: namespace.to_string() })
     }
 
@@ -188,13 +185,15 @@ impl Containerd {
     }
 
     pub async fn controller_status(&self, id: &str, sandboxer: &str) -> Result<ControllerStatusResponse> {
-        let req = ControllerStatusRequest { sandbox_id: id.to_string(), verbose: false, sandboxer: sandboxer.to_string() };
+        let req =
+            ControllerStatusRequest { sandbox_id: id.to_string(), verbose: false, sandboxer: sandboxer.to_string() };
         let resp = self.controller().status(self.req(req)).await.with_context(|| format!("status of sandbox {id}"))?;
         Ok(resp.into_inner())
     }
 
     pub async fn controller_stop(&self, id: &str, sandboxer: &str) -> Result<()> {
-        let req = ControllerStopRequest { sandbox_id: id.to_string(), timeout_secs: 0, sandboxer: sandboxer.to_string() };
+        let req =
+            ControllerStopRequest { sandbox_id: id.to_string(), timeout_secs: 0, sandboxer: sandboxer.to_string() };
         self.controller().stop(self.req(req)).await.with_context(|| format!("stop sandbox {id}"))?;
         Ok(())
     }
@@ -223,12 +222,14 @@ impl Containerd {
             type_url: "containerd.types.RuntimeRequest".into(),
             value: RuntimeRequest { runtime_path: runtime.into(), options: None }.encode_to_vec(),
         };
-        let req = PluginInfoRequest { r#type: "io.containerd.runtime.v2".into(), id: "task".into(), options: Some(options) };
+        let req =
+            PluginInfoRequest { r#type: "io.containerd.runtime.v2".into(), id: "task".into(), options: Some(options) };
         let resp = IntrospectionClient::new(self.channel.clone())
             .plugin_info(self.req(req))
             .await
             .with_context(|| format!("containerd PluginInfo of runtime {runtime}"))?;
-        let extra = resp.into_inner().extra.with_context(|| format!("containerd returned no runtime info for {runtime}"))?;
+        let extra =
+            resp.into_inner().extra.with_context(|| format!("containerd returned no runtime info for {runtime}"))?;
         RuntimeInfo::decode(extra.value.as_slice()).context("decode RuntimeInfo")
     }
 

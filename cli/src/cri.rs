@@ -4,11 +4,10 @@ use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context, Result};
 use k8s_cri::v1::{
-    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, Container,
-    ContainerConfig, ContainerFilter, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
-    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox,
-    StatusRequest, PodSandboxConfig,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, Container, ContainerConfig,
+    ContainerFilter, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest, ImageSpec,
+    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
     StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
@@ -45,14 +44,20 @@ impl Cri {
     /// The runtime handlers the CRI serves, and its configuration (the verbose status's
     /// `config`, as containerd's Go code writes it), for `podcr check`.
     pub async fn handlers_and_config(&self) -> Result<(Vec<String>, Option<serde_json::Value>)> {
-        let resp = self.runtime.clone().status(StatusRequest { verbose: true }).await.context("CRI Status")?.into_inner();
+        let resp =
+            self.runtime.clone().status(StatusRequest { verbose: true }).await.context("CRI Status")?.into_inner();
         let handlers = resp.runtime_handlers.into_iter().map(|h| h.name).collect();
         let config = resp.info.get("config").and_then(|c| serde_json::from_str(c).ok());
         Ok((handlers, config))
     }
 
     pub async fn list_pods(&self) -> Result<Vec<PodSandbox>> {
-        let resp = self.runtime.clone().list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.context("CRI ListPodSandbox")?;
+        let resp = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .context("CRI ListPodSandbox")?;
         Ok(resp.into_inner().items)
     }
 
@@ -115,10 +120,20 @@ impl Cri {
         Ok(())
     }
 
-    pub async fn create_container(&self, pod_id: &str, config: ContainerConfig, pod: PodSandboxConfig) -> Result<String> {
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        pod: PodSandboxConfig,
+    ) -> Result<String> {
         let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let req = CreateContainerRequest { pod_sandbox_id: pod_id.to_string(), config: Some(config), sandbox_config: Some(pod) };
-        let resp = self.runtime.clone().create_container(req).await.with_context(|| format!("CRI CreateContainer {name}"))?;
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod),
+        };
+        let resp =
+            self.runtime.clone().create_container(req).await.with_context(|| format!("CRI CreateContainer {name}"))?;
         Ok(resp.into_inner().container_id)
     }
 

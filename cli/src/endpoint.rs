@@ -50,21 +50,10 @@ mod tests {
 
     #[test]
     fn unix_urls_and_plain_paths() {
-        assert_eq!(
-            socket_path("-a", "unix:///run/c.sock").unwrap(),
-            PathBuf::from("/run/c.sock")
-        );
-        assert_eq!(
-            socket_path("-a", "/run/c.sock").unwrap(),
-            PathBuf::from("/run/c.sock")
-        );
-        assert_eq!(
-            socket_path("-a", "c.sock").unwrap(),
-            PathBuf::from("c.sock")
-        );
-        let err = socket_path("-a", "tcp://1.2.3.4:5")
-            .unwrap_err()
-            .to_string();
+        assert_eq!(socket_path("-a", "unix:///run/c.sock").unwrap(), PathBuf::from("/run/c.sock"));
+        assert_eq!(socket_path("-a", "/run/c.sock").unwrap(), PathBuf::from("/run/c.sock"));
+        assert_eq!(socket_path("-a", "c.sock").unwrap(), PathBuf::from("c.sock"));
+        let err = socket_path("-a", "tcp://1.2.3.4:5").unwrap_err().to_string();
         assert!(err.contains("tcp:// is not supported"), "{err}");
         assert!(socket_path("-a", "unix://").is_err());
     }
@@ -74,9 +63,6 @@ mod tests {
         let e = Endpoints::resolve("unix:///a.sock", None).unwrap();
         assert_eq!(e.cri, PathBuf::from("/a.sock"));
         let e = Endpoints::resolve("/a.sock", Some("unix:///b.sock")).unwrap();
-        assert_eq!(
-            (e.containerd, e.cri),
-            (PathBuf::from("/a.sock"), PathBuf::from("/b.sock"))
-        );
+        assert_eq!((e.containerd, e.cri), (PathBuf::from("/a.sock"), PathBuf::from("/b.sock")));
     }
 }

@@ -83,7 +83,9 @@ pub fn render(e: &anyhow::Error) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() && c != '\n' { c.escape_debug().to_string() } else { c.to_string() }).collect()
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { c.escape_debug().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// What to try next, for the failures where the message alone does not say.
@@ -115,7 +117,8 @@ pub fn unique_match<'a>(query: &str, candidates: impl IntoIterator<Item = &'a st
     if all.contains(&query) {
         return Ok(query.to_string());
     }
-    let hits: Vec<String> = all.iter().filter(|c| !query.is_empty() && c.starts_with(query)).map(|c| c.to_string()).collect();
+    let hits: Vec<String> =
+        all.iter().filter(|c| !query.is_empty() && c.starts_with(query)).map(|c| c.to_string()).collect();
     match hits.len() {
         0 => Err(LookupError::NotFound(query.to_string())),
         1 => Ok(hits.into_iter().next().unwrap_or_default()),

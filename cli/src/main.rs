@@ -198,10 +198,15 @@ async fn state_dir(cli: &Cli, ep: &endpoint::Endpoints) -> PathBuf {
 fn split_pod(pod: &mut String, pod_namespace: &mut Option<String>) -> Result<(), UsageError> {
     let Some((ns, name)) = pod.split_once('/') else { return Ok(()) };
     if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(UsageError(format!("pod {pod:?}: expected NAMESPACE/NAME, a pod name with --pod-namespace, or a sandbox id")));
+        return Err(UsageError(format!(
+            "pod {pod:?}: expected NAMESPACE/NAME, a pod name with --pod-namespace, or a sandbox id"
+        )));
     }
     if pod_namespace.as_deref().is_some_and(|p| p != ns) {
-        return Err(UsageError(format!("pod {pod:?} names namespace {ns:?} but --pod-namespace says {:?}", pod_namespace.as_deref().unwrap_or_default())));
+        return Err(UsageError(format!(
+            "pod {pod:?} names namespace {ns:?} but --pod-namespace says {:?}",
+            pod_namespace.as_deref().unwrap_or_default()
+        )));
     }
     *pod_namespace = Some(ns.to_string());
     *pod = name.to_string();
@@ -214,7 +219,9 @@ fn check_local(command: &Command) -> Result<(), UsageError> {
     match command {
         Command::Checkpoint(a) => {
             // Without -o the output is a new, time-stamped directory under the checkpoint root.
-            if let Some(meta) = a.output.as_deref().and_then(|out| std::fs::symlink_metadata(out).ok().map(|m| (out, m))) {
+            if let Some(meta) =
+                a.output.as_deref().and_then(|out| std::fs::symlink_metadata(out).ok().map(|m| (out, m)))
+            {
                 let (out, meta) = meta;
                 if !meta.is_dir() {
                     return Err(UsageError(format!("output {} exists and is not a directory", out.display())));
@@ -266,7 +273,9 @@ async fn run(mut cli: Cli) -> Result<()> {
         Command::Check { handler, output } => {
             let cd = containerd::Containerd::connect(&ep.containerd, &ns(CRI_NAMESPACE)).await;
             let cri = cri::Cri::connect(&ep.cri).await.ok();
-            let checks = check::run_checks(cd.as_ref().map_err(error::render), cri.as_ref(), handler, RUNTIME, cli.call_timeout).await;
+            let checks =
+                check::run_checks(cd.as_ref().map_err(error::render), cri.as_ref(), handler, RUNTIME, cli.call_timeout)
+                    .await;
             match check::print(&checks, *output)? {
                 0 => Ok(()),
                 n => bail!("{n} of {} checks failed", checks.len()),

@@ -102,7 +102,11 @@ pub fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// A checkpoint's result for scripts (`podcr checkpoint --format json`): what was written where,
@@ -169,7 +173,10 @@ pub fn stats_report(stats: &CheckpointStats) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["CONTAINER", "CRIU FROZEN", "MEMDUMP", "PAGES", "DUMP WALL", "ROOTFS DIFF", "ARCHIVE", "MEMWRITE"], &rows));
+    out.push_str(&table(
+        &["CONTAINER", "CRIU FROZEN", "MEMDUMP", "PAGES", "DUMP WALL", "ROOTFS DIFF", "ARCHIVE", "MEMWRITE"],
+        &rows,
+    ));
     out
 }
 

@@ -19,7 +19,9 @@ use tracing::warn;
 use podcr_sandbox_controller::node_config::NodeConfig;
 use prost::Message;
 
-use crate::{caller, containerd::Containerd, cri::Cri, error::LookupError, output, shim, transport, zerofill::from_go_json};
+use crate::{
+    caller, containerd::Containerd, cri::Cri, error::LookupError, output, shim, transport, zerofill::from_go_json,
+};
 
 /// `type_url`s of the CRI messages in the request, as containerd's CRI writes them.
 const POD_SANDBOX_CONFIG_TYPE: &str = "runtime.v1.PodSandboxConfig";
@@ -133,7 +135,10 @@ fn new_uid() -> Result<String> {
 
 /// The caller's configs for the pod and each container, checked against the checkpoint (see
 /// [`caller`]); nothing is created yet.
-fn caller_configs(src: &transport::Source, args: &RestoreArgs) -> Result<(PodSandboxConfig, Vec<(String, ContainerConfig)>)> {
+fn caller_configs(
+    src: &transport::Source,
+    args: &RestoreArgs,
+) -> Result<(PodSandboxConfig, Vec<(String, ContainerConfig)>)> {
     let containers = read_containers(src)?;
     for (name, _) in &args.container_configs {
         anyhow::ensure!(
@@ -142,7 +147,8 @@ fn caller_configs(src: &transport::Source, args: &RestoreArgs) -> Result<(PodSan
         );
     }
     let config = NodeConfig::load()?;
-    let given_pod = args.pod_config.as_deref().map(|p| caller::read_json::<PodSandboxConfig>(p, "PodSandboxConfig")).transpose()?;
+    let given_pod =
+        args.pod_config.as_deref().map(|p| caller::read_json::<PodSandboxConfig>(p, "PodSandboxConfig")).transpose()?;
     let uid = new_uid()?;
     let new = caller::NewPod {
         name: args.name.as_deref(),
@@ -276,15 +282,23 @@ async fn restore_into(
     result?;
     if !created_only {
         let starts = ids.iter().map(|(_, id)| cri.start_container(id));
-        let failed: Vec<String> =
-            futures::future::join_all(starts).await.into_iter().filter_map(|r| r.err()).map(|e| format!("{e:#}")).collect();
+        let failed: Vec<String> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .filter_map(|r| r.err())
+            .map(|e| format!("{e:#}"))
+            .collect();
         anyhow::ensure!(failed.is_empty(), "starting the restored containers: {}", failed.join("; "));
     }
     Ok(ids)
 }
 
 fn any_of(type_url: &str, msg: &impl Message) -> protobuf::well_known_types::any::Any {
-    protobuf::well_known_types::any::Any { type_url: type_url.to_string(), value: msg.encode_to_vec(), ..Default::default() }
+    protobuf::well_known_types::any::Any {
+        type_url: type_url.to_string(),
+        value: msg.encode_to_vec(),
+        ..Default::default()
+    }
 }
 
 /// RestorePod's request as the shim sees it: the new ids by name, with the caller's configs.
@@ -305,7 +319,8 @@ pub fn restore_request(
             let mut c = RestoreContainer::new();
             c.id = id.clone();
             c.name = name.clone();
-            c.config = configs.iter().find(|(n, _)| n == name).map(|(_, cfg)| any_of(CONTAINER_CONFIG_TYPE, cfg)).into();
+            c.config =
+                configs.iter().find(|(n, _)| n == name).map(|(_, cfg)| any_of(CONTAINER_CONFIG_TYPE, cfg)).into();
             c
         })
         .collect();
@@ -337,7 +352,13 @@ mod tests {
     fn request_names_new_ids_and_carries_the_callers_configs() {
         let pod = PodSandboxConfig { hostname: "h".into(), ..Default::default() };
         let cfg = ContainerConfig { command: vec!["/bin/true".into()], ..Default::default() };
-        let req = restore_request("pod", Path::new("/ckpt"), &pod, &[("app".into(), cfg.clone())], &[("app".into(), "c1".into())]);
+        let req = restore_request(
+            "pod",
+            Path::new("/ckpt"),
+            &pod,
+            &[("app".into(), cfg.clone())],
+            &[("app".into(), "c1".into())],
+        );
         assert_eq!((req.sandbox_id.as_str(), req.checkpoint_path.as_str()), ("pod", "/ckpt"));
         assert_eq!((req.containers[0].id.as_str(), req.containers[0].name.as_str()), ("c1", "app"));
         assert!(req.options.is_empty());

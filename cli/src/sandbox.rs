@@ -171,7 +171,10 @@ pub async fn rm(cd: &Containerd, ids: &[String], force: bool) -> Result<()> {
 }
 
 async fn remove_one(cd: &Containerd, id: &str, force: bool) -> Result<()> {
-    let sb = cd.store_get(id).await?.with_context(|| format!("sandbox {id} not found in namespace {}", cd.namespace_name))?;
+    let sb = cd
+        .store_get(id)
+        .await?
+        .with_context(|| format!("sandbox {id} not found in namespace {}", cd.namespace_name))?;
     let sandboxer = if sb.sandboxer.is_empty() { SHIM_SANDBOXER.to_string() } else { sb.sandboxer };
     if let Err(e) = cd.controller_stop(id, &sandboxer).await {
         if !force {
@@ -197,7 +200,13 @@ mod tests {
         let ns = cfg.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
         assert_eq!((ns.network, ns.pid, ns.ipc), (NS_NODE, NS_CONTAINER, NS_POD));
 
-        let opts = RunOptions { netns: Some("/var/run/netns/x".into()), hostname: Some("h".into()), name: Some("web".into()), pod_namespace: Some("prod".into()), ..opts };
+        let opts = RunOptions {
+            netns: Some("/var/run/netns/x".into()),
+            hostname: Some("h".into()),
+            name: Some("web".into()),
+            pod_namespace: Some("prod".into()),
+            ..opts
+        };
         let cfg = pod_config(&opts);
         assert_eq!(cfg.hostname, "h");
         assert_eq!(cfg.metadata.as_ref().unwrap().namespace, "prod");

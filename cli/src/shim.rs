@@ -42,7 +42,10 @@ pub async fn address_of(cd: &Containerd, sandbox_id: &str, state_dir: &Path) -> 
     }
     let file = address_file(state_dir, &cd.namespace_name, sandbox_id)?;
     let raw = std::fs::read_to_string(&file).with_context(|| {
-        format!("containerd reports no shim address for sandbox {sandbox_id} and {} is unreadable (wrong --state?)", file.display())
+        format!(
+            "containerd reports no shim address for sandbox {sandbox_id} and {} is unreadable (wrong --state?)",
+            file.display()
+        )
     })?;
     ttrpc_address(raw.trim())
 }

@@ -40,7 +40,8 @@ pub struct Source {
 
 /// What this node's `[signing]` trusts.
 pub fn trust_policy() -> Result<TrustPolicy> {
-    let cfg = NodeConfig::load().with_context(|| format!("read the node configuration {}", NodeConfig::path().display()))?;
+    let cfg =
+        NodeConfig::load().with_context(|| format!("read the node configuration {}", NodeConfig::path().display()))?;
     TrustPolicy::from_config(&cfg.signing).context("load the trusted checkpoint keys")
 }
 
@@ -55,8 +56,8 @@ pub fn open(path: &Path) -> Result<Source> {
         let dir = std::fs::canonicalize(path).with_context(|| format!("resolve {}", path.display()))?;
         // Every check but re-hashing the container archives: the shim hashes each one while it
         // extracts it, so hashing here too would read the pod's memory once more for nothing.
-        let checkpoint =
-            archive::open_pod_dir(&dir, &limits, &trust).with_context(|| format!("open checkpoint {}", dir.display()))?;
+        let checkpoint = archive::open_pod_dir(&dir, &limits, &trust)
+            .with_context(|| format!("open checkpoint {}", dir.display()))?;
         compatible(&checkpoint)?;
         return Ok(Source { checkpoint, dir, _tmp: None });
     }
@@ -74,7 +75,6 @@ pub fn open(path: &Path) -> Result<Source> {
 fn compatible(checkpoint: &PodCheckpoint) -> Result<()> {
     podcr_sandbox_controller::restore::check_compatible(checkpoint).context("this checkpoint cannot be restored here")
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -92,7 +92,11 @@ impl<'de> Deserializer<'de> for Filled {
         visitor.visit_map(Fields { fields: fields.iter(), map, pending: None })
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -203,7 +207,8 @@ mod tests {
 
     #[test]
     fn nulls_and_full_round_trip() {
-        let cfg: PodSandboxConfig = from_go_json(json!({"hostname": null, "port_mappings": null, "labels": null})).unwrap();
+        let cfg: PodSandboxConfig =
+            from_go_json(json!({"hostname": null, "port_mappings": null, "labels": null})).unwrap();
         assert_eq!(cfg, PodSandboxConfig::default());
         // What serde itself writes (every field present) decodes to the same value.
         let full = PodSandboxConfig { hostname: "h".into(), ..Default::default() };

@@ -96,7 +96,8 @@ impl<B: PodBackend> SandboxController<B> {
             return Err(e);
         }
         info!(pod = %spec.id, "pod created");
-        *pod = Some(Pod { spec, state: PodState::Created, pid: 0, created_at: Utc::now(), exit: None, starting: false });
+        *pod =
+            Some(Pod { spec, state: PodState::Created, pid: 0, created_at: Utc::now(), exit: None, starting: false });
         Ok(())
     }
 
@@ -238,7 +239,9 @@ mod tests {
     async fn created(fake: &Arc<FakeBackend>) -> (SandboxController<FakeBackend>, tempfile::TempDir) {
         let ctl = SandboxController::new(fake.clone());
         let bundle = tempfile::tempdir().unwrap();
-        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() }).await.unwrap();
+        ctl.create(PodSpec { id: "pod1".into(), bundle: bundle.path().to_path_buf(), ..Default::default() })
+            .await
+            .unwrap();
         (ctl, bundle)
     }
 

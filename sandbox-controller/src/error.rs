@@ -80,9 +80,7 @@ impl Error {
             Error::Untrusted(m) => Error::Untrusted(r(m)),
             Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: r(msg) },
             Error::Io { context, source } => Error::Io { context: r(context), source },
-            Error::Json { path, source } => {
-                Error::Json { path: PathBuf::from(r(path.display().to_string())), source }
-            }
+            Error::Json { path, source } => Error::Json { path: PathBuf::from(r(path.display().to_string())), source },
             // A backend's own error keeps its words: it is not about the output directory.
             e @ Error::Backend(_) => e,
         }
@@ -122,7 +120,9 @@ mod tests {
         assert!(matches!(Error::from(A::Archive("a".into())), Error::Archive(m) if m == "a"));
         assert!(matches!(Error::from(A::Untrusted("a".into())), Error::Untrusted(m) if m == "a"));
         assert!(matches!(Error::from(A::io("c")(io())), Error::Io { context, .. } if context == "c"));
-        assert!(matches!(Error::from(A::Json { path: "p".into(), source: json() }), Error::Json { path, .. } if path.as_os_str() == "p"));
+        assert!(
+            matches!(Error::from(A::Json { path: "p".into(), source: json() }), Error::Json { path, .. } if path.as_os_str() == "p")
+        );
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use crate::{
     backend::{
-        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodCheckpoint, PodRestore,
-        PodSpec, PreparedDumps, RestoreStage, RootfsCapture,
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, ExitStatus, PodAnchor, PodBackend, PodCheckpoint,
+        PodRestore, PodSpec, PreparedDumps, RestoreStage, RootfsCapture,
     },
     error::{Error, Result},
 };
@@ -172,7 +172,8 @@ impl PodCheckpoint for FakeBackend {
         if !self.frozen.lock().map(|f| f.contains(id)).unwrap_or(false) {
             return Err(Error::runtime("dump", id, "fake: dumped while not frozen"));
         }
-        std::fs::write(opts.image_dir.join("pages-1.img"), format!("memory of {id}")).map_err(Error::io("fake dump"))?;
+        std::fs::write(opts.image_dir.join("pages-1.img"), format!("memory of {id}"))
+            .map_err(Error::io("fake dump"))?;
         std::fs::write(opts.image_dir.join("inventory.img"), b"inv").map_err(Error::io("fake dump"))?;
         std::fs::write(opts.work_dir.join("dump.log"), b"fake criu log\n").map_err(Error::io("fake dump log"))?;
         Ok(DumpOutcome { wall: Duration::from_millis(1) })

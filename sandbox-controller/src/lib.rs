@@ -17,8 +17,8 @@ pub mod node_config;
 pub mod restore;
 pub mod state;
 
+pub use controller::SandboxController;
+pub use error::{Error, Result};
 /// The checkpoint archive format lives in its own crate; re-exported so `archive::...` paths
 /// keep working for the controller and its users.
 pub use podcr_archive as archive;
-pub use controller::SandboxController;
-pub use error::{Error, Result};

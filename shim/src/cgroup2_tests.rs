@@ -37,28 +37,14 @@ impl Cgroup2 {
             return None;
         }
         let mount = tempfile::tempdir().ok()?;
-        let flags = nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC;
-        if let Err(e) = nix::mount::mount(
-            Some("cgroup2"),
-            mount.path(),
-            Some("cgroup2"),
-            flags,
-            None::<&str>,
-        ) {
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
+        if let Err(e) = nix::mount::mount(Some("cgroup2"), mount.path(), Some("cgroup2"), flags, None::<&str>) {
             eprintln!("SKIP: cgroup2 test {name}: the kernel refuses a cgroup2 mount here: {e}");
             return None;
         }
-        let root = mount
-            .path()
-            .join(format!("podcr-unit-{}-{name}", std::process::id()));
+        let root = mount.path().join(format!("podcr-unit-{}-{name}", std::process::id()));
         std::fs::create_dir(&root).ok()?;
-        Some(Cgroup2 {
-            mount,
-            root,
-            children: Vec::new(),
-        })
+        Some(Cgroup2 { mount, root, children: Vec::new() })
     }
 
     fn mkdir(&self, rel: &str) -> PathBuf {
@@ -69,11 +55,7 @@ impl Cgroup2 {
 
     /// A `sleep` moved into `dir`.
     fn spawn_in(&mut self, dir: &Path) -> u32 {
-        let child = Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Command::new("sleep").arg("600").stdin(Stdio::null()).spawn().unwrap();
         let pid = child.id();
         self.children.push(child);
         std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
@@ -82,18 +64,12 @@ impl Cgroup2 {
 
     /// The relative path of a cgroup as `/proc/<pid>/cgroup` shows it.
     fn rel(&self, dir: &Path) -> String {
-        format!(
-            "/{}",
-            dir.strip_prefix(self.mount.path()).unwrap().display()
-        )
+        format!("/{}", dir.strip_prefix(self.mount.path()).unwrap().display())
     }
 }
 
 fn events_frozen(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .unwrap()
-        .lines()
-        .any(|l| l == "frozen 1")
+    std::fs::read_to_string(dir.join("cgroup.events")).unwrap().lines().any(|l| l == "frozen 1")
 }
 
 impl Drop for Cgroup2 {
@@ -108,12 +84,7 @@ impl Drop for Cgroup2 {
         let mut stack = vec![self.root.clone()];
         while let Some(d) = stack.pop() {
             if let Ok(entries) = std::fs::read_dir(&d) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
+                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
             }
             dirs.push(d);
         }
@@ -136,23 +107,14 @@ fn the_v2_freezer_freezes_two_cgroups_at_once_and_thaws_them() {
 
     freeze_all(&freezers).unwrap();
     // The kernel's word, not ours: both report frozen in cgroup.events.
-    assert!(
-        events_frozen(&c1) && events_frozen(&c2),
-        "not frozen after freeze_all"
-    );
+    assert!(events_frozen(&c1) && events_frozen(&c2), "not frozen after freeze_all");
     assert!(freezers.iter().all(|f| f.is_frozen().unwrap()));
     for pid in [p1, p2] {
-        assert!(
-            Path::new(&format!("/proc/{pid}")).exists(),
-            "a frozen process is still there"
-        );
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "a frozen process is still there");
     }
 
     thaw_all(&freezers).unwrap();
-    assert!(
-        !events_frozen(&c1) && !events_frozen(&c2),
-        "still frozen after thaw_all"
-    );
+    assert!(!events_frozen(&c1) && !events_frozen(&c2), "still frozen after thaw_all");
 }
 
 #[test]
@@ -163,10 +125,7 @@ fn a_freeze_that_cannot_complete_is_undone() {
     let c1 = cg.mkdir("pod/c1");
     cg.spawn_in(&c1);
     // The second freezer's cgroup vanished (a container that exited): the first must be thawed.
-    let freezers = [
-        Freezer::V2(c1.clone()),
-        Freezer::V2(cg.root.join("pod/gone")),
-    ];
+    let freezers = [Freezer::V2(c1.clone()), Freezer::V2(cg.root.join("pod/gone"))];
     assert!(freeze_all(&freezers).is_err());
     assert!(!events_frozen(&c1), "a failed freeze left a cgroup frozen");
 }
@@ -180,11 +139,7 @@ fn v2_paths_resolve_from_proc_cgroup() {
     let pid = cg.spawn_in(&c1);
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     // The unified line, as a pure v2 host shows it (this hybrid host adds v1 lines, which win).
-    let unified: String = text
-        .lines()
-        .filter(|l| l.starts_with("0::"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let unified: String = text.lines().filter(|l| l.starts_with("0::")).map(|l| format!("{l}\n")).collect();
     assert_eq!(unified.trim(), format!("0::{}", cg.rel(&c1)), "{text}");
     assert_eq!(
         cgroups::parse(&unified, cg.mount.path(), "freezer", "cgroup.freeze"),
@@ -192,15 +147,7 @@ fn v2_paths_resolve_from_proc_cgroup() {
     );
     // A controller not enabled in the hierarchy has no interface file there: not found, not a
     // wrong path.
-    assert_eq!(
-        cgroups::parse(
-            &unified,
-            cg.mount.path(),
-            "nosuchcontroller",
-            "nosuch.events"
-        ),
-        None
-    );
+    assert_eq!(cgroups::parse(&unified, cg.mount.path(), "nosuchcontroller", "nosuch.events"), None);
 }
 
 #[test]
@@ -214,24 +161,11 @@ fn the_pod_and_shim_cgroups_join_a_v2_hierarchy() {
     let pod = PodCgroup::join_under(cg.mount.path(), &parent, pid).unwrap();
     let dir = cg.root.join("kubepods/pod-1");
     assert_eq!(pod.dirs(), std::slice::from_ref(&dir));
-    assert_eq!(
-        std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap()
-            .trim(),
-        pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim(), pid.to_string());
 
     let shims = cg.mkdir("shims");
     cgroups::join_in(&[cg.mount.path().to_path_buf()], pid, &cg.rel(&shims)).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(shims.join("cgroup.procs"))
-            .unwrap()
-            .trim(),
-        pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(shims.join("cgroup.procs")).unwrap().trim(), pid.to_string());
     pod.remove();
-    assert!(
-        !cg.root.join("kubepods").exists(),
-        "the pod cgroup's directories were not removed"
-    );
+    assert!(!cg.root.join("kubepods").exists(), "the pod cgroup's directories were not removed");
 }

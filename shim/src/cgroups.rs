@@ -73,9 +73,10 @@ pub(crate) fn join_in(hierarchies: &[PathBuf], pid: u32, path: &str) -> Result<(
         }
         // Without create: cgroup.procs always exists in a cgroup, so a missing one is no cgroup.
         let procs = dir.join("cgroup.procs");
-        let write = std::fs::OpenOptions::new().write(true).open(&procs).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, pid.to_string().as_bytes())
-        });
+        let write = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, pid.to_string().as_bytes()));
         write.map_err(Error::io(format!("move pid {pid} into {}", procs.display())))?;
         joined += 1;
     }
@@ -128,7 +129,11 @@ mod tests {
                     40 1 8:1 / / rw - ext4 /dev/sda1 rw\n";
         assert_eq!(
             v1_hierarchies(text),
-            [PathBuf::from("/sys/fs/cgroup/memory"), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), PathBuf::from("/mnt/my cg")]
+            [
+                PathBuf::from("/sys/fs/cgroup/memory"),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                PathBuf::from("/mnt/my cg")
+            ]
         );
     }
 
@@ -151,8 +156,14 @@ mod tests {
     fn v1_controller_wins_on_hybrid_hosts() {
         let text = "12:freezer:/podcr/abc\n11:memory,foo:/podcr/abc\n0::/user.slice\n";
         let root = Path::new("/sys/fs/cgroup");
-        assert_eq!(parse(text, root, "freezer", "cgroup.freeze"), Some(ControllerCgroup::V1(root.join("freezer/podcr/abc"))));
-        assert_eq!(parse(text, root, "memory", "memory.events"), Some(ControllerCgroup::V1(root.join("memory/podcr/abc"))));
+        assert_eq!(
+            parse(text, root, "freezer", "cgroup.freeze"),
+            Some(ControllerCgroup::V1(root.join("freezer/podcr/abc")))
+        );
+        assert_eq!(
+            parse(text, root, "memory", "memory.events"),
+            Some(ControllerCgroup::V1(root.join("memory/podcr/abc")))
+        );
         assert_eq!(parse(text, root, "pids", "pids.max"), None, "a missing probe file means not enabled");
     }
 
@@ -162,6 +173,9 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("pod/c1")).unwrap();
         assert_eq!(parse("0::/pod/c1\n", dir.path(), "freezer", "cgroup.freeze"), None);
         std::fs::write(dir.path().join("pod/c1/cgroup.freeze"), "0").unwrap();
-        assert_eq!(parse("0::/pod/c1\n", dir.path(), "freezer", "cgroup.freeze"), Some(ControllerCgroup::V2(dir.path().join("pod/c1"))));
+        assert_eq!(
+            parse("0::/pod/c1\n", dir.path(), "freezer", "cgroup.freeze"),
+            Some(ControllerCgroup::V2(dir.path().join("pod/c1")))
+        );
     }
 }

@@ -8,7 +8,10 @@ use containerd_shim::{api::DeleteResponse, Flags};
 use protobuf::Message;
 use tracing::warn;
 
-use crate::{error::{Error, Result}, task::runc::default_root};
+use crate::{
+    error::{Error, Result},
+    task::runc::default_root,
+};
 
 /// Returns the `DeleteResponse` bytes for stdout.
 pub fn run(flags: &Flags) -> Result<Vec<u8>> {
@@ -27,12 +30,16 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>> {
     let root = default_root(&flags.namespace);
     // No reaper in this short-lived process, so a plain wait is right here.
     let out = Command::new("runc")
-        .arg("--root").arg(&root)
-        .arg("--log").arg(bundle.join("log.json"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--log")
+        .arg(bundle.join("log.json"))
         .args(["--log-format", "json", "delete", "--force", &flags.id])
         .output();
     match out {
-        Ok(o) if !o.status.success() => warn!(id = %flags.id, "runc delete: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) if !o.status.success() => {
+            warn!(id = %flags.id, "runc delete: {}", String::from_utf8_lossy(&o.stderr).trim())
+        }
         Err(e) => warn!(id = %flags.id, error = %e, "run runc delete"),
         Ok(_) => {}
     }

@@ -108,9 +108,7 @@ fn pod_code(e: &PodError) -> Code {
         PodError::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
         // A checkpoint this node does not trust (unsigned, forged, unknown key).
         PodError::Untrusted(_) => Code::PERMISSION_DENIED,
-        PodError::Runtime { .. } | PodError::Io { .. } | PodError::Json { .. } | PodError::Backend(_) => {
-            Code::UNKNOWN
-        }
+        PodError::Runtime { .. } | PodError::Io { .. } | PodError::Json { .. } | PodError::Backend(_) => Code::UNKNOWN,
     }
 }
 

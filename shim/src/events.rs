@@ -53,7 +53,9 @@ impl EventSink {
         let Some(tx) = &self.tx else { return };
         match tx.try_send((topic, Box::new(ev))) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => error!(topic, queued = QUEUE_SIZE, "containerd is not taking events; dropped one"),
+            Err(TrySendError::Full(_)) => {
+                error!(topic, queued = QUEUE_SIZE, "containerd is not taking events; dropped one")
+            }
             Err(TrySendError::Closed(_)) => warn!(topic, "event queue closed"),
         }
     }

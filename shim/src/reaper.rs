@@ -6,9 +6,7 @@
 
 use std::process::Stdio;
 
-use containerd_shim::{
-    monitor::{monitor_subscribe, monitor_unsubscribe, monitor_notify_by_pid, Subject, Topic},
-};
+use containerd_shim::monitor::{monitor_notify_by_pid, monitor_subscribe, monitor_unsubscribe, Subject, Topic};
 use nix::{
     errno::Errno,
     sys::wait::{waitpid, WaitPidFlag, WaitStatus},
@@ -26,8 +24,7 @@ pub fn start() -> Result<()> {
     if rc != 0 {
         return Err(Error::io("set child subreaper")(std::io::Error::last_os_error()));
     }
-    let mut sigchld = tokio::signal::unix::signal(SignalKind::child())
-        .map_err(Error::io("listen for SIGCHLD"))?;
+    let mut sigchld = tokio::signal::unix::signal(SignalKind::child()).map_err(Error::io("listen for SIGCHLD"))?;
     tokio::spawn(async move {
         // Reap once up front: a child may have exited before the handler existed.
         loop {

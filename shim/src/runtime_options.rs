@@ -34,11 +34,7 @@ pub fn read_stdin() -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     let mut input = Vec::new();
-    stdin
-        .lock()
-        .take(10 << 20)
-        .read_to_end(&mut input)
-        .map_err(Error::io("read runtime options from stdin"))?;
+    stdin.lock().take(10 << 20).read_to_end(&mut input).map_err(Error::io("read runtime options from stdin"))?;
     Ok(input)
 }
 
@@ -47,11 +43,8 @@ pub fn for_info(input: &[u8]) -> Result<Option<RuncOptions>> {
     if input.is_empty() {
         return Ok(None);
     }
-    let any = Any::parse_from_bytes(input).map_err(|e| {
-        Error::invalid_argument(format!(
-            "runtime options on stdin are not a protobuf Any: {e}"
-        ))
-    })?;
+    let any = Any::parse_from_bytes(input)
+        .map_err(|e| Error::invalid_argument(format!("runtime options on stdin are not a protobuf Any: {e}")))?;
     decode(any)
 }
 
@@ -65,11 +58,7 @@ pub fn for_start(input: &[u8], id: &str, namespace: &str) -> Result<Option<RuncO
     // fields), so only a message naming this very instance counts as bootstrap params.
     if let Ok(params) = BootstrapParams::parse_from_bytes(input) {
         if params.instance_id == id && params.namespace == namespace {
-            let found = params
-                .extensions
-                .iter()
-                .filter_map(|e| e.value.as_ref())
-                .find(|a| any_is::<Options>(a));
+            let found = params.extensions.iter().filter_map(|e| e.value.as_ref()).find(|a| any_is::<Options>(a));
             return found.cloned().map(decode).transpose().map(Option::flatten);
         }
     }
@@ -80,9 +69,8 @@ fn decode(any: Any) -> Result<Option<RuncOptions>> {
     if !any_is::<Options>(&any) {
         return Ok(None);
     }
-    let options = Options::parse_from_bytes(&any.value).map_err(|e| {
-        Error::invalid_argument(format!("{RUNC_OPTIONS_TYPE} on stdin does not decode: {e}"))
-    })?;
+    let options = Options::parse_from_bytes(&any.value)
+        .map_err(|e| Error::invalid_argument(format!("{RUNC_OPTIONS_TYPE} on stdin does not decode: {e}")))?;
     Ok(Some(RuncOptions { any, options }))
 }
 
@@ -93,16 +81,8 @@ mod tests {
     use super::*;
 
     fn runc_any(shim_cgroup: &str) -> Any {
-        let options = Options {
-            shim_cgroup: shim_cgroup.into(),
-            binary_name: "crun".into(),
-            ..Default::default()
-        };
-        Any {
-            type_url: RUNC_OPTIONS_TYPE.into(),
-            value: options.write_to_bytes().unwrap(),
-            ..Default::default()
-        }
+        let options = Options { shim_cgroup: shim_cgroup.into(), binary_name: "crun".into(), ..Default::default() };
+        Any { type_url: RUNC_OPTIONS_TYPE.into(), value: options.write_to_bytes().unwrap(), ..Default::default() }
     }
 
     #[test]
@@ -127,39 +107,19 @@ mod tests {
         let params = BootstrapParams {
             instance_id: "c1".into(),
             namespace: "ns".into(),
-            extensions: vec![Extension {
-                value: Some(runc_any("/k8s-shims")).into(),
-                ..Default::default()
-            }],
+            extensions: vec![Extension { value: Some(runc_any("/k8s-shims")).into(), ..Default::default() }],
             ..Default::default()
         };
         let bytes = params.write_to_bytes().unwrap();
-        assert_eq!(
-            for_start(&bytes, "c1", "ns")
-                .unwrap()
-                .unwrap()
-                .options
-                .shim_cgroup,
-            "/k8s-shims"
-        );
-        let none = BootstrapParams {
-            instance_id: "c1".into(),
-            namespace: "ns".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            for_start(&none.write_to_bytes().unwrap(), "c1", "ns").unwrap(),
-            None
-        );
+        assert_eq!(for_start(&bytes, "c1", "ns").unwrap().unwrap().options.shim_cgroup, "/k8s-shims");
+        let none = BootstrapParams { instance_id: "c1".into(), namespace: "ns".into(), ..Default::default() };
+        assert_eq!(for_start(&none.write_to_bytes().unwrap(), "c1", "ns").unwrap(), None);
     }
 
     #[test]
     fn other_option_types_are_ignored_and_garbage_is_an_error() {
-        let other = Any {
-            type_url: "runtimeoptions.v1.Options".into(),
-            value: vec![10, 1, b'x'],
-            ..Default::default()
-        };
+        let other =
+            Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![10, 1, b'x'], ..Default::default() };
         assert_eq!(for_info(&other.write_to_bytes().unwrap()).unwrap(), None);
         let err = for_info(&[0xff, 0xff, 0xff]).unwrap_err().to_string();
         assert!(err.contains("not a protobuf Any"), "{err}");

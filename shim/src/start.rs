@@ -61,15 +61,11 @@ fn alive(path: &str) -> bool {
 fn launch(flags: &Flags, address: &str, shim_cgroup: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe().map_err(Error::io("current exe"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address])
-        .args(["-socket", address]);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]).args(["-socket", address]);
     if flags.debug {
         cmd.arg("-debug");
     }
-    cmd.arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     // Its own process group, so signals meant for containerd's start command miss it.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(Error::io("spawn shim server"))?;

@@ -65,21 +65,12 @@ pub fn teardown(rec: &RunRecord, keep_dir: bool) -> Result<()> {
     unregister_live(&rec.run_id);
     note("ip_forward", restore_ip_forward(rec));
     if !keep_dir {
-        note(
-            "remove run dir",
-            std::fs::remove_dir_all(&rec.dir)
-                .or_else(ignore_missing)
-                .map_err(Into::into),
-        );
+        note("remove run dir", std::fs::remove_dir_all(&rec.dir).or_else(ignore_missing).map_err(Into::into));
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "cleanup of run {} incomplete:\n  {}",
-            rec.run_id,
-            errors.join("\n  ")
-        )
+        anyhow::bail!("cleanup of run {} incomplete:\n  {}", rec.run_id, errors.join("\n  "))
     }
 }
 
@@ -101,24 +92,16 @@ fn stop_containerd(rec: &RunRecord) -> Result<()> {
         procs::proc(pid).is_some_and(|p| {
             !p.is_zombie()
                 && p.argv.first().is_some_and(|a| a.ends_with("containerd"))
-                && p.argv
-                    .iter()
-                    .any(|a| a.starts_with(&*rec.dir.to_string_lossy()))
+                && p.argv.iter().any(|a| a.starts_with(&*rec.dir.to_string_lossy()))
         })
     };
     if !ours(pid) {
         return Ok(());
     }
     procs::signal(pid, Signal::SIGTERM)?;
-    if wait_until("containerd to exit", Duration::from_secs(10), || {
-        Ok(!ours(pid))
-    })
-    .is_err()
-    {
+    if wait_until("containerd to exit", Duration::from_secs(10), || Ok(!ours(pid))).is_err() {
         procs::signal(pid, Signal::SIGKILL)?;
-        wait_until("containerd to die", Duration::from_secs(5), || {
-            Ok(!ours(pid))
-        })?;
+        wait_until("containerd to die", Duration::from_secs(5), || Ok(!ours(pid)))?;
     }
     Ok(())
 }
@@ -129,15 +112,8 @@ fn stop_containerd(rec: &RunRecord) -> Result<()> {
 fn kill_run_processes(rec: &RunRecord) -> Result<()> {
     let all = procs::all()?;
     let dir = format!("{}/", rec.dir.display());
-    let mut doomed: Vec<u32> = procs::shims_of(&rec.socket)?
-        .iter()
-        .map(|p| p.pid)
-        .collect();
-    doomed.extend(
-        all.iter()
-            .filter(|p| p.argv.iter().any(|a| a.contains(&dir)))
-            .map(|p| p.pid),
-    );
+    let mut doomed: Vec<u32> = procs::shims_of(&rec.socket)?.iter().map(|p| p.pid).collect();
+    doomed.extend(all.iter().filter(|p| p.argv.iter().any(|a| a.contains(&dir))).map(|p| p.pid));
     // Descendants, to a fixed point (the list is small).
     loop {
         let before = doomed.len();
@@ -154,11 +130,9 @@ fn kill_run_processes(rec: &RunRecord) -> Result<()> {
     for pid in &doomed {
         procs::signal(*pid, Signal::SIGKILL)?;
     }
-    wait_until(
-        "the run's shims and their processes to die",
-        Duration::from_secs(5),
-        || Ok(doomed.iter().all(|p| !procs::alive(*p))),
-    )
+    wait_until("the run's shims and their processes to die", Duration::from_secs(5), || {
+        Ok(doomed.iter().all(|p| !procs::alive(*p)))
+    })
 }
 
 /// Run ids this process has started and not yet torn down. A run owned by this process is live only
@@ -166,25 +140,16 @@ fn kill_run_processes(rec: &RunRecord) -> Result<()> {
 static LIVE_HERE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 pub fn register_live(run_id: &str) {
-    LIVE_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(run_id.to_string());
+    LIVE_HERE.lock().unwrap_or_else(|e| e.into_inner()).push(run_id.to_string());
 }
 
 fn unregister_live(run_id: &str) {
-    LIVE_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|r| r != run_id);
+    LIVE_HERE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r != run_id);
 }
 
 fn is_live(rec: &RunRecord) -> bool {
     if rec.owner_pid == std::process::id() {
-        LIVE_HERE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&rec.run_id)
+        LIVE_HERE.lock().unwrap_or_else(|e| e.into_inner()).contains(&rec.run_id)
     } else {
         procs::alive(rec.owner_pid)
     }
@@ -223,9 +188,7 @@ fn restore_ip_forward(rec: &RunRecord) -> Result<()> {
         return Ok(());
     }
     let orig = base.join("ip_forward.orig");
-    let value = std::fs::read_to_string(&orig)
-        .ok()
-        .or_else(|| rec.ip_forward_before.clone());
+    let value = std::fs::read_to_string(&orig).ok().or_else(|| rec.ip_forward_before.clone());
     if let Some(v) = value {
         std::fs::write(IP_FORWARD, v)?;
     }
@@ -284,11 +247,9 @@ pub fn remove_cgroups(prefix: &str) -> Result<()> {
     for pid in pids(&dirs) {
         procs::signal(pid, Signal::SIGKILL)?;
     }
-    wait_until(
-        "processes in test cgroups to die",
-        Duration::from_secs(10),
-        || Ok(pids(&dirs).iter().all(|p| !procs::alive(*p))),
-    )?;
+    wait_until("processes in test cgroups to die", Duration::from_secs(10), || {
+        Ok(pids(&dirs).iter().all(|p| !procs::alive(*p)))
+    })?;
     let mut last = Ok(());
     for d in &dirs {
         // rmdir children before parents.
@@ -297,11 +258,9 @@ pub fn remove_cgroups(prefix: &str) -> Result<()> {
         all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for sub in all {
             // The kernel may need a moment after the last process is reaped before rmdir succeeds.
-            let r = wait_until(
-                &format!("rmdir {}", sub.display()),
-                Duration::from_secs(5),
-                || Ok(std::fs::remove_dir(&sub).or_else(ignore_missing).is_ok()),
-            );
+            let r = wait_until(&format!("rmdir {}", sub.display()), Duration::from_secs(5), || {
+                Ok(std::fs::remove_dir(&sub).or_else(ignore_missing).is_ok())
+            });
             if r.is_err() {
                 last = r;
             }
@@ -328,13 +287,7 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         // mountinfo escapes space, tab, newline and backslash as octal.
-        .map(|m| {
-            PathBuf::from(
-                m.replace("\\040", " ")
-                    .replace("\\011", "\t")
-                    .replace("\\134", "\\"),
-            )
-        })
+        .map(|m| PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")))
         .filter(|m| m.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -367,8 +320,7 @@ fn remove_runc_state(prefix: &str) -> Result<()> {
     };
     for e in rd.flatten() {
         if e.file_name().to_string_lossy().starts_with(prefix) {
-            std::fs::remove_dir_all(e.path())
-                .with_context(|| format!("remove {}", e.path().display()))?;
+            std::fs::remove_dir_all(e.path()).with_context(|| format!("remove {}", e.path().display()))?;
         }
     }
     Ok(())
@@ -417,10 +369,7 @@ pub fn cleanup_stale_runs(base: &Path) -> Result<()> {
             })
         });
         if orphan && p.pid != std::process::id() {
-            eprintln!(
-                "podcr-tests: killing orphan of a finished run: {} {:?}",
-                p.pid, p.argv
-            );
+            eprintln!("podcr-tests: killing orphan of a finished run: {} {:?}", p.pid, p.argv);
             procs::signal(p.pid, Signal::SIGKILL)?;
         }
     }

@@ -112,12 +112,7 @@ impl Running {
     pub fn new(mut child: Child, line: String) -> Running {
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
-        Running {
-            child,
-            line,
-            out,
-            err,
-        }
+        Running { child, line, out, err }
     }
 
     /// Spawns `cmd` in the background with stdin closed and stdout/stderr collected.
@@ -160,15 +155,8 @@ impl Running {
     }
 
     fn collect(&mut self, code: i32) -> Output {
-        let join = |h: Option<JoinHandle<String>>| {
-            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-        };
-        Output {
-            cmdline: self.line.clone(),
-            code,
-            stdout: join(self.out.take()),
-            stderr: join(self.err.take()),
-        }
+        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        Output { cmdline: self.line.clone(), code, stdout: join(self.out.take()), stderr: join(self.err.take()) }
     }
 }
 
@@ -190,9 +178,7 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let pty = nix::pty::openpty(None, None).context("openpty")?;
     let slave_fd = pty.slave.as_raw_fd();
     let dup = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    cmd.stdin(dup(&pty.slave)?)
-        .stdout(dup(&pty.slave)?)
-        .stderr(dup(&pty.slave)?);
+    cmd.stdin(dup(&pty.slave)?).stdout(dup(&pty.slave)?).stderr(dup(&pty.slave)?);
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -202,14 +188,10 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             Ok(())
         });
     }
-    let spawned = cmd
-        .spawn()
-        .with_context(|| format!("spawn `{line}` in a pty"));
+    let spawned = cmd.spawn().with_context(|| format!("spawn `{line}` in a pty"));
     // Close our copies of the slave (the Command holds three) so reading the master sees EIO once the
     // child's side is gone.
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     drop(pty.slave);
     let mut child = spawned?;
     let mut master = std::fs::File::from(pty.master);
@@ -242,17 +224,8 @@ pub fn run_in_pty(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     while !reader.is_finished() && Instant::now() < out_deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stdout = if reader.is_finished() {
-        reader.join().unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok(Output {
-        cmdline: line,
-        code: exit_code(status),
-        stdout,
-        stderr: String::new(),
-    })
+    let stdout = if reader.is_finished() { reader.join().unwrap_or_default() } else { String::new() };
+    Ok(Output { cmdline: line, code: exit_code(status), stdout, stderr: String::new() })
 }
 
 #[cfg(test)]
@@ -261,15 +234,8 @@ mod tests {
 
     #[test]
     fn run_reports_exit_code_and_both_streams() {
-        let out = run(
-            Command::new("sh").args(["-c", "echo o; echo e >&2; exit 3"]),
-            DEFAULT_TIMEOUT,
-        )
-        .unwrap();
-        assert_eq!(
-            (out.code, out.stdout.as_str(), out.stderr.as_str()),
-            (3, "o\n", "e\n")
-        );
+        let out = run(Command::new("sh").args(["-c", "echo o; echo e >&2; exit 3"]), DEFAULT_TIMEOUT).unwrap();
+        assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "o\n", "e\n"));
     }
 
     #[test]
@@ -282,15 +248,10 @@ mod tests {
 
     #[test]
     fn pty_gives_a_controlling_terminal() {
-        let out = run_in_pty(
-            Command::new("sh").args(["-c", "tty; exec 3</dev/tty && echo ctty; exit 4"]),
-            DEFAULT_TIMEOUT,
-        )
-        .unwrap();
+        let out =
+            run_in_pty(Command::new("sh").args(["-c", "tty; exec 3</dev/tty && echo ctty; exit 4"]), DEFAULT_TIMEOUT)
+                .unwrap();
         assert_eq!(out.code, 4);
-        assert!(
-            out.stdout.contains("/dev/pts/") && out.stdout.contains("ctty"),
-            "{out:?}"
-        );
+        assert!(out.stdout.contains("/dev/pts/") && out.stdout.contains("ctty"), "{out:?}");
     }
 }

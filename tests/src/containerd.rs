@@ -125,9 +125,7 @@ pub struct Installed {
 /// Where run dirs live: `$PODCR_TEST_TMPDIR` or /tmp/podcr-tests. Must allow overlayfs upper dirs and
 /// short enough paths for unix sockets (108 bytes).
 pub fn runs_base() -> PathBuf {
-    std::env::var_os("PODCR_TEST_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/podcr-tests"))
+    std::env::var_os("PODCR_TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/podcr-tests"))
 }
 
 static SHARED: OnceLock<std::result::Result<Containerd, String>> = OnceLock::new();
@@ -151,8 +149,7 @@ impl Containerd {
             unsafe { libc::atexit(stop_shared_at_exit) };
             Ok(c)
         });
-        r.as_ref()
-            .map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
+        r.as_ref().map_err(|e| anyhow::anyhow!("starting the shared containerd failed: {e}"))
     }
 
     /// Starts a private containerd ([`Daemon::from_env`]). Fails loudly if a tool or the podcr
@@ -183,22 +180,9 @@ impl Containerd {
     }
 
     fn launch_with(daemon: Daemon, env: &[(&str, &str)], installed: Option<Installed>) -> Result<Containerd> {
-        anyhow::ensure!(
-            nix::unistd::geteuid().is_root(),
-            "the integration tests need root (containerd, runc, CRIU)"
-        );
-        for tool in [
-            "containerd",
-            "ctr",
-            "runc",
-            "criu",
-            "umoci",
-            "gcc",
-            "ip",
-            "tar",
-        ] {
-            which(tool)
-                .with_context(|| format!("`{tool}` not found: run scripts/setup-host.sh"))?;
+        anyhow::ensure!(nix::unistd::geteuid().is_root(), "the integration tests need root (containerd, runc, CRIU)");
+        for tool in ["containerd", "ctr", "runc", "criu", "umoci", "gcc", "ip", "tar"] {
+            which(tool).with_context(|| format!("`{tool}` not found: run scripts/setup-host.sh"))?;
         }
         let base = runs_base();
         std::fs::create_dir_all(&base)?;
@@ -275,10 +259,7 @@ impl Containerd {
 
         let subnet = pick_subnet()?;
         std::fs::create_dir_all(dir.join("cni"))?;
-        std::fs::write(
-            dir.join("cni/10-podcr-test.conflist"),
-            cni_conflist(&self.rec, &subnet),
-        )?;
+        std::fs::write(dir.join("cni/10-podcr-test.conflist"), cni_conflist(&self.rec, &subnet))?;
         let config = dir.join("config.toml");
         let mut text = containerd_config(&self.rec, self.daemon.nri);
         if let Some(i) = &self.installed {
@@ -302,21 +283,10 @@ impl Containerd {
         let bin = dir.join("bin");
         let config = dir.join("config.toml");
         // Append: a restarted containerd's log follows the previous one's.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("containerd.log"))?;
-        let extra = self
-            .daemon
-            .extra_path
-            .as_ref()
-            .map(|p| format!("{}:", p.display()))
-            .unwrap_or_default();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log"))?;
+        let extra = self.daemon.extra_path.as_ref().map(|p| format!("{}:", p.display())).unwrap_or_default();
         let first = self.installed.as_ref().map_or(bin, |i| i.bin_dir.clone());
-        let path = format!(
-            "{}:{extra}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            first.display()
-        );
+        let path = format!("{}:{extra}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", first.display());
         let child = Command::new(&self.daemon.containerd)
             .arg("--config")
             .arg(&config)
@@ -338,25 +308,12 @@ impl Containerd {
         *self.child.lock().unwrap() = Some(child);
 
         let ctr = self.ctr("default");
-        wait_for(
-            "containerd to serve its socket",
-            Duration::from_secs(30),
-            || {
-                if let Some(code) = self
-                    .child
-                    .lock()
-                    .unwrap()
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    bail!(
-                        "containerd exited ({code}) during start-up:\n{}",
-                        self.log_tail(30)
-                    );
-                }
-                Ok(ctr.run(["version"])?.success().then_some(()))
-            },
-        )?;
+        wait_for("containerd to serve its socket", Duration::from_secs(30), || {
+            if let Some(code) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("containerd exited ({code}) during start-up:\n{}", self.log_tail(30));
+            }
+            Ok(ctr.run(["version"])?.success().then_some(()))
+        })?;
         Ok(())
     }
 
@@ -416,37 +373,17 @@ impl Containerd {
 
     /// A `ctr -a <socket> -n <ns>` runner.
     pub fn ctr(&self, namespace: &str) -> Ctr {
-        Ctr {
-            socket: self.rec.socket.clone(),
-            namespace: namespace.to_string(),
-            timeout: DEFAULT_TIMEOUT,
-        }
+        Ctr { socket: self.rec.socket.clone(), namespace: namespace.to_string(), timeout: DEFAULT_TIMEOUT }
     }
 
     /// A fresh containerd namespace for one test, removed (with its tasks, containers and images) when
     /// the guard drops, pass or fail.
     pub fn namespace(&self, test: &str) -> TestNs<'_> {
         let n = self.ns_counter.fetch_add(1, Ordering::Relaxed);
-        let clean: String = test
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let clean = clean
-            .trim_matches('-')
-            .split('-')
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("-");
-        TestNs {
-            cd: self,
-            name: format!("{}-{n}-{clean}", self.prefix()),
-        }
+        let clean: String =
+            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let clean = clean.trim_matches('-').split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
+        TestNs { cd: self, name: format!("{}-{n}-{clean}", self.prefix()) }
     }
 
     /// Imports `image` into `namespace` once per run; returns its reference.
@@ -458,13 +395,7 @@ impl Containerd {
         }
         let tar = image.tarball()?;
         let base = format!("{IMAGE_PREFIX}/{}", image.name);
-        self.ctr(namespace).ok([
-            "image",
-            "import",
-            "--base-name",
-            &base,
-            &tar.to_string_lossy(),
-        ])?;
+        self.ctr(namespace).ok(["image", "import", "--base-name", &base, &tar.to_string_lossy()])?;
         self.imported.lock().unwrap().insert(key);
         Ok(reference)
     }
@@ -510,16 +441,11 @@ fn keep_log(rec: &RunRecord) {
     if std::fs::create_dir_all(&logs).is_err() {
         return;
     }
-    let _ = std::fs::copy(
-        rec.dir.join("containerd.log"),
-        logs.join(format!("{}-containerd.log", rec.run_id)),
-    );
+    let _ = std::fs::copy(rec.dir.join("containerd.log"), logs.join(format!("{}-containerd.log", rec.run_id)));
     // Keep the newest 10 logs only.
     if let Ok(rd) = std::fs::read_dir(&logs) {
-        let mut files: Vec<_> = rd
-            .flatten()
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
+        let mut files: Vec<_> =
+            rd.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path()))).collect();
         files.sort();
         for (_, p) in files.iter().rev().skip(10) {
             let _ = std::fs::remove_file(p);
@@ -529,18 +455,15 @@ fn keep_log(rec: &RunRecord) {
 
 /// Short, unique enough: it is also part of the bridge name, which Linux limits to 15 bytes.
 fn new_run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let mix = nanos ^ ((std::process::id() as u64) << 32) ^ (nanos >> 29);
     format!("{:06x}", mix & 0xff_ffff)
 }
 
 /// A 10.88.x.0/24 no route or address on the host uses yet, starting at a per-run offset.
 fn pick_subnet() -> Result<String> {
-    let used = cmd::run_ok("ip", ["-4", "route", "show", "table", "all"])?.stdout
-        + &cmd::run_ok("ip", ["-4", "addr"])?.stdout;
+    let used =
+        cmd::run_ok("ip", ["-4", "route", "show", "table", "all"])?.stdout + &cmd::run_ok("ip", ["-4", "addr"])?.stdout;
     let start = (std::process::id() % 200) as u16;
     for i in 0..200u16 {
         let x = 20 + (start + i) % 200;
@@ -649,10 +572,7 @@ fn warn_if_stale(shim: &Path) {
         newest_mtime(&root.join(dir), &mut newest);
     }
     if newest.is_some_and(|n| n > built) {
-        eprintln!(
-            "podcr-tests: WARNING {} is older than its sources: run `cargo build -p podcr-shim`",
-            shim.display()
-        );
+        eprintln!("podcr-tests: WARNING {} is older than its sources: run `cargo build -p podcr-shim`", shim.display());
     }
 }
 
@@ -714,11 +634,7 @@ impl Ctr {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut c = Command::new("ctr");
-        c.arg("-a")
-            .arg(&self.socket)
-            .arg("-n")
-            .arg(&self.namespace)
-            .args(args);
+        c.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace).args(args);
         c
     }
 
@@ -781,19 +697,12 @@ impl Ctr {
 
     /// Waits until task `id` reports `status`; returns it.
     pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Result<TaskInfo> {
-        wait_for(&format!("task {id} to be {status}"), timeout, || {
-            Ok(self.task(id)?.filter(|t| t.status == status))
-        })
+        wait_for(&format!("task {id} to be {status}"), timeout, || Ok(self.task(id)?.filter(|t| t.status == status)))
     }
 
     /// Container ids of the namespace.
     pub fn containers(&self) -> Result<Vec<String>> {
-        Ok(self
-            .ok(["container", "ls", "-q"])?
-            .lines()
-            .map(str::to_string)
-            .filter(|s| !s.is_empty())
-            .collect())
+        Ok(self.ok(["container", "ls", "-q"])?.lines().map(str::to_string).filter(|s| !s.is_empty()).collect())
     }
 }
 
@@ -843,19 +752,11 @@ impl TestNs<'_> {
         }
         // The namespace can only go once content GC has run; containerd's own teardown gets it otherwise.
         let _ = wait_until("namespace removal", Duration::from_secs(5), || {
-            Ok(self
-                .cd
-                .ctr("default")
-                .run(["namespace", "rm", &self.name])?
-                .success())
+            Ok(self.cd.ctr("default").run(["namespace", "rm", &self.name])?.success())
         });
         cleanup::remove_cgroups(&self.name)?;
         let left = ctr.containers().unwrap_or_default();
-        anyhow::ensure!(
-            left.is_empty(),
-            "containers left in {}: {left:?}",
-            self.name
-        );
+        anyhow::ensure!(left.is_empty(), "containers left in {}: {left:?}", self.name);
         Ok(())
     }
 }

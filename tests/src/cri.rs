@@ -8,8 +8,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
-    PodSandboxMetadata,
+    ContainerConfig, ContainerMetadata, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -31,16 +30,12 @@ pub async fn channel(socket: PathBuf) -> Result<Channel> {
 impl Containerd {
     /// CRI RuntimeService client (RunPodSandbox, CreateContainer, ...).
     pub async fn cri_runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
-        Ok(RuntimeServiceClient::new(
-            channel(self.socket().to_path_buf()).await?,
-        ))
+        Ok(RuntimeServiceClient::new(channel(self.socket().to_path_buf()).await?))
     }
 
     /// CRI ImageService client.
     pub async fn cri_images(&self) -> Result<ImageServiceClient<Channel>> {
-        Ok(ImageServiceClient::new(
-            channel(self.socket().to_path_buf()).await?,
-        ))
+        Ok(ImageServiceClient::new(channel(self.socket().to_path_buf()).await?))
     }
 
     /// A pod config named `name` (unique per call is the caller's job) whose cgroup parent and log dir are
@@ -72,14 +67,8 @@ impl Containerd {
 /// see `Containerd::import(CRI_NAMESPACE, ..)`), logging to `<pod log dir>/<name>.log`.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
+        metadata: Some(ContainerMetadata { name: name.to_string(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.to_string(), ..Default::default() }),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
         ..Default::default()

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use tonic::{
-    client::Grpc, codegen::http::uri::PathAndQuery, transport::Channel, Request, Response, Status,
-};
+use tonic::{client::Grpc, codegen::http::uri::PathAndQuery, transport::Channel, Request, Response, Status};
 use tonic_prost::ProstCodec;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -67,51 +65,36 @@ pub struct PodRuntimeClient {
 
 impl PodRuntimeClient {
     pub fn new(channel: Channel) -> Self {
-        PodRuntimeClient {
-            inner: Grpc::new(channel),
-        }
+        PodRuntimeClient { inner: Grpc::new(channel) }
     }
 
-    async fn call<Req, Resp>(
-        &mut self,
-        path: &'static str,
-        req: Request<Req>,
-    ) -> Result<Response<Resp>, Status>
+    async fn call<Req, Resp>(&mut self, path: &'static str, req: Request<Req>) -> Result<Response<Resp>, Status>
     where
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        self.inner
-            .ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("CRI channel not ready: {e}")))?;
-        self.inner
-            .unary(req, PathAndQuery::from_static(path), ProstCodec::default())
-            .await
+        self.inner.ready().await.map_err(|e| Status::unavailable(format!("CRI channel not ready: {e}")))?;
+        self.inner.unary(req, PathAndQuery::from_static(path), ProstCodec::default()).await
     }
 
     pub async fn checkpoint_pod(
         &mut self,
         req: Request<CheckpointPodRequest>,
     ) -> Result<Response<CheckpointPodResponse>, Status> {
-        self.call("/runtime.v1.RuntimeService/CheckpointPod", req)
-            .await
+        self.call("/runtime.v1.RuntimeService/CheckpointPod", req).await
     }
 
     pub async fn restore_pod(
         &mut self,
         req: Request<RestorePodRequest>,
     ) -> Result<Response<RestorePodResponse>, Status> {
-        self.call("/runtime.v1.RuntimeService/RestorePod", req)
-            .await
+        self.call("/runtime.v1.RuntimeService/RestorePod", req).await
     }
 }
 
 impl crate::Containerd {
     /// The CRI's pod checkpoint/restore RPCs on this containerd's socket.
     pub async fn cri_pods(&self) -> anyhow::Result<PodRuntimeClient> {
-        Ok(PodRuntimeClient::new(
-            crate::cri::channel(self.socket().to_path_buf()).await?,
-        ))
+        Ok(PodRuntimeClient::new(crate::cri::channel(self.socket().to_path_buf()).await?))
     }
 }

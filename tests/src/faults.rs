@@ -32,11 +32,7 @@ where
 {
     std::fs::create_dir_all(tmp)?;
     let mut cmd = Command::new(crate::target_profile_dir()?.join("podcr"));
-    cmd.arg("--address")
-        .arg(cd.socket())
-        .args(args)
-        .env("TMPDIR", tmp)
-        .env("PODCR_CONFIG", cd.node_config());
+    cmd.arg("--address").arg(cd.socket()).args(args).env("TMPDIR", tmp).env("PODCR_CONFIG", cd.node_config());
     Ok(cmd)
 }
 
@@ -59,9 +55,7 @@ where
 
 /// The shim serving sandbox `sandbox_id` (its `-id` is the sandbox id: the sandbox is created first).
 pub fn shim_of(cd: &Containerd, sandbox_id: &str) -> Result<Option<Proc>> {
-    Ok(procs::shims_of(cd.socket())?
-        .into_iter()
-        .find(|p| p.arg_after("-id") == Some(sandbox_id)))
+    Ok(procs::shims_of(cd.socket())?.into_iter().find(|p| p.arg_after("-id") == Some(sandbox_id)))
 }
 
 /// Every live descendant of `root`.
@@ -80,19 +74,13 @@ pub fn descendants(root: u32) -> Result<Vec<Proc>> {
 
 /// The pod's cgroup in the v1 freezer hierarchy (see `Containerd::pod_config`).
 pub fn pod_freezer_dir(cd: &Containerd, pod_name: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup/freezer")
-        .join(format!("{}-pods", cd.prefix()))
-        .join(pod_name)
+    Path::new("/sys/fs/cgroup/freezer").join(format!("{}-pods", cd.prefix())).join(pod_name)
 }
 
 /// `freezer.state` of every container cgroup below the pod's (the pod cgroup itself excluded).
 pub fn freezer_states(cd: &Containerd, pod_name: &str) -> Result<Vec<(PathBuf, String)>> {
     let root = pod_freezer_dir(cd, pod_name);
-    anyhow::ensure!(
-        root.is_dir(),
-        "no freezer cgroup {} (not cgroup v1?)",
-        root.display()
-    );
+    anyhow::ensure!(root.is_dir(), "no freezer cgroup {} (not cgroup v1?)", root.display());
     let mut out = Vec::new();
     for e in std::fs::read_dir(&root)? {
         let dir = e?.path();
@@ -113,11 +101,7 @@ pub fn pod_pids(cd: &Containerd, pod_name: &str) -> Vec<u32> {
             pids.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
         if let Ok(rd) = std::fs::read_dir(&dir) {
-            stack.extend(
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
+            stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
     }
     pids
@@ -130,29 +114,14 @@ pub fn criu_dumping(cd: &Containerd, pod_name: &str) -> Option<Proc> {
 
 /// A CRIU dumping one container of the pod (its cgroup is named after the container id).
 pub fn criu_dumping_container(cd: &Containerd, pod_name: &str, container_id: &str) -> Option<Proc> {
-    let procs = std::fs::read_to_string(
-        pod_freezer_dir(cd, pod_name)
-            .join(container_id)
-            .join("cgroup.procs"),
-    )
-    .ok()?;
-    criu_tracing(
-        procs
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect(),
-    )
+    let procs = std::fs::read_to_string(pod_freezer_dir(cd, pod_name).join(container_id).join("cgroup.procs")).ok()?;
+    criu_tracing(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 fn criu_tracing(pids: Vec<u32>) -> Option<Proc> {
     pids.into_iter().find_map(|pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let tracer: u32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))?
-            .trim()
-            .parse()
-            .ok()?;
+        let tracer: u32 = status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?.trim().parse().ok()?;
         procs::proc(tracer).filter(|p| tracer != 0 && p.comm == "criu")
     })
 }
@@ -164,20 +133,15 @@ pub fn values(log: &Path, word: &str) -> Vec<u64> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            l.rsplit_once(marker.as_str())
-                .and_then(|(_, n)| n.trim().parse().ok())
-        })
+        .filter_map(|l| l.rsplit_once(marker.as_str()).and_then(|(_, n)| n.trim().parse().ok()))
         .collect()
 }
 
 /// Waits until `word N` in `log` goes past `from` by 3: the program runs.
 pub fn wait_value_advances(log: &Path, word: &str, from: u64, timeout: Duration) -> Result<u64> {
-    crate::wait_for(
-        &format!("{word} > {} in {}", from + 2, log.display()),
-        timeout,
-        || Ok(values(log, word).last().copied().filter(|v| *v > from + 2)),
-    )
+    crate::wait_for(&format!("{word} > {} in {}", from + 2, log.display()), timeout, || {
+        Ok(values(log, word).last().copied().filter(|v| *v > from + 2))
+    })
 }
 
 /// Everything a CRI pod of one containerd brings with it, to compare before and after an
@@ -191,29 +155,11 @@ impl Inventory {
     /// `tmp`: a directory whose entries count too (the CLI's TMPDIR).
     pub async fn take(cd: &Containerd, rs: &mut Cri, tmp: &Path) -> Result<Inventory> {
         let mut items = BTreeSet::new();
-        for p in rs
-            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-            .await?
-            .into_inner()
-            .items
-        {
-            items.insert(format!(
-                "CRI sandbox {} ({:?})",
-                p.id,
-                p.metadata.map(|m| m.name)
-            ));
+        for p in rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items {
+            items.insert(format!("CRI sandbox {} ({:?})", p.id, p.metadata.map(|m| m.name)));
         }
-        for c in rs
-            .list_containers(ListContainersRequest { filter: None })
-            .await?
-            .into_inner()
-            .containers
-        {
-            items.insert(format!(
-                "CRI container {} ({:?})",
-                c.id,
-                c.metadata.map(|m| m.name)
-            ));
+        for c in rs.list_containers(ListContainersRequest { filter: None }).await?.into_inner().containers {
+            items.insert(format!("CRI container {} ({:?})", c.id, c.metadata.map(|m| m.name)));
         }
         let ctr = cd.ctr(CRI_NAMESPACE);
         for c in ctr.containers()? {
@@ -239,10 +185,7 @@ impl Inventory {
         for s in procs::shims_of(cd.socket())? {
             items.insert(format!("shim pid {}", s.pid));
             for d in descendants(s.pid)? {
-                items.insert(format!(
-                    "process {} {:?} under shim {}",
-                    d.pid, d.comm, s.pid
-                ));
+                items.insert(format!("process {} {:?} under shim {}", d.pid, d.comm, s.pid));
             }
         }
         Ok(Inventory { items })
@@ -256,12 +199,7 @@ impl Inventory {
 
 /// Waits (removal is partly asynchronous: a shim exits after its pod is removed) until nothing
 /// is in the inventory that was not there before.
-pub async fn wait_nothing_added(
-    cd: &Containerd,
-    rs: &mut Cri,
-    tmp: &Path,
-    before: &Inventory,
-) -> Result<()> {
+pub async fn wait_nothing_added(cd: &Containerd, rs: &mut Cri, tmp: &Path, before: &Inventory) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = Inventory::take(cd, rs, tmp).await?;
@@ -283,20 +221,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Checks a checkpoint directory the way restore does before trusting it: every file the
 /// manifest lists has its size and SHA-256, and nothing else is there.
 pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("podcr.manifest.json"))?)?;
-    let files = manifest["files"]
-        .as_object()
-        .context("manifest has no files")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("podcr.manifest.json"))?)?;
+    let files = manifest["files"].as_object().context("manifest has no files")?;
     // The harness's node signs every checkpoint: the signature must be there.
     anyhow::ensure!(dir.join("podcr.manifest.sig").is_file(), "the checkpoint is not signed");
     let mut seen = BTreeSet::from(["podcr.manifest.json".to_string(), "podcr.manifest.sig".to_string()]);
     for (name, digest) in files {
         let data = std::fs::read(dir.join(name)).with_context(|| format!("read {name}"))?;
-        anyhow::ensure!(
-            Some(data.len() as u64) == digest["size"].as_u64(),
-            "{name}: size differs from the manifest"
-        );
+        anyhow::ensure!(Some(data.len() as u64) == digest["size"].as_u64(), "{name}: size differs from the manifest");
         anyhow::ensure!(
             Some(sha256_hex(&data).as_str()) == digest["sha256"].as_str(),
             "{name}: sha256 differs from the manifest"
@@ -304,11 +236,7 @@ pub fn verify_checkpoint_dir(dir: &Path) -> Result<serde_json::Value> {
         seen.insert(name.clone());
     }
     let present: BTreeSet<String> = crate::pods::dir_entries(dir)?.into_iter().collect();
-    anyhow::ensure!(
-        present == seen,
-        "files not in the manifest: {:?}",
-        present.difference(&seen).collect::<Vec<_>>()
-    );
+    anyhow::ensure!(present == seen, "files not in the manifest: {:?}", present.difference(&seen).collect::<Vec<_>>());
     Ok(manifest)
 }
 
@@ -344,22 +272,11 @@ fn tar_layout(tar: &Path) -> Result<Vec<(String, u64, u64)>> {
         if h.iter().all(|b| *b == 0) {
             break;
         }
-        let field = |r: std::ops::Range<usize>| {
-            String::from_utf8_lossy(&h[r])
-                .trim_end_matches('\0')
-                .to_string()
-        };
+        let field = |r: std::ops::Range<usize>| String::from_utf8_lossy(&h[r]).trim_end_matches('\0').to_string();
         let size = u64::from_str_radix(field(124..136).trim(), 8).context("tar size field")?;
         let (prefix, name) = (field(345..500), field(0..100));
-        let path = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        anyhow::ensure!(
-            h[156] != b'x' && h[156] != b'L',
-            "pax/GNU long-name entries are not handled"
-        );
+        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        anyhow::ensure!(h[156] != b'x' && h[156] != b'L', "pax/GNU long-name entries are not handled");
         out.push((path, (pos + 512) as u64, size));
         pos += 512 + (size as usize).div_ceil(512) * 512;
     }
@@ -378,20 +295,11 @@ pub fn rewrite_member_rehashed(
 ) -> Result<()> {
     let tar_path = dir.join(archive);
     let layout = tar_layout(&tar_path)?;
-    let (_, off, size) = layout
-        .iter()
-        .find(|(p, _, _)| p == member)
-        .with_context(|| format!("{member} not in {archive}"))?
-        .clone();
-    let (_, moff, msize) = layout
-        .iter()
-        .find(|(p, _, _)| p == "podcr.container.manifest.json")
-        .context("no container manifest")?
-        .clone();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tar_path)?;
+    let (_, off, size) =
+        layout.iter().find(|(p, _, _)| p == member).with_context(|| format!("{member} not in {archive}"))?.clone();
+    let (_, moff, msize) =
+        layout.iter().find(|(p, _, _)| p == "podcr.container.manifest.json").context("no container manifest")?.clone();
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&tar_path)?;
     let mut read = |off: u64, size: u64| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
         f.seek(SeekFrom::Start(off))?;
@@ -412,16 +320,19 @@ pub fn rewrite_member_rehashed(
     f.sync_all()?;
     drop(f);
     let whole = std::fs::read(&tar_path)?;
-    edit_manifest(dir, |m| {
-        m["files"][archive]["sha256"] = serde_json::json!(sha256_hex(&whole))
-    })
+    edit_manifest(dir, |m| m["files"][archive]["sha256"] = serde_json::json!(sha256_hex(&whole)))
 }
 
 /// Edits a JSON document of a plain (uncompressed) container archive, `member` of `archive` in
 /// checkpoint `dir`, to any length: the archive is rewritten entry by entry, the member's digest
 /// in the container manifest and the archive's in the pod manifest are fixed, so the edited
 /// checkpoint passes every integrity check (as one edited by someone with write access would).
-pub fn edit_member_json(dir: &Path, archive: &str, member: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
+pub fn edit_member_json(
+    dir: &Path,
+    archive: &str,
+    member: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<()> {
     let tar_path = dir.join(archive);
     let mut entries: Vec<(tar::Header, String, Vec<u8>)> = Vec::new();
     {
@@ -435,16 +346,16 @@ pub fn edit_member_json(dir: &Path, archive: &str, member: &str, edit: impl FnOn
         }
     }
     let (old, new) = {
-        let entry = entries.iter_mut().find(|(_, p, _)| p == member).with_context(|| format!("{member} not in {archive}"))?;
-        let mut doc: serde_json::Value = serde_json::from_slice(&entry.2).with_context(|| format!("{member} is not JSON"))?;
+        let entry =
+            entries.iter_mut().find(|(_, p, _)| p == member).with_context(|| format!("{member} not in {archive}"))?;
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&entry.2).with_context(|| format!("{member} is not JSON"))?;
         edit(&mut doc);
         let new = serde_json::to_vec(&doc)?;
         (std::mem::replace(&mut entry.2, new.clone()), new)
     };
-    let manifest = entries
-        .iter_mut()
-        .find(|(_, p, _)| p == "podcr.container.manifest.json")
-        .context("no container manifest")?;
+    let manifest =
+        entries.iter_mut().find(|(_, p, _)| p == "podcr.container.manifest.json").context("no container manifest")?;
     let mut m: serde_json::Value = serde_json::from_slice(&manifest.2)?;
     anyhow::ensure!(m["files"][member]["sha256"] == sha256_hex(&old), "the container manifest does not list {member}");
     m["files"][member] = serde_json::json!({"sha256": sha256_hex(&new), "size": new.len()});
@@ -483,17 +394,9 @@ impl Tmpfs {
     pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs> {
         std::fs::create_dir_all(dir)?;
         let opts = format!("size={size},mode=0700");
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .with_context(|| format!("mount tmpfs on {}", dir.display()))?;
-        Ok(Tmpfs {
-            dir: dir.to_path_buf(),
-        })
+        nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+            .with_context(|| format!("mount tmpfs on {}", dir.display()))?;
+        Ok(Tmpfs { dir: dir.to_path_buf() })
     }
 }
 
@@ -532,13 +435,7 @@ fn raw_tar_entry(out: &mut Vec<u8>, name: &[u8], kind: u8, data: &[u8], link: &[
 /// one. `kind` is the ustar type flag (b'0' file, b'2' symlink, b'1' hard link, b'3' char device).
 pub fn hostile_pod_archive(dest: &Path, entry: &[u8], kind: u8, link: &[u8]) -> Result<()> {
     let mut out = Vec::new();
-    raw_tar_entry(
-        &mut out,
-        b"pod.options",
-        b'0',
-        b"{\"version\":1,\"containers\":{}}",
-        b"",
-    );
+    raw_tar_entry(&mut out, b"pod.options", b'0', b"{\"version\":1,\"containers\":{}}", b"");
     raw_tar_entry(&mut out, entry, kind, b"pwned\n", link);
     out.extend_from_slice(&[0u8; 1024]);
     std::fs::write(dest, out)?;

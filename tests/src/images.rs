@@ -35,13 +35,7 @@ pub enum Helper {
 }
 
 impl Helper {
-    pub const ALL: [Helper; 5] = [
-        Helper::Pause,
-        Helper::Counter,
-        Helper::TcpEcho,
-        Helper::TcpPeer,
-        Helper::Memhog,
-    ];
+    pub const ALL: [Helper; 5] = [Helper::Pause, Helper::Counter, Helper::TcpEcho, Helper::TcpPeer, Helper::Memhog];
 
     /// Binary name, also the file name inside images (/usr/local/bin/<name>).
     pub fn name(self) -> &'static str {
@@ -68,14 +62,8 @@ impl Helper {
     pub fn binary(self) -> Result<PathBuf> {
         static LOCK: Mutex<()> = Mutex::new(());
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let hash = hash_parts(&[
-            FORMAT.as_bytes(),
-            self.source().as_bytes(),
-            gcc_version()?.as_bytes(),
-        ]);
-        let out = cache_dir()?
-            .join("helpers")
-            .join(format!("{}-{}", self.name(), &hash[..16]));
+        let hash = hash_parts(&[FORMAT.as_bytes(), self.source().as_bytes(), gcc_version()?.as_bytes()]);
+        let out = cache_dir()?.join("helpers").join(format!("{}-{}", self.name(), &hash[..16]));
         if out.exists() {
             return Ok(out);
         }
@@ -85,21 +73,9 @@ impl Helper {
         let tmp = out.with_extension("tmp");
         run_ok(
             "gcc",
-            [
-                "-static".as_ref(),
-                "-O2".as_ref(),
-                "-Wall".as_ref(),
-                "-o".as_ref(),
-                tmp.as_os_str(),
-                src.as_os_str(),
-            ],
+            ["-static".as_ref(), "-O2".as_ref(), "-Wall".as_ref(), "-o".as_ref(), tmp.as_os_str(), src.as_os_str()],
         )
-        .with_context(|| {
-            format!(
-                "building helper {} (needs gcc and libc6-dev's libc.a)",
-                self.name()
-            )
-        })?;
+        .with_context(|| format!("building helper {} (needs gcc and libc6-dev's libc.a)", self.name()))?;
         // Rename last so a half-written binary is never taken from the cache.
         std::fs::rename(&tmp, &out)?;
         Ok(out)
@@ -122,13 +98,8 @@ pub struct ImageSpec {
 }
 
 /// busybox with every helper: the general-purpose test image (`sh`, `sleep`, `counter`, ...).
-pub const BUSYBOX: ImageSpec = ImageSpec {
-    name: "busybox",
-    busybox: true,
-    helpers: &Helper::ALL,
-    entrypoint: &[],
-    cmd: &["sh"],
-};
+pub const BUSYBOX: ImageSpec =
+    ImageSpec { name: "busybox", busybox: true, helpers: &Helper::ALL, entrypoint: &[], cmd: &["sh"] };
 
 /// The CRI sandbox ("pause") image for runc's podsandbox: nothing but the static pause helper.
 pub const PAUSE: ImageSpec = ImageSpec {
@@ -152,11 +123,7 @@ impl ImageSpec {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut parts: Vec<Vec<u8>> = vec![FORMAT.into(), self.name.into()];
         parts.push(format!("{:?}|{:?}|{}", self.entrypoint, self.cmd, self.busybox).into_bytes());
-        let helper_bins = self
-            .helpers
-            .iter()
-            .map(|h| h.binary())
-            .collect::<Result<Vec<_>>>()?;
+        let helper_bins = self.helpers.iter().map(|h| h.binary()).collect::<Result<Vec<_>>>()?;
         for b in &helper_bins {
             parts.push(b.file_name().unwrap().as_encoded_bytes().to_vec());
         }
@@ -165,28 +132,17 @@ impl ImageSpec {
         }
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
         let hash = hash_parts(&refs);
-        let out = cache_dir()?
-            .join("images")
-            .join(format!("{}-{}.tar", self.name, &hash[..16]));
+        let out = cache_dir()?.join("images").join(format!("{}-{}.tar", self.name, &hash[..16]));
         if out.exists() {
             return Ok(out);
         }
         std::fs::create_dir_all(out.parent().unwrap())?;
-        let work = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(out.parent().unwrap())?;
-        self.build(work.path(), &helper_bins)
-            .with_context(|| format!("building test image {}", self.name))?;
+        let work = tempfile::Builder::new().prefix("build-").tempdir_in(out.parent().unwrap())?;
+        self.build(work.path(), &helper_bins).with_context(|| format!("building test image {}", self.name))?;
         let tmp = out.with_extension("tmp");
         run_ok(
             "tar",
-            [
-                "-C".as_ref(),
-                work.path().join("oci").as_os_str(),
-                "-cf".as_ref(),
-                tmp.as_os_str(),
-                ".".as_ref(),
-            ],
+            ["-C".as_ref(), work.path().join("oci").as_os_str(), "-cf".as_ref(), tmp.as_os_str(), ".".as_ref()],
         )?;
         std::fs::rename(&tmp, &out)?;
         Ok(out)
@@ -198,10 +154,7 @@ impl ImageSpec {
         let bundle = work.join("bundle");
         run_ok("umoci", ["init", "--layout", &layout.to_string_lossy()])?;
         run_ok("umoci", ["new", "--image", &image])?;
-        run_ok(
-            "umoci",
-            ["unpack", "--image", &image, &bundle.to_string_lossy()],
-        )?;
+        run_ok("umoci", ["unpack", "--image", &image, &bundle.to_string_lossy()])?;
         let rootfs = bundle.join("rootfs");
         for d in ["bin", "usr/local/bin", "tmp", "etc", "proc", "sys", "dev"] {
             std::fs::create_dir_all(rootfs.join(d))?;
@@ -211,11 +164,7 @@ impl ImageSpec {
             // The applet links `busybox --install` would make, made from the host's list without running
             // anything inside the rootfs.
             let list = run_ok(busybox_path()?.to_str().unwrap(), ["--list"])?.stdout;
-            for applet in list
-                .lines()
-                .map(str::trim)
-                .filter(|a| !a.is_empty() && *a != "busybox")
-            {
+            for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
                 let link = rootfs.join("bin").join(applet);
                 if !link.exists() {
                     std::os::unix::fs::symlink("busybox", link)?;
@@ -227,18 +176,9 @@ impl ImageSpec {
         }
         // Config after repack: repack builds on the manifest the bundle was unpacked from, so config
         // changes made before it would be lost.
-        run_ok(
-            "umoci",
-            ["repack", "--image", &image, &bundle.to_string_lossy()],
-        )?;
+        run_ok("umoci", ["repack", "--image", &image, &bundle.to_string_lossy()])?;
         let mut cfg = Command::new("umoci");
-        cfg.args([
-            "config",
-            "--image",
-            &image,
-            "--config.env",
-            "PATH=/usr/local/bin:/bin",
-        ]);
+        cfg.args(["config", "--image", &image, "--config.env", "PATH=/usr/local/bin:/bin"]);
         for e in self.entrypoint {
             cfg.args(["--config.entrypoint", e]);
         }
@@ -265,11 +205,7 @@ fn gcc_version() -> Result<String> {
     static V: Mutex<Option<String>> = Mutex::new(None);
     let mut v = V.lock().unwrap_or_else(|e| e.into_inner());
     if v.is_none() {
-        *v = Some(
-            run_ok("gcc", ["--version"])
-                .context("gcc is needed to build the test helpers")?
-                .stdout,
-        );
+        *v = Some(run_ok("gcc", ["--version"]).context("gcc is needed to build the test helpers")?.stdout);
     }
     Ok(v.clone().unwrap())
 }

@@ -10,11 +10,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerStatusRequest,
-    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter,
-    ContainerState, PodSandboxStateValue, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-    ContainerFilter, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption,
+    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerFilter, ContainerState,
+    ContainerStatusRequest, CreateContainerRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxStateValue, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -33,7 +33,11 @@ pub struct Pod {
 
 impl Pod {
     pub fn container(&self, name: &str) -> Result<&str> {
-        self.containers.iter().find(|(n, _)| n == name).map(|(_, id)| id.as_str()).with_context(|| format!("no container {name} in pod {}", self.name))
+        self.containers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id.as_str())
+            .with_context(|| format!("no container {name} in pod {}", self.name))
     }
 
     pub fn log(&self, container: &str) -> PathBuf {
@@ -45,13 +49,26 @@ impl Pod {
 /// Namespaces as the kubelet sets them by default: the pod's network and IPC, a PID namespace
 /// per container.
 pub fn kubelet_namespaces() -> NamespaceOption {
-    NamespaceOption { network: NamespaceMode::Pod as i32, pid: NamespaceMode::Container as i32, ipc: NamespaceMode::Pod as i32, ..Default::default() }
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
 }
 
-pub async fn run_pod(cd: &Containerd, rs: &mut Cri, rt: Runtime, name: &str, image: &str, containers: &[(&str, &[&str])]) -> Result<Pod> {
+pub async fn run_pod(
+    cd: &Containerd,
+    rs: &mut Cri,
+    rt: Runtime,
+    name: &str,
+    image: &str,
+    containers: &[(&str, &[&str])],
+) -> Result<Pod> {
     let mut config = cd.pod_config(name)?;
     if let Some(linux) = config.linux.as_mut() {
-        linux.security_context = Some(LinuxSandboxSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() });
+        linux.security_context =
+            Some(LinuxSandboxSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() });
     }
     let id = rs
         .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: rt.handler().into() })
@@ -63,19 +80,33 @@ pub async fn run_pod(cd: &Containerd, rs: &mut Cri, rt: Runtime, name: &str, ima
     for (cname, command) in containers {
         let mut cconfig = cri::container_config(cname, image, command);
         cconfig.linux = Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() }),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let cid = create_container(rs, &pod.id, &config, cconfig).await?;
-        rs.start_container(StartContainerRequest { container_id: cid.clone() }).await.with_context(|| format!("StartContainer {cname}"))?;
+        rs.start_container(StartContainerRequest { container_id: cid.clone() })
+            .await
+            .with_context(|| format!("StartContainer {cname}"))?;
         pod.containers.push((cname.to_string(), cid));
     }
     Ok(pod)
 }
 
-pub async fn create_container(rs: &mut Cri, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> Result<String> {
+pub async fn create_container(
+    rs: &mut Cri,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String> {
     Ok(rs
-        .create_container(CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) })
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
         .await
         .context("CreateContainer")?
         .into_inner()
@@ -134,7 +165,9 @@ pub async fn log_path(rs: &mut Cri, container: &str) -> Result<PathBuf> {
 /// The state of every container of a pod, by container name.
 pub async fn container_states(rs: &mut Cri, pod: &str) -> Result<Vec<(String, i32)>> {
     let items = rs
-        .list_containers(ListContainersRequest { filter: Some(ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }) })
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
+        })
         .await?
         .into_inner()
         .containers;

@@ -26,11 +26,7 @@ impl Proc {
 
     /// The value following `flag` in argv, e.g. `-namespace` of a shim.
     pub fn arg_after(&self, flag: &str) -> Option<&str> {
-        self.argv
-            .iter()
-            .position(|a| a == flag)
-            .and_then(|i| self.argv.get(i + 1))
-            .map(String::as_str)
+        self.argv.iter().position(|a| a == flag).and_then(|i| self.argv.get(i + 1)).map(String::as_str)
     }
 }
 
@@ -45,19 +41,10 @@ pub fn proc(pid: u32) -> Option<Proc> {
     let ppid = f.next()?.parse().ok()?;
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
+            b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
         })
         .unwrap_or_default();
-    Some(Proc {
-        pid,
-        ppid,
-        state,
-        comm,
-        argv,
-    })
+    Some(Proc { pid, ppid, state, comm, argv })
 }
 
 /// Every process on the host.
@@ -85,10 +72,7 @@ pub fn shims_of(socket: &Path) -> Result<Vec<Proc>> {
     Ok(all()?
         .into_iter()
         .filter(|p| {
-            p.argv
-                .first()
-                .is_some_and(|a| a.contains("containerd-shim"))
-                && p.arg_after("-address") == Some(&sock)
+            p.argv.first().is_some_and(|a| a.contains("containerd-shim")) && p.arg_after("-address") == Some(&sock)
         })
         .collect())
 }

@@ -64,11 +64,8 @@ fn unpacked() -> Result<Option<PathBuf>> {
             if !script.is_file() {
                 return Ok(None);
             }
-            let dest = crate::images::cache_dir()
-                .map_err(|e| format!("{e:#}"))?
-                .join("upstream");
-            std::fs::create_dir_all(&dest)
-                .map_err(|e| format!("create {}: {e}", dest.display()))?;
+            let dest = crate::images::cache_dir().map_err(|e| format!("{e:#}"))?.join("upstream");
+            std::fs::create_dir_all(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
             crate::cmd::run_ok("sh", [script.as_os_str(), dest.as_os_str()])
                 .map_err(|e| format!("{} {}: {e:#}", script.display(), dest.display()))?;
             Ok(Some(dest))
@@ -101,17 +98,8 @@ pub fn find(build: Upstream) -> Result<Option<Daemon>> {
     };
     let dir = dir.join(build.build());
     let containerd = dir.join("containerd");
-    anyhow::ensure!(
-        containerd.is_file(),
-        "{} missing after unpack.sh",
-        containerd.display()
-    );
-    Ok(Some(Daemon {
-        name: build.build().to_string(),
-        containerd,
-        extra_path: Some(dir),
-        nri: false,
-    }))
+    anyhow::ensure!(containerd.is_file(), "{} missing after unpack.sh", containerd.display());
+    Ok(Some(Daemon { name: build.build().to_string(), containerd, extra_path: Some(dir), nri: false }))
 }
 
 /// `true` when the upstream builds are present (for tests that only want to know).
@@ -121,7 +109,6 @@ pub fn present() -> bool {
 
 /// The `containerd --version` line of a daemon (for failure messages).
 pub fn version(d: &Daemon) -> Result<String> {
-    let out = crate::cmd::run_ok(&d.containerd.to_string_lossy(), ["--version"])
-        .context("containerd --version")?;
+    let out = crate::cmd::run_ok(&d.containerd.to_string_lossy(), ["--version"]).context("containerd --version")?;
     Ok(out.stdout.trim().to_string())
 }

@@ -10,11 +10,7 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Polls `check` until it returns `Ok(Some(v))` and returns `v`. `Ok(None)` means "not yet"; an `Err` is
 /// also treated as "not yet" (a socket may not exist yet, a task may not be created yet), and the last
 /// one is reported if `timeout` passes. `what` names the condition in that error.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut last_err = None;
     loop {
@@ -34,11 +30,7 @@ pub fn wait_for<T>(
 }
 
 /// `wait_for` for a plain boolean condition.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<()> {
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     wait_for(what, timeout, || Ok(check()?.then_some(())))
 }
 
@@ -58,14 +50,8 @@ mod tests {
 
     #[test]
     fn times_out_with_the_last_error() {
-        let err = wait_for::<()>("never", Duration::from_millis(120), || {
-            anyhow::bail!("boom")
-        })
-        .unwrap_err();
+        let err = wait_for::<()>("never", Duration::from_millis(120), || anyhow::bail!("boom")).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(
-            msg.contains("waiting for never") && msg.contains("boom"),
-            "{msg}"
-        );
+        assert!(msg.contains("waiting for never") && msg.contains("boom"), "{msg}");
     }
 }

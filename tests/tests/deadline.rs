@@ -47,20 +47,14 @@ fn tmp_for(cd: &Containerd, test: &str) -> PathBuf {
     cd.dir().join("deadline-tmp").join(test)
 }
 
-async fn podcr(
-    cd: &'static Containerd,
-    test: &str,
-    args: Vec<String>,
-) -> Result<podcr_tests::cmd::Output> {
+async fn podcr(cd: &'static Containerd, test: &str, args: Vec<String>) -> Result<podcr_tests::cmd::Output> {
     let tmp = tmp_for(cd, test);
     blocking(move || faults::podcr(cd, &tmp, args)).await
 }
 
 fn checkpoint_args(pod: &str, out: &Path, timeout: Option<Duration>) -> Vec<String> {
-    let mut v: Vec<String> = ["checkpoint", "--pod-namespace", "podcr-test", pod, "-o"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> =
+        ["checkpoint", "--pod-namespace", "podcr-test", pod, "-o"].iter().map(|s| s.to_string()).collect();
     v.push(out.display().to_string());
     if let Some(t) = timeout {
         v.push("--timeout".into());
@@ -71,18 +65,8 @@ fn checkpoint_args(pod: &str, out: &Path, timeout: Option<Duration>) -> Vec<Stri
 
 async fn hog_pod(cd: &'static Containerd, rs: &mut Cri, name: &str) -> Result<Pod> {
     let image = blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?;
-    let pod = pods::run_pod(
-        cd,
-        rs,
-        Runtime::Podcr,
-        name,
-        &image,
-        &[("hog", HOG_1G), ("side", COUNTER)],
-    )
-    .await?;
-    advances(&pod, "hog", "ok")
-        .await
-        .context("memhog never got going")?;
+    let pod = pods::run_pod(cd, rs, Runtime::Podcr, name, &image, &[("hog", HOG_1G), ("side", COUNTER)]).await?;
+    advances(&pod, "hog", "ok").await.context("memhog never got going")?;
     advances(&pod, "side", "count").await?;
     Ok(pod)
 }
@@ -100,9 +84,7 @@ fn sorted(mut v: Vec<u32>) -> Vec<u32> {
 
 /// CRIU, runc or the CRIU hook still running under the pod's shim.
 fn checkpoint_helpers(cd: &Containerd, sandbox_id: &str) -> Result<Vec<String>> {
-    let Some(shim) = faults::shim_of(cd, sandbox_id)? else {
-        bail!("no shim for pod {sandbox_id}")
-    };
+    let Some(shim) = faults::shim_of(cd, sandbox_id)? else { bail!("no shim for pod {sandbox_id}") };
     Ok(faults::descendants(shim.pid)?
         .into_iter()
         .filter(|p| p.comm == "criu" || p.comm == "runc" || p.argv.iter().any(|a| a == HOOK_ARG))
@@ -123,12 +105,7 @@ async fn pod_unharmed(
     test: &str,
 ) -> Result<()> {
     {
-        let (out, name, id, pids) = (
-            out.to_path_buf(),
-            name.to_string(),
-            pod.id.clone(),
-            pids.to_vec(),
-        );
+        let (out, name, id, pids) = (out.to_path_buf(), name.to_string(), pod.id.clone(), pids.to_vec());
         blocking(move || {
             podcr_tests::wait_until("the pod whole again after the deadline", SETTLE, || {
                 let left = pods::dir_entries(&out)?;
@@ -148,16 +125,9 @@ async fn pod_unharmed(
         })
         .await?;
     }
-    advances(pod, "hog", "ok")
-        .await
-        .context("memhog does not run after the deadline")?;
-    advances(pod, "side", "count")
-        .await
-        .context("the sidecar does not run after the deadline")?;
-    ensure!(
-        faults::values(&pod.log("hog"), "corrupt").is_empty(),
-        "memhog found corrupt memory"
-    );
+    advances(pod, "hog", "ok").await.context("memhog does not run after the deadline")?;
+    advances(pod, "side", "count").await.context("the sidecar does not run after the deadline")?;
+    ensure!(faults::values(&pod.log("hog"), "corrupt").is_empty(), "memhog found corrupt memory");
     ensure!(
         pods::all_running(rs, &pod.id).await?,
         "a container stopped: {:?}",
@@ -169,13 +139,8 @@ async fn pod_unharmed(
     pods::ensure_success("the second checkpoint after a deadline", &res)?;
     faults::verify_checkpoint_dir(&again)?;
     std::fs::remove_dir_all(&again)?;
-    advances(pod, "hog", "ok")
-        .await
-        .context("memhog does not run after the second checkpoint")?;
-    ensure!(
-        pods::all_running(rs, &pod.id).await?,
-        "the default checkpoint stopped a container"
-    );
+    advances(pod, "hog", "ok").await.context("memhog does not run after the second checkpoint")?;
+    ensure!(pods::all_running(rs, &pod.id).await?, "the default checkpoint stopped a container");
     Ok(())
 }
 
@@ -212,27 +177,11 @@ async fn a_deadline_too_short_for_the_dump_is_refused_before_the_freeze() -> Res
     std::fs::create_dir(&out)?;
 
     // 1 GiB at the default 512 MiB/s is over 2 s of estimated dump: a 2 s deadline cannot cover it.
-    let res = podcr(
-        cd,
-        name,
-        checkpoint_args(name, &out, Some(Duration::from_secs(2))),
-    )
-    .await?;
-    ensure!(
-        !res.success(),
-        "the checkpoint succeeded within a deadline shorter than its estimate: {res:?}"
-    );
+    let res = podcr(cd, name, checkpoint_args(name, &out, Some(Duration::from_secs(2)))).await?;
+    ensure!(!res.success(), "the checkpoint succeeded within a deadline shorter than its estimate: {res:?}");
     eprintln!("refused as expected:\n{}", res.stderr.trim());
-    ensure!(
-        res.stderr.contains("nothing was frozen"),
-        "not refused before the freeze:\n{}",
-        res.stderr
-    );
-    ensure!(
-        res.stderr.to_lowercase().contains("deadline"),
-        "the error does not say deadline:\n{}",
-        res.stderr
-    );
+    ensure!(res.stderr.contains("nothing was frozen"), "not refused before the freeze:\n{}", res.stderr);
+    ensure!(res.stderr.to_lowercase().contains("deadline"), "the error does not say deadline:\n{}", res.stderr);
     pod_unharmed(cd, &mut rs, &pod, name, &out, &pids, name).await?;
     pods::remove_pod(&mut rs, &pod.id).await
 }
@@ -260,44 +209,18 @@ fn parse_ms(s: &str) -> Option<f64> {
 
 /// Reads `podcr checkpoint`'s report: "freeze window X   write Y   total Z ...", then the table.
 fn measured(stdout: &str) -> Result<Measured> {
-    let first: Vec<&str> = stdout
-        .lines()
-        .next()
-        .context("no report")?
-        .split_whitespace()
-        .collect();
-    let after = |key: &str| {
-        first
-            .iter()
-            .position(|t| *t == key)
-            .and_then(|i| first.get(i + 1))
-            .and_then(|v| parse_ms(v))
-    };
+    let first: Vec<&str> = stdout.lines().next().context("no report")?.split_whitespace().collect();
+    let after =
+        |key: &str| first.iter().position(|t| *t == key).and_then(|i| first.get(i + 1)).and_then(|v| parse_ms(v));
     let (freeze, write, total) = (after("window"), after("write"), after("total"));
     let (Some(freeze), Some(write), Some(total)) = (freeze, write, total) else {
         bail!("unreadable report:\n{stdout}")
     };
-    let row: Vec<&str> = stdout
-        .lines()
-        .find(|l| l.starts_with("hog"))
-        .context("no hog row")?
-        .split_whitespace()
-        .collect();
-    let col = |i: usize| {
-        row.get(i)
-            .and_then(|v| parse_ms(v))
-            .with_context(|| format!("column {i} of {row:?}"))
-    };
-    let memwrite = row
-        .last()
-        .and_then(|v| parse_ms(v))
-        .context("no MEMWRITE")?;
-    Ok(Measured {
-        prep: (total - freeze - write).max(0.0),
-        memdump: col(2)?,
-        dump_wall: col(4)?,
-        memwrite,
-    })
+    let row: Vec<&str> =
+        stdout.lines().find(|l| l.starts_with("hog")).context("no hog row")?.split_whitespace().collect();
+    let col = |i: usize| row.get(i).and_then(|v| parse_ms(v)).with_context(|| format!("column {i} of {row:?}"));
+    let memwrite = row.last().and_then(|v| parse_ms(v)).context("no MEMWRITE")?;
+    Ok(Measured { prep: (total - freeze - write).max(0.0), memdump: col(2)?, dump_wall: col(4)?, memwrite })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -309,13 +232,12 @@ enum Phase {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_during_the_dump_let_it_finish_then_thaw_the_pod_and_a_restore_deadline_leaves_nothing(
-) -> Result<()> {
+async fn deadlines_during_the_dump_let_it_finish_then_thaw_the_pod_and_a_restore_deadline_leaves_nothing() -> Result<()>
+{
     let _serial = SERIAL.lock().await;
     // Private: its shims run without the dump estimate, so a deadline can fall inside a dump.
-    let cd: &'static Containerd = Box::leak(Box::new(
-        blocking(|| Containerd::start_with_env(&[("PODCR_DUMP_MIB_PER_SEC", "0")])).await?,
-    ));
+    let cd: &'static Containerd =
+        Box::leak(Box::new(blocking(|| Containerd::start_with_env(&[("PODCR_DUMP_MIB_PER_SEC", "0")])).await?));
     let mut rs = cd.cri_runtime().await?;
     let name = "dl-during";
     let pod = hog_pod(cd, &mut rs, name).await?;
@@ -326,28 +248,17 @@ async fn deadlines_during_the_dump_let_it_finish_then_thaw_the_pod_and_a_restore
     pods::ensure_success("the measuring checkpoint", &res)?;
     let m = measured(&res.stdout)?;
     eprintln!("measured: {m:?}\n{}", res.stdout.trim());
-    ensure!(
-        m.memdump > 0.0 && m.memwrite > 0.0,
-        "CRIU reported no memory dump: {m:?}"
-    );
+    ensure!(m.memdump > 0.0 && m.memwrite > 0.0, "CRIU reported no memory dump: {m:?}");
 
     // During CRIU's set-up: long before any dump is ready, so nothing is frozen.
     let out = cd.dir().join("dl-setup-out");
     std::fs::create_dir(&out)?;
     let seen = failed_lines(cd, &pod.id).len();
-    let res = podcr(
-        cd,
-        name,
-        checkpoint_args(name, &out, Some(Duration::from_millis(40))),
-    )
-    .await?;
+    let res = podcr(cd, name, checkpoint_args(name, &out, Some(Duration::from_millis(40)))).await?;
     ensure!(!res.success(), "a 40 ms checkpoint succeeded: {res:?}");
     let said = shim_failure(cd, &pod.id, seen).await?;
     eprintln!("deadline during CRIU's set-up: {said}");
-    ensure!(
-        said.contains("nothing was frozen"),
-        "the 40 ms deadline froze the pod: {said}"
-    );
+    ensure!(said.contains("nothing was frozen"), "the 40 ms deadline froze the pod: {said}");
     pod_unharmed(cd, &mut rs, &pod, name, &out, &pids, name).await?;
 
     for phase in [Phase::MemoryDump, Phase::PageWrite] {
@@ -376,17 +287,8 @@ async fn deadline_in(
     // memwrite add up to more than the dump, the page writing is its tail (CRIU writes while the
     // parasite is still inside), else it follows it.
     let nested = m.memdump + m.memwrite > m.dump_wall;
-    let collect = if nested {
-        (m.memdump - m.memwrite).max(0.0)
-    } else {
-        m.memdump
-    };
-    let start = if nested {
-        m.dump_wall - m.memdump
-    } else {
-        m.dump_wall - m.memdump - m.memwrite
-    }
-    .max(0.0);
+    let collect = if nested { (m.memdump - m.memwrite).max(0.0) } else { m.memdump };
+    let start = if nested { m.dump_wall - m.memdump } else { m.dump_wall - m.memdump - m.memwrite }.max(0.0);
     let write_start = start + collect;
     let (lo, hi) = match phase {
         Phase::MemoryDump => (start, write_start),
@@ -406,11 +308,7 @@ async fn deadline_in(
         let timeout = Duration::from_secs_f64(shim_deadline / 0.9 / 1e3);
         let seen = failed_lines(cd, &pod.id).len();
         let res = podcr(cd, name, checkpoint_args(name, &out, Some(timeout))).await?;
-        let said = if res.success() {
-            None
-        } else {
-            Some(shim_failure(cd, &pod.id, seen).await?)
-        };
+        let said = if res.success() { None } else { Some(shim_failure(cd, &pod.id, seen).await?) };
         eprintln!("{phase:?} attempt {attempt}: timeout {timeout:?}, shim says {said:?}");
         if res.success() {
             // Deadline after everything: a whole checkpoint, nothing to clean. Aim earlier.
@@ -436,9 +334,7 @@ async fn deadline_in(
             .nth(1)
             .and_then(|s| s.split(" ms after the pod was frozen").next())
             .and_then(|s| s.parse().ok())
-            .with_context(|| {
-                format!("the shim's error does not say when the deadline passed: {said}")
-            })?;
+            .with_context(|| format!("the shim's error does not say when the deadline passed: {said}"))?;
         if (lo..hi).contains(&passed_at) {
             eprintln!("{phase:?}: the deadline passed {passed_at} ms after the freeze (phase {lo:.0}-{hi:.0} ms); the pod is whole");
             return Ok(());
@@ -480,46 +376,27 @@ async fn restore_deadline(cd: &'static Containerd, rs: &mut Cri, ckpt: &Path) ->
     let tmp = tmp_for(cd, test);
     let before = Inventory::take(cd, rs, &tmp).await?;
     let args = |t: Option<&str>| {
-        let mut v = vec![
-            "restore".to_string(),
-            ckpt.display().to_string(),
-            "--name".into(),
-            "dl-restored".into(),
-        ];
+        let mut v = vec!["restore".to_string(), ckpt.display().to_string(), "--name".into(), "dl-restored".into()];
         if let Some(t) = t {
             v.extend(["--timeout".to_string(), t.to_string()]);
         }
         v
     };
     let res = podcr(cd, test, args(Some("300ms"))).await?;
-    ensure!(
-        !res.success(),
-        "a 300 ms restore of 1 GiB succeeded: {res:?}"
-    );
+    ensure!(!res.success(), "a 300 ms restore of 1 GiB succeeded: {res:?}");
     eprintln!("restore refused at its deadline:\n{}", res.stderr.trim());
-    ensure!(
-        res.stderr.to_lowercase().contains("deadline"),
-        "the error does not say deadline:\n{}",
-        res.stderr
-    );
+    ensure!(res.stderr.to_lowercase().contains("deadline"), "the error does not say deadline:\n{}", res.stderr);
     let log = cd.dir().join("containerd.log");
     blocking(move || {
-        podcr_tests::wait_until(
-            "the shim to report the restore cut short mid-extraction",
-            T,
-            || {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                Ok(text.lines().any(|l| {
-                    l.contains("pod restore failed")
-                        && l.contains("validating and extracting the checkpoint")
-                }))
-            },
-        )
+        podcr_tests::wait_until("the shim to report the restore cut short mid-extraction", T, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text
+                .lines()
+                .any(|l| l.contains("pod restore failed") && l.contains("validating and extracting the checkpoint")))
+        })
     })
     .await?;
-    faults::wait_nothing_added(cd, rs, &tmp, &before)
-        .await
-        .context("after the restore deadline")?;
+    faults::wait_nothing_added(cd, rs, &tmp, &before).await.context("after the restore deadline")?;
     let root = cd.dir().to_path_buf();
     blocking(move || {
         podcr_tests::wait_until("no restore staging left", SETTLE, || {
@@ -532,12 +409,7 @@ async fn restore_deadline(cd: &'static Containerd, rs: &mut Cri, ckpt: &Path) ->
 
     let res = podcr(cd, test, args(None)).await?;
     pods::ensure_success("the second restore", &res)?;
-    let id = pods::find_pod(rs, "dl-restored")
-        .await?
-        .context("the restored pod is not listed")?;
-    ensure!(
-        pods::all_running(rs, &id).await?,
-        "restored containers are not running"
-    );
+    let id = pods::find_pod(rs, "dl-restored").await?.context("the restored pod is not listed")?;
+    ensure!(pods::all_running(rs, &id).await?, "restored containers are not running");
     pods::remove_pod(rs, &id).await
 }

@@ -8,10 +8,7 @@ use cel_interpreter::{Context as CelContext, Program, Value};
 use serde::Deserialize;
 
 fn example() -> Result<Vec<serde_json::Value>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/no-hostnetwork-podcr.yaml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/no-hostnetwork-podcr.yaml");
     let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     serde_norway::Deserializer::from_str(&text)
         .map(|doc| serde_json::Value::deserialize(doc).context("parse a YAML document"))
@@ -28,12 +25,7 @@ fn policy() -> Result<(Vec<String>, serde_json::Value)> {
         .as_array()
         .context("no validations")?
         .iter()
-        .map(|v| {
-            v["expression"]
-                .as_str()
-                .map(str::to_string)
-                .context("validation without expression")
-        })
+        .map(|v| v["expression"].as_str().map(str::to_string).context("validation without expression"))
         .collect::<Result<Vec<_>>>()?;
     Ok((expressions, vap.clone()))
 }
@@ -41,15 +33,10 @@ fn policy() -> Result<(Vec<String>, serde_json::Value)> {
 /// Whether the policy admits `pod` (every validation true), as the API server decides it.
 fn admits(expressions: &[String], pod: &serde_json::Value) -> Result<bool> {
     let mut ctx = CelContext::default();
-    ctx.add_variable("object", pod.clone())
-        .context("bind object")?;
+    ctx.add_variable("object", pod.clone()).context("bind object")?;
     for expr in expressions {
-        let program =
-            Program::compile(expr).map_err(|e| anyhow::anyhow!("compile {expr:?}: {e}"))?;
-        match program
-            .execute(&ctx)
-            .map_err(|e| anyhow::anyhow!("evaluate {expr:?}: {e}"))?
-        {
+        let program = Program::compile(expr).map_err(|e| anyhow::anyhow!("compile {expr:?}: {e}"))?;
+        match program.execute(&ctx).map_err(|e| anyhow::anyhow!("evaluate {expr:?}: {e}"))? {
             Value::Bool(true) => {}
             Value::Bool(false) => return Ok(false),
             other => anyhow::bail!("{expr:?} returned {other:?}, not a bool"),
@@ -73,41 +60,20 @@ fn the_policy_refuses_host_network_podcr_pods_and_admits_the_rest() -> Result<()
         "the policy does not match pods: {vap}"
     );
     let docs = example()?;
-    let binding = docs
-        .iter()
-        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
-        .context("no binding")?;
-    ensure!(
-        binding["spec"]["policyName"] == vap["metadata"]["name"],
-        "the binding names another policy"
-    );
-    ensure!(
-        binding["spec"]["validationActions"][0] == "Deny",
-        "the binding does not deny: {binding}"
-    );
+    let binding = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding").context("no binding")?;
+    ensure!(binding["spec"]["policyName"] == vap["metadata"]["name"], "the binding names another policy");
+    ensure!(binding["spec"]["validationActions"][0] == "Deny", "the binding does not deny: {binding}");
 
     let refused = pod(serde_json::json!({ "runtimeClassName": "podcr", "hostNetwork": true }));
-    ensure!(
-        !admits(&expressions, &refused)?,
-        "a hostNetwork podcr pod was admitted"
-    );
+    ensure!(!admits(&expressions, &refused)?, "a hostNetwork podcr pod was admitted");
     for (what, spec) in [
-        (
-            "podcr without hostNetwork",
-            serde_json::json!({ "runtimeClassName": "podcr" }),
-        ),
-        (
-            "podcr with hostNetwork false",
-            serde_json::json!({ "runtimeClassName": "podcr", "hostNetwork": false }),
-        ),
+        ("podcr without hostNetwork", serde_json::json!({ "runtimeClassName": "podcr" })),
+        ("podcr with hostNetwork false", serde_json::json!({ "runtimeClassName": "podcr", "hostNetwork": false })),
         (
             "hostNetwork with another runtime class",
             serde_json::json!({ "runtimeClassName": "runc", "hostNetwork": true }),
         ),
-        (
-            "hostNetwork with the default runtime",
-            serde_json::json!({ "hostNetwork": true }),
-        ),
+        ("hostNetwork with the default runtime", serde_json::json!({ "hostNetwork": true })),
         ("a plain pod", serde_json::json!({})),
     ] {
         ensure!(admits(&expressions, &pod(spec))?, "{what} was refused");

@@ -39,8 +39,20 @@ const APP: &[&str] = &[
 ];
 const SIDE: &[&str] = &["/usr/local/bin/counter", "/count", "100"];
 /// Every capability containerd's CRI gives a container that asks for none (the kubelet's default).
-const DEFAULT_CAP_MASK: u64 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
-    | (1 << 10) | (1 << 13) | (1 << 18) | (1 << 27) | (1 << 29) | (1 << 31);
+const DEFAULT_CAP_MASK: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 10)
+    | (1 << 13)
+    | (1 << 18)
+    | (1 << 27)
+    | (1 << 29)
+    | (1 << 31);
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
@@ -57,16 +69,20 @@ fn seconds_now() -> u64 {
 /// The PodSandboxConfig a kubelet sends for pod `name` of namespace `ns` with uid `uid`: the
 /// pod's labels and annotations copied in, the kubelet's log directory layout (under the run's
 /// pod log root), a cgroup parent inside the run.
-fn kubelet_pod(cd: &Containerd, name: &str, ns: &str, uid: &str, annotations: &[(&str, &str)]) -> Result<PodSandboxConfig> {
+fn kubelet_pod(
+    cd: &Containerd,
+    name: &str,
+    ns: &str,
+    uid: &str,
+    annotations: &[(&str, &str)],
+) -> Result<PodSandboxConfig> {
     let log_dir = node_config::pod_log_root(cd.dir()).join(format!("{ns}_{name}_{uid}"));
     std::fs::create_dir_all(&log_dir)?;
-    let mut anns: HashMap<String, String> = [
-        ("kubernetes.io/config.source", "api"),
-        ("kubernetes.io/config.seen", "2026-12-07T03:00:00.000000000Z"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut anns: HashMap<String, String> =
+        [("kubernetes.io/config.source", "api"), ("kubernetes.io/config.seen", "2026-12-07T03:00:00.000000000Z")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     anns.extend(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Ok(PodSandboxConfig {
         metadata: Some(PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt: 0 }),
@@ -158,10 +174,18 @@ impl KubeletPod {
     }
 }
 
-async fn run_kubelet_pod(cd: &Containerd, rs: &mut Cri, config: PodSandboxConfig, containers: Vec<ContainerConfig>) -> Result<KubeletPod> {
+async fn run_kubelet_pod(
+    cd: &Containerd,
+    rs: &mut Cri,
+    config: PodSandboxConfig,
+    containers: Vec<ContainerConfig>,
+) -> Result<KubeletPod> {
     let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
     let id = rs
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: Runtime::Podcr.handler().into() })
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: Runtime::Podcr.handler().into(),
+        })
         .await
         .with_context(|| format!("RunPodSandbox {name}\n{}", cd.log_tail(20)))?
         .into_inner()
@@ -173,7 +197,11 @@ async fn run_kubelet_pod(cd: &Containerd, rs: &mut Cri, config: PodSandboxConfig
             std::fs::create_dir_all(dir)?;
         }
         let created = rs
-            .create_container(CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(c), sandbox_config: Some(pod.config.clone()) })
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(c),
+                sandbox_config: Some(pod.config.clone()),
+            })
             .await;
         let result = match created {
             Err(e) => Err(format!("CreateContainer: {}", e.message())),
@@ -192,7 +220,11 @@ async fn run_kubelet_pod(cd: &Containerd, rs: &mut Cri, config: PodSandboxConfig
 
 async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
     let r = rs
-        .exec_sync(ExecSyncRequest { container_id: container.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 })
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
         .await?
         .into_inner();
     Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
@@ -215,7 +247,10 @@ async fn wait_count(log: PathBuf, n: u64) -> Result<u64> {
 }
 
 async fn first_count(log: PathBuf) -> Result<u64> {
-    blocking(move || podcr_tests::wait_for(&format!("output in {}", log.display()), T, || Ok(pods::counts(&log).first().copied()))).await
+    blocking(move || {
+        podcr_tests::wait_for(&format!("output in {}", log.display()), T, || Ok(pods::counts(&log).first().copied()))
+    })
+    .await
 }
 
 fn task_pid(cd: &Containerd, id: &str) -> Result<u32> {
@@ -241,7 +276,11 @@ async fn caps(rs: &mut Cri, container: &str, status: &str) -> Result<u64> {
 async fn holds_only_what_was_granted(rs: &mut Cri, container: &str) -> Result<()> {
     for status in ["/proc/1/status", "/proc/self/status"] {
         let held = caps(rs, container, status).await?;
-        ensure!(held & !DEFAULT_CAP_MASK == 0, "{status} of {container} holds capabilities {:#x} beyond the granted {DEFAULT_CAP_MASK:#x}", held);
+        ensure!(
+            held & !DEFAULT_CAP_MASK == 0,
+            "{status} of {container} holds capabilities {:#x} beyond the granted {DEFAULT_CAP_MASK:#x}",
+            held
+        );
     }
     let (_, mounts) = exec(rs, container, &["cat", "/proc/self/mountinfo"]).await?;
     ensure!(
@@ -281,7 +320,9 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     let mut rs = cd.cri_runtime().await?;
     let name = "kr-web";
     let src_cfg = kubelet_pod(cd, name, NS, "uid-src", &[])?;
-    let configs = |pod: &PodSandboxConfig| vec![kubelet_container(pod, "app", &image, APP), kubelet_container(pod, "side", &image, SIDE)];
+    let configs = |pod: &PodSandboxConfig| {
+        vec![kubelet_container(pod, "app", &image, APP), kubelet_container(pod, "side", &image, SIDE)]
+    };
     let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), configs(&src_cfg)).await?;
     let (app, side) = (src.id_of("app")?.to_string(), src.id_of("side")?.to_string());
     wait_count(src.log("app"), 10).await?;
@@ -296,7 +337,10 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     let at_checkpoint = pods::last_count(&src.log("app")).context("no app count")?;
     // --leave-running: the same processes go on counting.
     wait_count(src.log("app"), at_checkpoint + 5).await?;
-    ensure!((task_pid(cd, &app)?, task_pid(cd, &side)?) == pids, "the checkpointed containers are not the same processes");
+    ensure!(
+        (task_pid(cd, &app)?, task_pid(cd, &side)?) == pids,
+        "the checkpointed containers are not the same processes"
+    );
     ensure!(pods::all_running(&mut rs, &src.id).await?, "a container stopped after the checkpoint");
     let before_removal = pods::last_count(&src.log("app")).context("no app count")?;
     pods::remove_pod(&mut rs, &src.id).await?;
@@ -338,7 +382,11 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
         move || podcr_tests::cmd::run_ok("checkpointctl", ["show".as_ref(), tar.as_os_str()])
     })
     .await?;
-    ensure!(show.stdout.contains("fresh"), "checkpointctl show does not read the container checkpoint:\n{}", show.stdout);
+    ensure!(
+        show.stdout.contains("fresh"),
+        "checkpointctl show does not read the container checkpoint:\n{}",
+        show.stdout
+    );
 
     // A second pod from the same checkpoint whose side container runs another command: that
     // container's start fails with the reason; app is restored and runs.
@@ -346,7 +394,8 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     let mut bad_containers = configs(&bad_cfg);
     bad_containers[1] = kubelet_container(&bad_cfg, "side", &image, &["/usr/local/bin/counter", "/other", "100"]);
     let bad = run_kubelet_pod(cd, &mut rs, bad_cfg, bad_containers).await?;
-    let reason = bad.error_of("side").context("a side container that disagrees with the checkpoint started")?.to_string();
+    let reason =
+        bad.error_of("side").context("a side container that disagrees with the checkpoint started")?.to_string();
     ensure!(reason.contains("command") && reason.contains("side"), "the failure does not say why: {reason}");
     eprintln!("a disagreeing container's start failed: {reason}");
     let bad_app = bad.id_of("app")?.to_string();
@@ -357,7 +406,9 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     // Another image: refused the same way.
     let other_cfg = kubelet_pod(cd, "kr-web-3", NS, "uid-img", &[(RESTORE_FROM, &ckpt)])?;
     let pause = blocking(move || cd.import(CRI_NAMESPACE, &images::PAUSE)).await?;
-    let other = run_kubelet_pod(cd, &mut rs, other_cfg.clone(), vec![kubelet_container(&other_cfg, "side", &pause, SIDE)]).await?;
+    let other =
+        run_kubelet_pod(cd, &mut rs, other_cfg.clone(), vec![kubelet_container(&other_cfg, "side", &pause, SIDE)])
+            .await?;
     let reason = other.error_of("side").context("a container of another image started")?.to_string();
     ensure!(reason.contains("image"), "the failure does not name the image: {reason}");
     pods::remove_pod(&mut rs, &other.id).await?;
@@ -365,8 +416,15 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
     // Still running, in the same processes, a minute after it came up.
     let left = Duration::from_secs(60).saturating_sub(up.elapsed());
     tokio::time::sleep(left).await;
-    ensure!(pods::all_running(&mut rs, &dst.id).await?, "the restored pod stopped: {:?}", pods::container_states(&mut rs, &dst.id).await?);
-    ensure!((task_pid(cd, &app2)?, task_pid(cd, dst.id_of("side")?)?) == dst_pids, "the restored containers were restarted");
+    ensure!(
+        pods::all_running(&mut rs, &dst.id).await?,
+        "the restored pod stopped: {:?}",
+        pods::container_states(&mut rs, &dst.id).await?
+    );
+    ensure!(
+        (task_pid(cd, &app2)?, task_pid(cd, dst.id_of("side")?)?) == dst_pids,
+        "the restored containers were restarted"
+    );
     let later = pods::last_count(&dst.log("app")).context("no count")?;
     wait_count(dst.log("app"), later + 3).await?;
     pods::remove_pod(&mut rs, &dst.id).await?;
@@ -426,7 +484,8 @@ fn apply(edit: Edit, dir: &Path, canary: &Canary) -> Result<()> {
             })?;
             faults::edit_member_json(dir, archive, "spec.dump", |s| {
                 for set in ["bounding", "effective", "permitted"] {
-                    s["process"]["capabilities"][set] = serde_json::json!(["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_CHOWN"]);
+                    s["process"]["capabilities"][set] =
+                        serde_json::json!(["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_CHOWN"]);
                 }
             })
         }
@@ -446,7 +505,9 @@ fn apply(edit: Edit, dir: &Path, canary: &Canary) -> Result<()> {
         Edit::LogPathOutside => {
             let target = canary.path.display().to_string();
             faults::edit_pod_json(dir, "pod.dump", |p| p["log_directory"] = "/".into())?;
-            faults::edit_member_json(dir, archive, "container-config.dump", |c| c["log_path"] = target.trim_start_matches('/').into())
+            faults::edit_member_json(dir, archive, "container-config.dump", |c| {
+                c["log_path"] = target.trim_start_matches('/').into()
+            })
         }
     }
 }
@@ -463,7 +524,8 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
     let mut rs = cd.cri_runtime().await?;
     let name = "kr-edit";
     let src_cfg = kubelet_pod(cd, name, NS, "uid-edit", &[])?;
-    let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
+    let src =
+        run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
     src.id_of("app")?;
     wait_count(src.log("app"), 5).await?;
     let base = cd.dir().join("kr-edit-base");
@@ -477,12 +539,16 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
     let ours = |items: Vec<k8s_cri::v1::PodSandbox>| {
         items
             .into_iter()
-            .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with("kr-cli-") || m.name.starts_with("kr-ann-")))
+            .filter(|p| {
+                p.metadata.as_ref().is_some_and(|m| m.name.starts_with("kr-cli-") || m.name.starts_with("kr-ann-"))
+            })
             .map(|p| p.id)
             .collect::<Vec<_>>()
     };
     let pods_before = ours(rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items);
-    for (i, edit) in [Edit::Privileged, Edit::AddedCapability, Edit::HostRoot, Edit::LogPathOutside].into_iter().enumerate() {
+    for (i, edit) in
+        [Edit::Privileged, Edit::AddedCapability, Edit::HostRoot, Edit::LogPathOutside].into_iter().enumerate()
+    {
         let ckpt = format!("kr-edited-{i}");
         let dir = root.join(&ckpt);
         faults::copy_dir(&base, &dir)?;
@@ -501,7 +567,11 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
         match refused_field {
             Some(field) => {
                 ensure!(!out.success(), "{edit:?}: podcr restore succeeded");
-                ensure!(out.stderr.contains(field) && out.stderr.contains("--container-config"), "{edit:?}: the refusal does not name {field} and how to grant it:\n{}", out.stderr);
+                ensure!(
+                    out.stderr.contains(field) && out.stderr.contains("--container-config"),
+                    "{edit:?}: the refusal does not name {field} and how to grant it:\n{}",
+                    out.stderr
+                );
                 ensure!(listed.is_none(), "{edit:?}: a refused podcr restore created a pod");
                 eprintln!("{edit:?}: podcr restore refused: {}", out.stderr.trim());
             }
@@ -513,7 +583,11 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
                 let app = container_id(&mut rs, &pod, "app").await?;
                 holds_only_what_was_granted(&mut rs, &app).await?;
                 let log = pods::log_path(&mut rs, &app).await?;
-                ensure!(log.starts_with(node_config::pod_log_root(cd.dir())), "{edit:?}: the restored app logs to {}", log.display());
+                ensure!(
+                    log.starts_with(node_config::pod_log_root(cd.dir())),
+                    "{edit:?}: the restored app logs to {}",
+                    log.display()
+                );
                 wait_count(log, 5).await?;
                 pods::remove_pod(&mut rs, &pod).await?;
             }
@@ -521,7 +595,8 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
 
         // The annotation: the kubelet's configs are the request.
         let pod_cfg = kubelet_pod(cd, &format!("kr-ann-{i}"), NS, &format!("uid-ann-{i}"), &[(RESTORE_FROM, &ckpt)])?;
-        let pod = run_kubelet_pod(cd, &mut rs, pod_cfg.clone(), vec![kubelet_container(&pod_cfg, "app", &image, SIDE)]).await?;
+        let pod = run_kubelet_pod(cd, &mut rs, pod_cfg.clone(), vec![kubelet_container(&pod_cfg, "app", &image, SIDE)])
+            .await?;
         match refused_field {
             Some(field) => {
                 let reason = pod.error_of("app").with_context(|| format!("{edit:?}: the container started"))?;
@@ -550,7 +625,10 @@ async fn container_id(rs: &mut Cri, pod: &str, name: &str) -> Result<String> {
         .await?
         .into_inner()
         .containers;
-    list.into_iter().find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name)).map(|c| c.id).with_context(|| format!("no {name} in {pod}"))
+    list.into_iter()
+        .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+        .map(|c| c.id)
+        .with_context(|| format!("no {name} in {pod}"))
 }
 
 /// Item 3's name rules: a restore-from naming `..`, an absolute path, a symlink out of the
@@ -564,11 +642,14 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
     // A real checkpoint of a pod in another namespace, outside the roots.
     let other_ns = "kr-elsewhere";
     let src_cfg = kubelet_pod(cd, "kr-theirs", other_ns, "uid-theirs", &[])?;
-    let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
+    let src =
+        run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
     src.id_of("app")?;
     wait_count(src.log("app"), 3).await?;
     let outside = cd.dir().join("kr-outside-root");
-    let out = podcr(cd, s(&["checkpoint", "--pod-namespace", other_ns, "kr-theirs", "-o", &outside.display().to_string()])).await?;
+    let out =
+        podcr(cd, s(&["checkpoint", "--pod-namespace", other_ns, "kr-theirs", "-o", &outside.display().to_string()]))
+            .await?;
     pods::ensure_success("podcr checkpoint", &out)?;
     pods::remove_pod(&mut rs, &src.id).await?;
     let root = node_config::checkpoint_roots(cd.dir())[0].clone();
@@ -585,7 +666,12 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
     ];
     for (i, (value, want)) in cases.iter().enumerate() {
         let cfg = kubelet_pod(cd, &format!("kr-name-{i}"), NS, &format!("uid-name-{i}"), &[(RESTORE_FROM, value)])?;
-        let res = rs.run_pod_sandbox(RunPodSandboxRequest { config: Some(cfg), runtime_handler: Runtime::Podcr.handler().into() }).await;
+        let res = rs
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: Runtime::Podcr.handler().into(),
+            })
+            .await;
         let err = match res {
             Ok(r) => {
                 let id = r.into_inner().pod_sandbox_id;
@@ -594,7 +680,10 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
             }
             Err(e) => e.message().to_string(),
         };
-        ensure!(err.contains(RESTORE_FROM) && err.contains(want), "{value:?}: the refusal does not say {want:?}: {err}");
+        ensure!(
+            err.contains(RESTORE_FROM) && err.contains(want),
+            "{value:?}: the refusal does not say {want:?}: {err}"
+        );
         eprintln!("{RESTORE_FROM}: {value:?} refused: {err}");
     }
     // Only this test's pods: the others in this binary run beside it on the same containerd.
@@ -606,7 +695,11 @@ async fn restore_from_names_outside_the_roots_or_namespace_are_refused() -> Resu
 /// The CRI pods whose names start with `prefix`.
 async fn pods_named(rs: &mut Cri, prefix: &str) -> Result<Vec<String>> {
     let items = rs.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
-    Ok(items.into_iter().filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with(prefix))).map(|p| p.id).collect())
+    Ok(items
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with(prefix)))
+        .map(|p| p.id)
+        .collect())
 }
 
 /// Item 1 on the wire: CRI `RestorePod` through containerd built from PR 13822 (the shim's
@@ -622,13 +715,19 @@ async fn restore_pod_holds_the_checkpoint_to_the_request(build: Upstream, test: 
         let mut cr = cd.cri_pods().await?;
         let name = format!("kr-wire-{}", build.build());
         let src_cfg = kubelet_pod(cd, &name, NS, "uid-wire", &[])?;
-        let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)]).await?;
+        let src = run_kubelet_pod(cd, &mut rs, src_cfg.clone(), vec![kubelet_container(&src_cfg, "app", &image, SIDE)])
+            .await?;
         let app = src.id_of("app")?.to_string();
         wait_count(src.log("app"), 5).await?;
         let out = cd.dir().join(format!("{name}-ckpt"));
         std::fs::create_dir(&out)?;
         cr.checkpoint_pod(with_deadline(
-            CheckpointPodRequest { pod_sandbox_id: src.id.clone(), output_path: out.display().to_string(), container_ids: vec![app], options: HashMap::new() },
+            CheckpointPodRequest {
+                pod_sandbox_id: src.id.clone(),
+                output_path: out.display().to_string(),
+                container_ids: vec![app],
+                options: HashMap::new(),
+            },
             Duration::from_secs(120),
         ))
         .await
@@ -642,7 +741,9 @@ async fn restore_pod_holds_the_checkpoint_to_the_request(build: Upstream, test: 
             }
         })?;
         for (i, (ckpt, command, field)) in
-            [(&out, &["/usr/local/bin/counter", "/other", "100"][..], "command"), (&edited, SIDE, "capabilities")].into_iter().enumerate()
+            [(&out, &["/usr/local/bin/counter", "/other", "100"][..], "command"), (&edited, SIDE, "capabilities")]
+                .into_iter()
+                .enumerate()
         {
             let cfg = kubelet_pod(cd, &format!("{name}-{i}"), NS, &format!("uid-wire-{i}"), &[])?;
             let err = cr
@@ -682,10 +783,18 @@ fn with_deadline<M>(msg: M, deadline: Duration) -> tonic::Request<M> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13822_restore_pod_holds_the_checkpoint_to_the_request() -> Result<()> {
-    restore_pod_holds_the_checkpoint_to_the_request(Upstream::Pr13822, "pr13822_restore_pod_holds_the_checkpoint_to_the_request").await
+    restore_pod_holds_the_checkpoint_to_the_request(
+        Upstream::Pr13822,
+        "pr13822_restore_pod_holds_the_checkpoint_to_the_request",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13971_restore_pod_holds_the_checkpoint_to_the_request() -> Result<()> {
-    restore_pod_holds_the_checkpoint_to_the_request(Upstream::Pr13971, "pr13971_restore_pod_holds_the_checkpoint_to_the_request").await
+    restore_pod_holds_the_checkpoint_to_the_request(
+        Upstream::Pr13971,
+        "pr13971_restore_pod_holds_the_checkpoint_to_the_request",
+    )
+    .await
 }

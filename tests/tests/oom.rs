@@ -50,7 +50,13 @@ async fn oom_killed(rt: Runtime) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = status.context("the memory hog was never killed")?;
-    ensure!(status.reason == "OOMKilled", "{}: reason {:?}, exit code {}", rt.handler(), status.reason, status.exit_code);
+    ensure!(
+        status.reason == "OOMKilled",
+        "{}: reason {:?}, exit code {}",
+        rt.handler(),
+        status.reason,
+        status.exit_code
+    );
     ensure!(status.exit_code == 137, "{}: exit code {}", rt.handler(), status.exit_code);
     pods::remove_pod(&mut rs, &pod.id).await
 }

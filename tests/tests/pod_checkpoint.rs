@@ -30,7 +30,11 @@ async fn import(cd: &'static Containerd) -> Result<String> {
 
 async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
     let r = rs
-        .exec_sync(ExecSyncRequest { container_id: container.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 })
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
         .await?
         .into_inner();
     Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
@@ -45,7 +49,13 @@ async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
 /// Whether pod `id`'s shim has a restore staging directory (`podcr-restore/`) below `dir`, and
 /// the CRIU image files left in it; symlinks are not followed.
 fn staged_images(dir: &std::path::Path, id: &str) -> Result<(bool, Vec<std::path::PathBuf>)> {
-    fn walk(dir: &std::path::Path, id: &str, in_staging: bool, found: &mut bool, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    fn walk(
+        dir: &std::path::Path,
+        id: &str,
+        in_staging: bool,
+        found: &mut bool,
+        out: &mut Vec<std::path::PathBuf>,
+    ) -> Result<()> {
         let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
         for e in entries.flatten() {
             let ft = e.file_type()?;
@@ -73,7 +83,8 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     let cd = Containerd::shared()?;
     let image = import(cd).await?;
     let mut rs = cd.cri_runtime().await?;
-    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-live", &image, &[("app", APP), ("sidecar", SIDECAR)]).await?;
+    let pod =
+        pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-live", &image, &[("app", APP), ("sidecar", SIDECAR)]).await?;
     let (app_log, side_log) = (pod.log("app"), pod.log("sidecar"));
     {
         let (a, s) = (app_log.clone(), side_log.clone());
@@ -88,7 +99,15 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     let dir = cd.dir().join("ckpt-live");
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["checkpoint", "--leave-running", "--pod-namespace", POD_NS, "ckpt-live", "-o"].iter().map(|s| s.to_string()).chain([dir.display().to_string()]))
+        move || {
+            pods::podcr(
+                cd,
+                ["checkpoint", "--leave-running", "--pod-namespace", POD_NS, "ckpt-live", "-o"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([dir.display().to_string()]),
+            )
+        }
     })
     .await?;
     pods::ensure_success("podcr checkpoint", &out)?;
@@ -116,7 +135,11 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     for name in ["app", "sidecar"] {
         let archive = dir.join(format!("{name}.tar"));
         let show = podcr_tests::cmd::run_ok("checkpointctl", ["show".as_ref(), archive.as_os_str()])?;
-        ensure!(show.stdout.contains(name) && show.stdout.contains("ckpt-live"), "checkpointctl show {name}:\n{}", show.stdout);
+        ensure!(
+            show.stdout.contains(name) && show.stdout.contains("ckpt-live"),
+            "checkpointctl show {name}:\n{}",
+            show.stdout
+        );
         let inspect = podcr_tests::cmd::run_ok("checkpointctl", ["inspect".as_ref(), archive.as_os_str()])?;
         ensure!(inspect.stdout.contains("containerd"), "checkpointctl inspect {name}:\n{}", inspect.stdout);
     }
@@ -127,24 +150,48 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
 
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["restore".to_string(), dir.display().to_string(), "--name".into(), "ckpt-live-restored".into(), "--pod-namespace".into(), POD_NS.into()])
+        move || {
+            pods::podcr(
+                cd,
+                [
+                    "restore".to_string(),
+                    dir.display().to_string(),
+                    "--name".into(),
+                    "ckpt-live-restored".into(),
+                    "--pod-namespace".into(),
+                    POD_NS.into(),
+                ],
+            )
+        }
     })
     .await?;
     pods::ensure_success("podcr restore", &out)?;
-    let restored = pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
-    ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running: {:?}", pods::container_states(&mut rs, &restored).await?);
+    let restored =
+        pods::find_pod(&mut rs, "ckpt-live-restored").await?.context("restored pod not listed by the CRI")?;
+    ensure!(
+        pods::all_running(&mut rs, &restored).await?,
+        "restored containers are not running: {:?}",
+        pods::container_states(&mut rs, &restored).await?
+    );
     // CRIU has read the staged images: the shim's copy of the pod's memory is gone.
     let (found, left) = staged_images(cd.dir(), &restored)?;
     ensure!(found, "no restore staging directory of pod {restored} under {}", cd.dir().display());
     ensure!(left.is_empty(), "staged CRIU images left after the restore: {left:?}");
-    let restored_app = k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
+    let restored_app =
+        k8s_ids(&mut rs, &restored).await?.into_iter().find(|(n, _)| n == "app").map(|(_, id)| id).context("no app")?;
     let app_log = pods::log_path(&mut rs, &restored_app).await?;
     let log_root = podcr_tests::node_config::pod_log_root(cd.dir());
-    ensure!(app_log.starts_with(&log_root), "the restored app logs to {}, not under the node's pod log root {}", app_log.display(), log_root.display());
+    ensure!(
+        app_log.starts_with(&log_root),
+        "the restored app logs to {}, not under the node's pod log root {}",
+        app_log.display(),
+        log_root.display()
+    );
 
     let first = {
         let a = app_log.clone();
-        blocking(move || podcr_tests::wait_for("restored app output", T, || Ok(pods::counts(&a).first().copied()))).await?
+        blocking(move || podcr_tests::wait_for("restored app output", T, || Ok(pods::counts(&a).first().copied())))
+            .await?
     };
     ensure!(
         first > before && first <= after + 1,
@@ -158,10 +205,19 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     let states = pods::container_states(&mut rs, &restored).await?;
     let ids = k8s_ids(&mut rs, &restored).await?;
     let app = ids.iter().find(|(n, _)| n == "app").map(|(_, id)| id.clone()).context("no app")?;
-    ensure!(exec(&mut rs, &app, &["cat", "/data.txt"]).await?.1 == "hello", "file written before the checkpoint is gone");
-    ensure!(exec(&mut rs, &app, &["test", "!", "-e", "/usr/local/bin/memhog"]).await?.0 == 0, "a deleted file came back");
+    ensure!(
+        exec(&mut rs, &app, &["cat", "/data.txt"]).await?.1 == "hello",
+        "file written before the checkpoint is gone"
+    );
+    ensure!(
+        exec(&mut rs, &app, &["test", "!", "-e", "/usr/local/bin/memhog"]).await?.0 == 0,
+        "a deleted file came back"
+    );
     let child = read_number(&mut rs, &app, "/child-count").await?;
-    ensure!(child + 20 >= before, "the child process restarted instead of being restored (child at {child}, app was at {before})");
+    ensure!(
+        child + 20 >= before,
+        "the child process restarted instead of being restored (child at {child}, app was at {before})"
+    );
     let child_later = {
         tokio::time::sleep(Duration::from_millis(500)).await;
         read_number(&mut rs, &app, "/child-count").await?
@@ -171,7 +227,10 @@ async fn checkpoint_leave_running_then_restore_continues_counters() -> Result<()
     // The restored containers' exits reach containerd: counter exits 42 on SIGTERM.
     rs.stop_container(StopContainerRequest { container_id: app.clone(), timeout: 10 }).await?;
     let (state, code) = pods::exit_code(&mut rs, &app).await?;
-    ensure!(state == ContainerState::ContainerExited as i32 && code == 42, "restored app exit: state {state} code {code} ({states:?})");
+    ensure!(
+        state == ContainerState::ContainerExited as i32 && code == 42,
+        "restored app exit: state {state} code {code} ({states:?})"
+    );
     pods::remove_pod(&mut rs, &restored).await?;
     Ok(())
 }
@@ -192,7 +251,8 @@ async fn checkpoint_with_stop_stops_the_containers() -> Result<()> {
     let cd = Containerd::shared()?;
     let image = import(cd).await?;
     let mut rs = cd.cri_runtime().await?;
-    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-stop", &image, &[("a", SIDECAR), ("b", SIDECAR)]).await?;
+    let pod =
+        pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-stop", &image, &[("a", SIDECAR), ("b", SIDECAR)]).await?;
     {
         let (a, b) = (pod.log("a"), pod.log("b"));
         blocking(move || {
@@ -204,7 +264,20 @@ async fn checkpoint_with_stop_stops_the_containers() -> Result<()> {
     let dir = cd.dir().join("ckpt-stop");
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["checkpoint".to_string(), "--pod-namespace".into(), POD_NS.into(), "ckpt-stop".into(), "--stop".into(), "-o".into(), dir.display().to_string()])
+        move || {
+            pods::podcr(
+                cd,
+                [
+                    "checkpoint".to_string(),
+                    "--pod-namespace".into(),
+                    POD_NS.into(),
+                    "ckpt-stop".into(),
+                    "--stop".into(),
+                    "-o".into(),
+                    dir.display().to_string(),
+                ],
+            )
+        }
     })
     .await?;
     pods::ensure_success("podcr checkpoint", &out)?;
@@ -221,7 +294,10 @@ async fn checkpoint_with_stop_stops_the_containers() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("containers still running after a checkpoint with --stop: {:?}", pods::container_states(&mut rs, &pod.id).await?)
+    anyhow::bail!(
+        "containers still running after a checkpoint with --stop: {:?}",
+        pods::container_states(&mut rs, &pod.id).await?
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,8 +306,13 @@ async fn a_container_criu_cannot_dump_fails_the_checkpoint_and_leaves_all_runnin
     let image = import(cd).await?;
     let mut rs = cd.cri_runtime().await?;
     // An established TCP connection cannot be dumped without tcp-established.
-    let tcp: &[&str] = &["sh", "-c", "/usr/local/bin/tcp_echo 7777 >/dev/null & sleep 0.3; exec /usr/local/bin/tcp_peer 127.0.0.1 7777 /peer"];
-    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-fail", &image, &[("counter", SIDECAR), ("tcp", tcp)]).await?;
+    let tcp: &[&str] = &[
+        "sh",
+        "-c",
+        "/usr/local/bin/tcp_echo 7777 >/dev/null & sleep 0.3; exec /usr/local/bin/tcp_peer 127.0.0.1 7777 /peer",
+    ];
+    let pod =
+        pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-fail", &image, &[("counter", SIDECAR), ("tcp", tcp)]).await?;
     let log = pod.log("counter");
     {
         let l = log.clone();
@@ -252,7 +333,20 @@ async fn a_container_criu_cannot_dump_fails_the_checkpoint_and_leaves_all_runnin
     std::fs::create_dir(&dir)?;
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["checkpoint".to_string(), "--leave-running".into(), "--pod-namespace".into(), POD_NS.into(), "ckpt-fail".into(), "-o".into(), dir.display().to_string()])
+        move || {
+            pods::podcr(
+                cd,
+                [
+                    "checkpoint".to_string(),
+                    "--leave-running".into(),
+                    "--pod-namespace".into(),
+                    POD_NS.into(),
+                    "ckpt-fail".into(),
+                    "-o".into(),
+                    dir.display().to_string(),
+                ],
+            )
+        }
     })
     .await?;
     ensure!(!out.success(), "checkpoint of an established TCP connection succeeded without tcp-established");
@@ -267,7 +361,10 @@ async fn a_container_criu_cannot_dump_fails_the_checkpoint_and_leaves_all_runnin
     let p1 = exec(&mut rs, &tcp_id, &["cat", "/peer"]).await?.1;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let p2 = exec(&mut rs, &tcp_id, &["cat", "/peer"]).await?.1;
-    ensure!(p1 != p2 && p2.starts_with("ok"), "the TCP peer is frozen or broken after a failed checkpoint: {p1:?} -> {p2:?}");
+    ensure!(
+        p1 != p2 && p2.starts_with("ok"),
+        "the TCP peer is frozen or broken after a failed checkpoint: {p1:?} -> {p2:?}"
+    );
     pods::remove_pod(&mut rs, &pod.id).await?;
     Ok(())
 }
@@ -279,7 +376,8 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
     let mut rs = cd.cri_runtime().await?;
     let server: &[&str] = &["/usr/local/bin/tcp_echo", "7778"];
     let client: &[&str] = &["sh", "-c", "sleep 0.5; exec /usr/local/bin/tcp_peer 127.0.0.1 7778 /peer"];
-    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-tcp", &image, &[("server", server), ("client", client)]).await?;
+    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "ckpt-tcp", &image, &[("server", server), ("client", client)])
+        .await?;
     let client_id = pod.container("client")?.to_string();
     let peer = |rs: &mut Cri, id: String| {
         let mut rs = rs.clone();
@@ -300,7 +398,20 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
     let dir = cd.dir().join("ckpt-tcp");
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["checkpoint".to_string(), "--tcp-established".into(), "--pod-namespace".into(), POD_NS.into(), "ckpt-tcp".into(), "-o".into(), dir.display().to_string()])
+        move || {
+            pods::podcr(
+                cd,
+                [
+                    "checkpoint".to_string(),
+                    "--tcp-established".into(),
+                    "--pod-namespace".into(),
+                    POD_NS.into(),
+                    "ckpt-tcp".into(),
+                    "-o".into(),
+                    dir.display().to_string(),
+                ],
+            )
+        }
     })
     .await?;
     pods::ensure_success("podcr checkpoint --tcp-established", &out)?;
@@ -308,7 +419,12 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
 
     let out = blocking({
         let dir = dir.clone();
-        move || pods::podcr(cd, ["restore".to_string(), dir.display().to_string(), "--name".into(), "ckpt-tcp-restored".into()])
+        move || {
+            pods::podcr(
+                cd,
+                ["restore".to_string(), dir.display().to_string(), "--name".into(), "ckpt-tcp-restored".into()],
+            )
+        }
     })
     .await?;
     pods::ensure_success("podcr restore", &out)?;
@@ -335,7 +451,6 @@ async fn in_pod_tcp_connection_survives_with_tcp_established() -> Result<()> {
     Ok(())
 }
 
-
 /// Migration: the checkpoint travels as one zstd archive to a second containerd (its own root,
 /// state and socket: another node), is restored there twice as two pods after the original is
 /// gone, and a restored pod can itself be checkpointed again.
@@ -355,10 +470,22 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
     let out = blocking({
         let (dir, archive) = (dir.clone(), archive.clone());
         move || {
-            pods::podcr(cd, [
-                "checkpoint".to_string(), "--stop".into(), "--pod-namespace".into(), POD_NS.into(), "migrate".into(),
-                "--compression".into(), "zstd".into(), "-o".into(), dir.display().to_string(), "--archive".into(), archive.display().to_string(),
-            ])
+            pods::podcr(
+                cd,
+                [
+                    "checkpoint".to_string(),
+                    "--stop".into(),
+                    "--pod-namespace".into(),
+                    POD_NS.into(),
+                    "migrate".into(),
+                    "--compression".into(),
+                    "zstd".into(),
+                    "-o".into(),
+                    dir.display().to_string(),
+                    "--archive".into(),
+                    archive.display().to_string(),
+                ],
+            )
         }
     })
     .await?;
@@ -375,19 +502,35 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         // Node 2 does not restore what node 1 signed until its admin trusts node 1's key.
         let out = blocking({
             let archive = archive.clone();
-            move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), "untrusted".into()])
+            move || {
+                pods::podcr(
+                    node2,
+                    ["restore".to_string(), archive.display().to_string(), "--name".into(), "untrusted".into()],
+                )
+            }
         })
         .await?;
-        ensure!(!out.success() && out.stderr.contains("does not trust"), "node 2 restored an untrusted checkpoint: {}", out.stderr);
+        ensure!(
+            !out.success() && out.stderr.contains("does not trust"),
+            "node 2 restored an untrusted checkpoint: {}",
+            out.stderr
+        );
         ensure!(pods::find_pod(&mut rs2, "untrusted").await?.is_none(), "a refused restore left a pod on node 2");
         let node1_key = podcr_tests::node_config::public_key(cd.dir());
-        let out = blocking(move || pods::podcr(node2, ["key".to_string(), "trust".into(), node1_key.display().to_string()])).await?;
+        let out =
+            blocking(move || pods::podcr(node2, ["key".to_string(), "trust".into(), node1_key.display().to_string()]))
+                .await?;
         pods::ensure_success("podcr key trust on node 2", &out)?;
         let mut restored = Vec::new();
         for name in ["migrated-1", "migrated-2"] {
             let out = blocking({
                 let archive = archive.clone();
-                move || pods::podcr(node2, ["restore".to_string(), archive.display().to_string(), "--name".into(), name.into()])
+                move || {
+                    pods::podcr(
+                        node2,
+                        ["restore".to_string(), archive.display().to_string(), "--name".into(), name.into()],
+                    )
+                }
             })
             .await?;
             pods::ensure_success(&format!("podcr restore {name} on node 2"), &out)?;
@@ -400,7 +543,10 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
             let ids = k8s_ids(&mut rs2, id).await?;
             let app = ids.iter().find(|(n, _)| n == "app").map(|(_, c)| c.clone()).context("no app")?;
             let first = read_number(&mut rs2, &app, "/count").await?;
-            ensure!(first >= at_checkpoint.saturating_sub(2), "restored copy at {first}, checkpoint at {at_checkpoint}");
+            ensure!(
+                first >= at_checkpoint.saturating_sub(2),
+                "restored copy at {first}, checkpoint at {at_checkpoint}"
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
             ensure!(read_number(&mut rs2, &app, "/count").await? > first, "restored copy does not count");
         }
@@ -409,7 +555,20 @@ async fn archive_restores_twice_on_a_second_containerd_and_checkpoints_again() -
         let again = node2.dir().join("migrate-again");
         let out = blocking({
             let again = again.clone();
-            move || pods::podcr(node2, ["checkpoint".to_string(), "--leave-running".into(), "--pod-namespace".into(), POD_NS.into(), "migrated-1".into(), "-o".into(), again.display().to_string()])
+            move || {
+                pods::podcr(
+                    node2,
+                    [
+                        "checkpoint".to_string(),
+                        "--leave-running".into(),
+                        "--pod-namespace".into(),
+                        POD_NS.into(),
+                        "migrated-1".into(),
+                        "-o".into(),
+                        again.display().to_string(),
+                    ],
+                )
+            }
         })
         .await?;
         pods::ensure_success("podcr checkpoint of a restored pod", &out)?;

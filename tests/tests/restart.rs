@@ -23,29 +23,15 @@ fn task_survives_containerd_restart(rt: Runtime) -> Result<()> {
     let ns = cd.namespace(&format!("restart-{}", rt.handler()));
     let image = ns.import(&images::BUSYBOX)?;
     let ctr = ns.ctr();
-    ctr.ok([
-        "run",
-        "-d",
-        "--runtime",
-        rt.runtime_type(),
-        &image,
-        "c",
-        "counter",
-    ])?;
+    ctr.ok(["run", "-d", "--runtime", rt.runtime_type(), &image, "c", "counter"])?;
     let before = ctr.wait_status("c", "RUNNING", T)?;
 
     cd.restart()?;
 
     let after = ctr.wait_status("c", "RUNNING", T)?;
-    ensure!(
-        after.pid == before.pid,
-        "task changed pid across the restart: {before:?} -> {after:?}"
-    );
+    ensure!(after.pid == before.pid, "task changed pid across the restart: {before:?} -> {after:?}");
     let out = ctr.ok(["task", "exec", "--exec-id", "e", "c", "cat", "/count"])?;
-    ensure!(
-        out.trim().parse::<u64>().is_ok(),
-        "exec after restart: {out:?}"
-    );
+    ensure!(out.trim().parse::<u64>().is_ok(), "exec after restart: {out:?}");
     ctr.ok(["task", "kill", "-s", "SIGTERM", "c"])?;
     ctr.wait_status("c", "STOPPED", T)?;
     ctr.ok(["task", "rm", "c"])?;

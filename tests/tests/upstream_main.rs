@@ -14,8 +14,8 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::{
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, RunPodSandboxRequest, StartContainerRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    RunPodSandboxRequest, StartContainerRequest,
 };
 use podcr_tests::{
     cri,
@@ -38,17 +38,12 @@ async fn start(test: &str) -> Result<Option<&'static Containerd>> {
     let Some(daemon) = upstream::daemon(Upstream::Main, test)? else {
         return Ok(None);
     };
-    Ok(Some(Box::leak(Box::new(
-        blocking(move || Containerd::start_with(daemon)).await?,
-    ))))
+    Ok(Some(Box::leak(Box::new(blocking(move || Containerd::start_with(daemon)).await?))))
 }
 
 async fn finish(cd: &Containerd, test: &str, result: Result<()>) -> Result<()> {
     if let Err(e) = &result {
-        eprintln!(
-            "{test} failed: {e:#}\ncontainerd main log tail:\n{}",
-            cd.log_tail(40)
-        );
+        eprintln!("{test} failed: {e:#}\ncontainerd main log tail:\n{}", cd.log_tail(40));
     }
     let stopped = cd.stop();
     result?;
@@ -64,15 +59,7 @@ async fn main_cri_checkpoint_pod_is_unimplemented_and_leaves_the_pod_running() -
     let result = async {
         let image = blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?;
         let mut rs = cd.cri_runtime().await?;
-        let pod = pods::run_pod(
-            cd,
-            &mut rs,
-            Runtime::Podcr,
-            "main-ckpt",
-            &image,
-            &[("counter", COUNTER)],
-        )
-        .await?;
+        let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "main-ckpt", &image, &[("counter", COUNTER)]).await?;
         let log = pod.log("counter");
         {
             let l = log.clone();
@@ -87,21 +74,10 @@ async fn main_cri_checkpoint_pod_is_unimplemented_and_leaves_the_pod_running() -
             options: HashMap::new(),
         });
         req.set_timeout(Duration::from_secs(60));
-        let err = cd
-            .cri_pods()
-            .await?
-            .checkpoint_pod(req)
-            .await
-            .err()
-            .context("containerd main answered CheckpointPod")?;
-        ensure!(
-            err.code() == Code::Unimplemented,
-            "CheckpointPod on containerd main: {err:?}"
-        );
-        ensure!(
-            pods::dir_entries(&out)?.is_empty(),
-            "an unimplemented CheckpointPod wrote files"
-        );
+        let err =
+            cd.cri_pods().await?.checkpoint_pod(req).await.err().context("containerd main answered CheckpointPod")?;
+        ensure!(err.code() == Code::Unimplemented, "CheckpointPod on containerd main: {err:?}");
+        ensure!(pods::dir_entries(&out)?.is_empty(), "an unimplemented CheckpointPod wrote files");
         let from = pods::last_count(&log).unwrap_or(0);
         blocking(move || pods::wait_advances(&log, from, T)).await?;
         pods::remove_pod(&mut rs, &pod.id).await
@@ -127,10 +103,8 @@ async fn main_cri_host_network_podcr_pod_runs() -> Result<()> {
         };
         let mut config = cd.pod_config("main-hostnet")?;
         if let Some(linux) = config.linux.as_mut() {
-            linux.security_context = Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(host.clone()),
-                ..Default::default()
-            });
+            linux.security_context =
+                Some(LinuxSandboxSecurityContext { namespace_options: Some(host.clone()), ..Default::default() });
         }
         let id = rs
             .run_pod_sandbox(RunPodSandboxRequest {
@@ -150,11 +124,7 @@ async fn main_cri_host_network_podcr_pod_runs() -> Result<()> {
             ..Default::default()
         });
         let cid = pods::create_container(&mut rs, &id, &config, c).await?;
-        rs.start_container(StartContainerRequest {
-            container_id: cid.clone(),
-        })
-        .await
-        .context("StartContainer")?;
+        rs.start_container(StartContainerRequest { container_id: cid.clone() }).await.context("StartContainer")?;
         let log = std::path::Path::new(&config.log_directory).join("counter.log");
         blocking(move || pods::wait_count(&log, 5, T)).await?;
         // The container shares the host's network namespace, and containerd is still there.
@@ -167,21 +137,11 @@ async fn main_cri_host_network_podcr_pod_runs() -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            (
-                r.exit_code,
-                String::from_utf8_lossy(&r.stdout).trim().to_string(),
-            )
+            (r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string())
         };
-        let host_net = std::fs::read_link("/proc/self/ns/net")?
-            .to_string_lossy()
-            .into_owned();
-        ensure!(
-            code == 0 && out == host_net,
-            "hostNetwork container's netns is {out:?}, the host's {host_net:?}"
-        );
-        wait_for("containerd main to answer", T, || {
-            Ok(cd.ctr("default").run(["version"])?.success().then_some(()))
-        })?;
+        let host_net = std::fs::read_link("/proc/self/ns/net")?.to_string_lossy().into_owned();
+        ensure!(code == 0 && out == host_net, "hostNetwork container's netns is {out:?}, the host's {host_net:?}");
+        wait_for("containerd main to answer", T, || Ok(cd.ctr("default").run(["version"])?.success().then_some(())))?;
         pods::remove_pod(&mut rs, &id).await
     }
     .await;

@@ -17,9 +17,8 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerState, ContainerStatusRequest, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, PodSandboxConfig,
-    StartContainerRequest,
+    ContainerConfig, ContainerState, ContainerStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxSandboxSecurityContext, PodSandboxConfig, StartContainerRequest,
 };
 use podcr_tests::{
     cri,
@@ -34,11 +33,8 @@ use tonic::{Code, Request};
 const T: Duration = Duration::from_secs(60);
 const COUNTER: &[&str] = &["/usr/local/bin/counter", "/count", "100"];
 /// A random token kept only in the shell's memory, printed every second.
-const TOKEN: &[&str] = &[
-    "sh",
-    "-c",
-    "tok=$(cat /proc/sys/kernel/random/uuid); while :; do echo \"token $tok\"; sleep 1; done",
-];
+const TOKEN: &[&str] =
+    &["sh", "-c", "tok=$(cat /proc/sys/kernel/random/uuid); while :; do echo \"token $tok\"; sleep 1; done"];
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
@@ -49,10 +45,7 @@ fn tokens(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            l.rsplit_once(" stdout F token ")
-                .map(|(_, t)| t.trim().to_string())
-        })
+        .filter_map(|l| l.rsplit_once(" stdout F token ").map(|(_, t)| t.trim().to_string()))
         .collect()
 }
 
@@ -98,9 +91,7 @@ async fn still_running(rs: &mut Cri, pod: &pods::Pod, what: &str) -> Result<()> 
     let seen = tokens(&token).len();
     blocking(move || {
         pods::wait_advances(&counter, from, T)?;
-        wait_for("the token container to print again", T, || {
-            Ok((tokens(&token).len() > seen).then_some(()))
-        })
+        wait_for("the token container to print again", T, || Ok((tokens(&token).len() > seen).then_some(())))
     })
     .await
     .with_context(|| format!("{what}: the pod does not run on (frozen?)"))
@@ -110,25 +101,15 @@ fn dir_is_empty(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir)?.next().is_none())
 }
 
-async fn checkpoint_and_restore_through_the_cri(
-    build: Upstream,
-    test: &str,
-    nri: bool,
-) -> Result<()> {
+async fn checkpoint_and_restore_through_the_cri(build: Upstream, test: &str, nri: bool) -> Result<()> {
     let Some(mut daemon) = upstream::daemon(build, test)? else {
         return Ok(());
     };
     daemon.nri = nri;
-    let cd: &'static Containerd = Box::leak(Box::new(
-        blocking(move || Containerd::start_with(daemon)).await?,
-    ));
+    let cd: &'static Containerd = Box::leak(Box::new(blocking(move || Containerd::start_with(daemon)).await?));
     let result = run(cd, build, nri).await;
     if let Err(e) = &result {
-        eprintln!(
-            "{test} failed: {e:#}\ncontainerd ({}) log tail:\n{}",
-            cd.daemon().name,
-            cd.log_tail(40)
-        );
+        eprintln!("{test} failed: {e:#}\ncontainerd ({}) log tail:\n{}", cd.daemon().name, cd.log_tail(40));
     }
     let stopped = cd.stop();
     result?;
@@ -140,15 +121,8 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
     let mut rs = cd.cri_runtime().await?;
     let mut cr = cd.cri_pods().await?;
     let name = format!("wire-{}{}", build.build(), if nri { "-nri" } else { "" });
-    let pod = pods::run_pod(
-        cd,
-        &mut rs,
-        Runtime::Podcr,
-        &name,
-        &image,
-        &[("counter", COUNTER), ("token", TOKEN)],
-    )
-    .await?;
+    let pod =
+        pods::run_pod(cd, &mut rs, Runtime::Podcr, &name, &image, &[("counter", COUNTER), ("token", TOKEN)]).await?;
     let (counter_log, token_log) = (pod.log("counter"), pod.log("token"));
     {
         let (c, t) = (counter_log.clone(), token_log.clone());
@@ -177,10 +151,7 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
         .await
         .err()
         .context("CheckpointPod with an unknown option key succeeded")?;
-    ensure!(
-        refused.code() == Code::InvalidArgument,
-        "unknown option key: {refused:?}"
-    );
+    ensure!(refused.code() == Code::InvalidArgument, "unknown option key: {refused:?}");
     ensure!(dir_is_empty(&bogus)?, "a refused checkpoint wrote files");
 
     // The alpha kubelet's call: empty options, a deadline.
@@ -199,10 +170,7 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
     .await
     .with_context(|| format!("CheckpointPod through containerd {}", build.build()))?;
     let after = pods::last_count(&counter_log).context("counter log")?;
-    ensure!(
-        !dir_is_empty(&out)?,
-        "CheckpointPod succeeded but wrote nothing"
-    );
+    ensure!(!dir_is_empty(&out)?, "CheckpointPod succeeded but wrote nothing");
     // cri-api: "the runtime never returns a frozen pod"; a checkpoint does not end the pod.
     // ISSUE-13-ITEM-1: needs the CRI default leave-running (issue 13 item 1, another branch);
     // until that is merged, empty options stop the pod and this assertion fails.
@@ -221,20 +189,12 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
             Duration::from_secs(60),
         ))
         .await;
-    let err = again
-        .err()
-        .context("a second CheckpointPod into a non-empty directory succeeded")?;
+    let err = again.err().context("a second CheckpointPod into a non-empty directory succeeded")?;
     ensure!(
-        matches!(
-            err.code(),
-            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists
-        ),
+        matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists),
         "second CheckpointPod: {err:?}"
     );
-    ensure!(
-        pods::dir_entries(&out)? == listing,
-        "the refused call changed the checkpoint"
-    );
+    ensure!(pods::dir_entries(&out)? == listing, "the refused call changed the checkpoint");
 
     // The original goes, and its logs, so the restored containers write fresh ones.
     pods::remove_pod(&mut rs, &pod.id).await?;
@@ -259,23 +219,12 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
         .await
         .with_context(|| format!("RestorePod through containerd {}", build.build()))?
         .into_inner();
-    let mut names: Vec<&str> = restored
-        .restored_containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let mut names: Vec<&str> = restored.restored_containers.iter().map(|c| c.name.as_str()).collect();
     names.sort();
-    ensure!(
-        names == ["counter", "token"],
-        "RestorePod returned {:?}",
-        restored.restored_containers
-    );
+    ensure!(names == ["counter", "token"], "RestorePod returned {:?}", restored.restored_containers);
     for c in &restored.restored_containers {
         let status = rs
-            .container_status(ContainerStatusRequest {
-                container_id: c.container_id.clone(),
-                verbose: false,
-            })
+            .container_status(ContainerStatusRequest { container_id: c.container_id.clone(), verbose: false })
             .await?
             .into_inner()
             .status
@@ -288,26 +237,16 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
         );
     }
     let log_dir = Path::new(&config.log_directory).to_path_buf();
-    ensure!(
-        !log_dir.join("counter.log").exists(),
-        "the restored counter ran before StartContainer"
-    );
+    ensure!(!log_dir.join("counter.log").exists(), "the restored counter ran before StartContainer");
     for c in &restored.restored_containers {
-        rs.start_container(StartContainerRequest {
-            container_id: c.container_id.clone(),
-        })
-        .await
-        .with_context(|| format!("StartContainer {}", c.name))?;
+        rs.start_container(StartContainerRequest { container_id: c.container_id.clone() })
+            .await
+            .with_context(|| format!("StartContainer {}", c.name))?;
     }
     let (counter_log, token_log) = (log_dir.join("counter.log"), log_dir.join("token.log"));
     let first = {
         let c = counter_log.clone();
-        blocking(move || {
-            wait_for("restored counter output", T, || {
-                Ok(pods::counts(&c).first().copied())
-            })
-        })
-        .await?
+        blocking(move || wait_for("restored counter output", T, || Ok(pods::counts(&c).first().copied()))).await?
     };
     ensure!(
         first > before && first <= after + 1,
@@ -315,17 +254,9 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
     );
     let restored_token = {
         let t = token_log.clone();
-        blocking(move || {
-            wait_for("restored token output", T, || {
-                Ok(tokens(&t).first().cloned())
-            })
-        })
-        .await?
+        blocking(move || wait_for("restored token output", T, || Ok(tokens(&t).first().cloned()))).await?
     };
-    ensure!(
-        restored_token == token,
-        "the token in memory changed across restore: {token} -> {restored_token}"
-    );
+    ensure!(restored_token == token, "the token in memory changed across restore: {token} -> {restored_token}");
     {
         let c = counter_log.clone();
         blocking(move || pods::wait_advances(&c, first, T).map(|_| ())).await?;
@@ -334,11 +265,7 @@ async fn run(cd: &'static Containerd, build: Upstream, nri: bool) -> Result<()> 
         id: restored.pod_sandbox_id.clone(),
         name: format!("{name}-restored"),
         log_dir,
-        containers: restored
-            .restored_containers
-            .iter()
-            .map(|c| (c.name.clone(), c.container_id.clone()))
-            .collect(),
+        containers: restored.restored_containers.iter().map(|c| (c.name.clone(), c.container_id.clone())).collect(),
     };
     cut_short(cd, &mut rs, &mut cr, &restored).await?;
     pods::remove_pod(&mut rs, &restored.id).await?;
@@ -370,17 +297,12 @@ async fn cut_short(
             Duration::from_millis(300),
         ))
         .await;
-    ensure!(
-        cut.is_err(),
-        "a checkpoint with a 300 ms deadline succeeded"
-    );
+    ensure!(cut.is_err(), "a checkpoint with a 300 ms deadline succeeded");
     {
         // The shim finishes its own cleanup after the caller gave up: wait for it, then check.
         let s = short.clone();
         blocking(move || {
-            wait_for("the cut-short checkpoint's output to be empty", T, || {
-                Ok(dir_is_empty(&s)?.then_some(()))
-            })
+            wait_for("the cut-short checkpoint's output to be empty", T, || Ok(dir_is_empty(&s)?.then_some(())))
         })
         .await?;
     }
@@ -391,22 +313,12 @@ async fn cut_short(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13822_cri_checkpoint_pod_and_restore_pod_through_the_checkpoint_service() -> Result<()> {
-    checkpoint_and_restore_through_the_cri(
-        Upstream::Pr13822,
-        "pr13822_cri_checkpoint_pod_and_restore_pod",
-        false,
-    )
-    .await
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13822, "pr13822_cri_checkpoint_pod_and_restore_pod", false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13971_cri_checkpoint_pod_and_restore_pod_through_the_sandbox_service() -> Result<()> {
-    checkpoint_and_restore_through_the_cri(
-        Upstream::Pr13971,
-        "pr13971_cri_checkpoint_pod_and_restore_pod",
-        false,
-    )
-    .await
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13971, "pr13971_cri_checkpoint_pod_and_restore_pod", false).await
 }
 
 /// With NRI enabled (containerd's default) PR 13971 restores in two phases: `RestoreSandbox`
@@ -414,10 +326,5 @@ async fn pr13971_cri_checkpoint_pod_and_restore_pod_through_the_sandbox_service(
 /// staged), then `=complete` (the tasks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pr13971_with_nri_restores_in_two_phases() -> Result<()> {
-    checkpoint_and_restore_through_the_cri(
-        Upstream::Pr13971,
-        "pr13971_with_nri_restores_in_two_phases",
-        true,
-    )
-    .await
+    checkpoint_and_restore_through_the_cri(Upstream::Pr13971, "pr13971_with_nri_restores_in_two_phases", true).await
 }

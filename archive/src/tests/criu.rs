@@ -58,7 +58,8 @@ fn real_criu_dump_is_readable_by_checkpointctl() {
     assert!(text.contains("sleep"), "{text}");
     assert!(text.contains("containerd"), "{text}");
 
-    let x = extract_container_archive_verified(&dest, &stats.digest(), &tmp.path().join("x"), &Limits::default()).unwrap();
+    let x =
+        extract_container_archive_verified(&dest, &stats.digest(), &tmp.path().join("x"), &Limits::default()).unwrap();
     assert!(x.image_dir().join("inventory.img").exists());
     assert!(x.dir.join(STATS_DUMP).exists());
 }

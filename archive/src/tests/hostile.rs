@@ -23,13 +23,21 @@ fn craft(entries: &[Spec], manifest: bool) -> Vec<u8> {
     }
     if manifest {
         let m = ContainerManifest { format: CONTAINER_MANIFEST_FORMAT.into(), version: 1, files };
-        raw_entry(&mut out, CONTAINER_MANIFEST_FILE.as_bytes(), EntryType::Regular, &serde_json::to_vec(&m).unwrap(), None, None);
+        raw_entry(
+            &mut out,
+            CONTAINER_MANIFEST_FILE.as_bytes(),
+            EntryType::Regular,
+            &serde_json::to_vec(&m).unwrap(),
+            None,
+            None,
+        );
     }
     end(&mut out);
     out
 }
 
-const CONFIG: &[u8] = br#"{"id":"x","name":"app","createdTime":"2026-01-01T00:00:00Z","checkpointedTime":"2026-01-01T00:00:00Z"}"#;
+const CONFIG: &[u8] =
+    br#"{"id":"x","name":"app","createdTime":"2026-01-01T00:00:00Z","checkpointedTime":"2026-01-01T00:00:00Z"}"#;
 
 fn base() -> Vec<Spec<'static>> {
     vec![
@@ -156,7 +164,14 @@ fn content_not_matching_the_manifest_is_refused() {
     files.insert("config.dump".to_string(), digest_bytes(CONFIG));
     files.insert("checkpoint/inventory.img".to_string(), digest_bytes(b"inv"));
     let m = ContainerManifest { format: CONTAINER_MANIFEST_FORMAT.into(), version: 1, files };
-    raw_entry(&mut out, CONTAINER_MANIFEST_FILE.as_bytes(), EntryType::Regular, &serde_json::to_vec(&m).unwrap(), None, None);
+    raw_entry(
+        &mut out,
+        CONTAINER_MANIFEST_FILE.as_bytes(),
+        EntryType::Regular,
+        &serde_json::to_vec(&m).unwrap(),
+        None,
+        None,
+    );
     end(&mut out);
     assert_archive_err(&out, "missing listed file");
 }
@@ -224,7 +239,8 @@ fn hostile_pod_archives_are_refused() {
     let rest: Vec<String> = listing(&dir).into_iter().filter(|n| !head.contains(n)).collect();
     let mut entries: Vec<(Vec<u8>, Vec<u8>)> = head.iter().chain(&rest).map(|n| read(n)).collect();
     entries.push((b"extra".to_vec(), b"x".to_vec()));
-    let specs: Vec<Spec> = entries.iter().map(|(n, d)| (n.as_slice(), EntryType::Regular, d.as_slice(), None)).collect();
+    let specs: Vec<Spec> =
+        entries.iter().map(|(n, d)| (n.as_slice(), EntryType::Regular, d.as_slice(), None)).collect();
     pod_archive_err(&specs);
     let last: Vec<(Vec<u8>, Vec<u8>)> = rest.iter().chain(&head).map(|n| read(n)).collect();
     let specs: Vec<Spec> = last.iter().map(|(n, d)| (n.as_slice(), EntryType::Regular, d.as_slice(), None)).collect();

@@ -3,6 +3,6 @@
 mod criu;
 mod fuzz;
 mod hostile;
-mod roundtrip;
 mod rootfs;
+mod roundtrip;
 pub(crate) mod support;

@@ -72,7 +72,10 @@ fn container_archive_round_trip_all_compressions() {
         let mut wrong = stats.digest();
         wrong.sha256 = "00".repeat(32);
         let dest2 = tmp.path().join("y");
-        assert!(matches!(extract_container_archive_verified(&path, &wrong, &dest2, &Limits::default()), Err(Error::Archive(_))));
+        assert!(matches!(
+            extract_container_archive_verified(&path, &wrong, &dest2, &Limits::default()),
+            Err(Error::Archive(_))
+        ));
         assert!(!dest2.exists());
     }
 }
@@ -83,7 +86,10 @@ fn writer_refuses_bad_input_and_leaves_no_tmp() {
     let s = staging(tmp.path());
     std::fs::write(s.join("surprise"), b"x").unwrap();
     let dest = tmp.path().join("app.tar");
-    assert!(matches!(write_container_archive(&s, &meta("app"), &dest, Compression::None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        write_container_archive(&s, &meta("app"), &dest, Compression::None),
+        Err(Error::InvalidArgument(_))
+    ));
     std::fs::remove_file(s.join("surprise")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", s.join("checkpoint/evil.img")).unwrap();
     assert!(write_container_archive(&s, &meta("app"), &dest, Compression::None).is_err());

@@ -71,7 +71,14 @@ pub fn pod_dir(tmp: &Path, names: &[&str], c: Compression) -> PathBuf {
         let archive = path.file_name().unwrap().to_str().unwrap().to_string();
         known.insert(archive.clone(), stats.digest());
         map.insert(name.to_string(), archive.clone());
-        containers.push(ManifestContainer { id: format!("{name}-id"), name: name.to_string(), archive, image: None, compression: c, unpacked: None });
+        containers.push(ManifestContainer {
+            id: format!("{name}-id"),
+            name: name.to_string(),
+            archive,
+            image: None,
+            compression: c,
+            unpacked: None,
+        });
     }
     let opts = PodOptions::podcr(map, &PodIdentity { pod_name: "pod".into(), ..Default::default() });
     write_pod_files(&out, &opts, &serde_json::json!({"metadata": {"name": "pod"}})).unwrap();
@@ -101,7 +108,14 @@ pub fn trust() -> crate::TrustPolicy {
 
 /// One raw tar entry: header with the name bytes written directly (no validation), optional
 /// link name, claimed size (may differ from data), then data padded to 512.
-pub fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8], link: Option<&[u8]>, claimed: Option<u64>) {
+pub fn raw_entry(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    kind: EntryType,
+    data: &[u8],
+    link: Option<&[u8]>,
+    claimed: Option<u64>,
+) {
     let mut h = Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(0o644);

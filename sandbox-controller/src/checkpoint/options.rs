@@ -36,7 +36,12 @@ pub struct CheckpointOptions {
 
 impl Default for CheckpointOptions {
     fn default() -> Self {
-        CheckpointOptions { leave_running: true, tcp_established: false, file_locks: false, compression: Compression::None }
+        CheckpointOptions {
+            leave_running: true,
+            tcp_established: false,
+            file_locks: false,
+            compression: Compression::None,
+        }
     }
 }
 
@@ -111,7 +116,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_invalid_arguments() {
-        for bad in [map(&[("leaveRunning", "true")]), map(&[("leave-running", "maybe")]), map(&[("compression", "lz4")])] {
+        for bad in
+            [map(&[("leaveRunning", "true")]), map(&[("leave-running", "maybe")]), map(&[("compression", "lz4")])]
+        {
             assert!(matches!(CheckpointOptions::parse(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
     }

@@ -106,9 +106,8 @@ impl<B: PodBackend> SandboxController<B> {
     /// Checkpoints the pod: see the module docs for the order of events.
     pub async fn checkpoint(&self, req: PodCheckpointRequest) -> Result<PodCheckpointStats> {
         let started = Instant::now();
-        let deadline = req
-            .deadline
-            .ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod checkpoint".into()))?;
+        let deadline =
+            req.deadline.ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod checkpoint".into()))?;
         let options = CheckpointOptions::parse(&req.options)?;
         // Opened and locked once; everything below goes through the descriptor (its
         // /proc/self/fd path), never through the caller's path again.
@@ -364,7 +363,12 @@ impl<B: PodBackend> SandboxController<B> {
         Ok((frozen_at.elapsed(), outcome?))
     }
 
-    async fn dump_one(&self, t: &Target, options: &CheckpointOptions, barrier: Option<FreezeBarrier>) -> Result<Dumped> {
+    async fn dump_one(
+        &self,
+        t: &Target,
+        options: &CheckpointOptions,
+        barrier: Option<FreezeBarrier>,
+    ) -> Result<Dumped> {
         let go = barrier.clone();
         let dump_opts = DumpOptions {
             image_dir: t.staging.join(crate::archive::CHECKPOINT_DIR),

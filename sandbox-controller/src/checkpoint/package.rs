@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     archive::{
-        self, Cancel, container_archive_name, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity, PodManifestInfo,
-        PodOptions, Unpacked,
+        self, container_archive_name, Cancel, ContainerArchiveMeta, FileDigest, ManifestContainer, PodIdentity,
+        PodManifestInfo, PodOptions, Unpacked,
     },
     backend::{BackendIdentity, PodSpec},
     error::{Error, Result},
@@ -70,14 +70,21 @@ pub(super) async fn package_pod(
             unpacked: None,
         };
         Ok::<_, Error>(async move {
-            let written = tokio::task::spawn_blocking(move || archive::write_container_archive_until(&staging, &meta, &dest, compression, &cancel))
-                .await
-                .map_err(|e| Error::Io { context: "archive writer task".into(), source: std::io::Error::other(e) })??;
+            let written = tokio::task::spawn_blocking(move || {
+                archive::write_container_archive_until(&staging, &meta, &dest, compression, &cancel)
+            })
+            .await
+            .map_err(|e| Error::Io { context: "archive writer task".into(), source: std::io::Error::other(e) })??;
             let manifest_entry = ManifestContainer {
                 unpacked: Some(Unpacked { bytes: written.content_bytes, entries: written.entries }),
                 ..manifest_entry
             };
-            Ok::<_, Error>((ContainerCheckpointStats { archive_bytes: written.bytes, ..stats }, manifest_entry, written.digest(), archive_name))
+            Ok::<_, Error>((
+                ContainerCheckpointStats { archive_bytes: written.bytes, ..stats },
+                manifest_entry,
+                written.digest(),
+                archive_name,
+            ))
         })
     });
     // Every writer is joined, failed or not: one archive failing must not leave another thread
@@ -124,7 +131,13 @@ pub(super) async fn package_pod(
     Ok(stats)
 }
 
-fn container_meta(spec: &PodSpec, backend: &BackendIdentity, t: &Target, d: &Dumped, checkpointed: chrono::DateTime<Utc>) -> Result<ContainerArchiveMeta> {
+fn container_meta(
+    spec: &PodSpec,
+    backend: &BackendIdentity,
+    t: &Target,
+    d: &Dumped,
+    checkpointed: chrono::DateTime<Utc>,
+) -> Result<ContainerArchiveMeta> {
     let spec_path = t.info.bundle.join("config.json");
     let oci_spec: serde_json::Value = {
         let data = std::fs::read(&spec_path).map_err(Error::io(format!("read {}", spec_path.display())))?;

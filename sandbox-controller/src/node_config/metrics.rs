@@ -20,12 +20,8 @@ mod tests {
     #[test]
     fn textfile_dir_is_optional() {
         assert_eq!(NodeConfig::parse("").unwrap().metrics.textfile_dir, None);
-        let c =
-            NodeConfig::parse("[metrics]\ntextfile_dir = \"/var/lib/node_exporter\"\n").unwrap();
-        assert_eq!(
-            c.metrics.textfile_dir.unwrap().to_str(),
-            Some("/var/lib/node_exporter")
-        );
+        let c = NodeConfig::parse("[metrics]\ntextfile_dir = \"/var/lib/node_exporter\"\n").unwrap();
+        assert_eq!(c.metrics.textfile_dir.unwrap().to_str(), Some("/var/lib/node_exporter"));
         assert!(NodeConfig::parse("[metrics]\nport = 1\n").is_err());
     }
 }

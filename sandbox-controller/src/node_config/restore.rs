@@ -36,10 +36,7 @@ pub struct RestoreConfig {
 impl Default for RestoreConfig {
     fn default() -> Self {
         RestoreConfig {
-            checkpoint_roots: vec![
-                PathBuf::from(KUBELET_CHECKPOINT_ROOT),
-                PathBuf::from(PODCR_CHECKPOINT_ROOT),
-            ],
+            checkpoint_roots: vec![PathBuf::from(KUBELET_CHECKPOINT_ROOT), PathBuf::from(PODCR_CHECKPOINT_ROOT)],
             allow_cross_namespace: false,
             pod_log_root: PathBuf::from(POD_LOG_ROOT),
         }
@@ -54,26 +51,14 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let d = NodeConfig::parse("").unwrap().restore;
-        assert_eq!(
-            d.checkpoint_roots,
-            [
-                PathBuf::from(KUBELET_CHECKPOINT_ROOT),
-                PathBuf::from(PODCR_CHECKPOINT_ROOT)
-            ]
-        );
+        assert_eq!(d.checkpoint_roots, [PathBuf::from(KUBELET_CHECKPOINT_ROOT), PathBuf::from(PODCR_CHECKPOINT_ROOT)]);
         assert!(!d.allow_cross_namespace);
         assert_eq!(d.pod_log_root, PathBuf::from(POD_LOG_ROOT));
-        let c = NodeConfig::parse(
-            "[restore]\ncheckpoint_roots = [\"/srv/ck\"]\nallow_cross_namespace = true\n",
-        )
-        .unwrap()
-        .restore;
+        let c = NodeConfig::parse("[restore]\ncheckpoint_roots = [\"/srv/ck\"]\nallow_cross_namespace = true\n")
+            .unwrap()
+            .restore;
         assert_eq!(c.checkpoint_roots, [PathBuf::from("/srv/ck")]);
         assert!(c.allow_cross_namespace);
-        assert_eq!(
-            c.pod_log_root,
-            PathBuf::from(POD_LOG_ROOT),
-            "keys not given keep their defaults"
-        );
+        assert_eq!(c.pod_log_root, PathBuf::from(POD_LOG_ROOT), "keys not given keep their defaults");
     }
 }

@@ -6,8 +6,8 @@ pub use podcr_archive::signing_config::{SigningConfig, DEFAULT_KEY, DEFAULT_TRUS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use crate::node_config::NodeConfig;
+    use std::path::PathBuf;
 
     #[test]
     fn defaults_refuse_unsigned() {

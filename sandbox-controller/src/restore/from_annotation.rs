@@ -27,11 +27,7 @@ const NAME_MAX: usize = 255;
 
 /// Checks that `name` is a single, plain path component.
 pub fn check_name(name: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(Error::InvalidArgument(format!(
-            "{RESTORE_FROM}: {name:?} {why}"
-        )))
-    };
+    let bad = |why: &str| Err(Error::InvalidArgument(format!("{RESTORE_FROM}: {name:?} {why}")));
     if name.is_empty() {
         return bad("is empty");
     }
@@ -74,12 +70,9 @@ pub fn resolve(name: &str, config: &RestoreConfig) -> Result<PathBuf> {
             )));
         }
         // The root itself may be a symlink the admin made; the checkpoint must be its child.
-        let real_root = std::fs::canonicalize(root)
-            .map_err(Error::io(format!("resolve {}", root.display())))?;
-        let real = std::fs::canonicalize(&candidate)
-            .map_err(Error::io(format!("resolve {}", candidate.display())))?;
-        let same = std::fs::symlink_metadata(&real)
-            .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        let real_root = std::fs::canonicalize(root).map_err(Error::io(format!("resolve {}", root.display())))?;
+        let real = std::fs::canonicalize(&candidate).map_err(Error::io(format!("resolve {}", candidate.display())))?;
+        let same = std::fs::symlink_metadata(&real).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
         if real.parent() != Some(real_root.as_path()) || !same {
             return Err(Error::InvalidArgument(format!(
                 "{RESTORE_FROM}: {} is not inside {}",
@@ -89,15 +82,8 @@ pub fn resolve(name: &str, config: &RestoreConfig) -> Result<PathBuf> {
         }
         return Ok(real);
     }
-    let roots: Vec<String> = config
-        .checkpoint_roots
-        .iter()
-        .map(|r| r.display().to_string())
-        .collect();
-    Err(Error::NotFound(format!(
-        "{RESTORE_FROM}: no checkpoint {name:?} in {}",
-        roots.join(", ")
-    )))
+    let roots: Vec<String> = config.checkpoint_roots.iter().map(|r| r.display().to_string()).collect();
+    Err(Error::NotFound(format!("{RESTORE_FROM}: no checkpoint {name:?} in {}", roots.join(", "))))
 }
 
 /// Resolves `name`, opens the checkpoint through the archive's verifying reader (its signature
@@ -117,11 +103,7 @@ pub fn open(
 }
 
 /// The checkpoint's recorded Kubernetes namespace must be the pod's, unless the admin allows.
-pub fn check_namespace(
-    ckpt: &PodCheckpoint,
-    pod_namespace: &str,
-    config: &RestoreConfig,
-) -> Result<()> {
+pub fn check_namespace(ckpt: &PodCheckpoint, pod_namespace: &str, config: &RestoreConfig) -> Result<()> {
     if config.allow_cross_namespace {
         return Ok(());
     }
@@ -139,19 +121,12 @@ pub fn check_namespace(
 
 /// Names of the containers a checkpoint holds.
 pub fn container_names(ckpt: &PodCheckpoint) -> Vec<String> {
-    ckpt.manifest
-        .containers
-        .iter()
-        .map(|c| c.name.clone())
-        .collect()
+    ckpt.manifest.containers.iter().map(|c| c.name.clone()).collect()
 }
 
 /// `root` as a checkpoint root of its own, for tests and callers with one directory.
 pub fn single_root(root: &Path) -> RestoreConfig {
-    RestoreConfig {
-        checkpoint_roots: vec![root.to_path_buf()],
-        ..Default::default()
-    }
+    RestoreConfig { checkpoint_roots: vec![root.to_path_buf()], ..Default::default() }
 }
 
 #[cfg(test)]
@@ -164,41 +139,18 @@ mod tests {
     #[test]
     fn names_are_one_plain_component() {
         check_name("checkpoint-web_default-2026-12-07T03:00:00Z").unwrap();
-        for bad in [
-            "",
-            ".",
-            "..",
-            "../x",
-            "a/../b",
-            "/etc",
-            "/var/lib/kubelet/pod-checkpoints/x",
-            "a/b",
-            "a\0b",
-        ] {
-            assert!(
-                matches!(check_name(bad), Err(Error::InvalidArgument(_))),
-                "{bad:?}"
-            );
+        for bad in ["", ".", "..", "../x", "a/../b", "/etc", "/var/lib/kubelet/pod-checkpoints/x", "a/b", "a\0b"] {
+            assert!(matches!(check_name(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
         assert!(check_name(&"x".repeat(256)).is_err());
-        assert!(check_name("..")
-            .unwrap_err()
-            .to_string()
-            .contains("leaves the checkpoint root"));
-        assert!(check_name("/etc")
-            .unwrap_err()
-            .to_string()
-            .contains("absolute path"));
+        assert!(check_name("..").unwrap_err().to_string().contains("leaves the checkpoint root"));
+        assert!(check_name("/etc").unwrap_err().to_string().contains("absolute path"));
     }
 
     #[test]
     fn resolves_in_root_order_and_refuses_symlinks_out() {
         let tmp = tempfile::tempdir().unwrap();
-        let (a, b, outside) = (
-            tmp.path().join("a"),
-            tmp.path().join("b"),
-            tmp.path().join("outside"),
-        );
+        let (a, b, outside) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("outside"));
         for d in [&a, &b, &outside] {
             std::fs::create_dir(d).unwrap();
         }
@@ -207,41 +159,25 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("secret"), a.join("link")).unwrap();
         std::os::unix::fs::symlink("../outside/secret", b.join("rel")).unwrap();
         std::fs::write(a.join("file"), b"x").unwrap();
-        let config = RestoreConfig {
-            checkpoint_roots: vec![a.clone(), b.clone()],
-            ..Default::default()
-        };
-        assert_eq!(
-            resolve("ck", &config).unwrap(),
-            std::fs::canonicalize(b.join("ck")).unwrap()
-        );
+        let config = RestoreConfig { checkpoint_roots: vec![a.clone(), b.clone()], ..Default::default() };
+        assert_eq!(resolve("ck", &config).unwrap(), std::fs::canonicalize(b.join("ck")).unwrap());
         std::fs::create_dir(a.join("ck")).unwrap();
         assert_eq!(
             resolve("ck", &config).unwrap(),
             std::fs::canonicalize(a.join("ck")).unwrap(),
             "the first root wins"
         );
-        for (name, want) in [
-            ("link", "symlink"),
-            ("rel", "symlink"),
-            ("file", "not a checkpoint directory"),
-        ] {
+        for (name, want) in [("link", "symlink"), ("rel", "symlink"), ("file", "not a checkpoint directory")] {
             let e = resolve(name, &config).unwrap_err().to_string();
             assert!(e.contains(want), "{name}: {e}");
         }
         assert!(matches!(resolve("none", &config), Err(Error::NotFound(_))));
-        assert!(matches!(
-            resolve("../outside/secret", &config),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(resolve("../outside/secret", &config), Err(Error::InvalidArgument(_))));
         // A root that is itself a symlink (the admin's choice) still works.
         let via = tmp.path().join("via");
         std::os::unix::fs::symlink(&b, &via).unwrap();
         let config = single_root(&via);
-        assert_eq!(
-            resolve("ck", &config).unwrap(),
-            std::fs::canonicalize(b.join("ck")).unwrap()
-        );
+        assert_eq!(resolve("ck", &config).unwrap(), std::fs::canonicalize(b.join("ck")).unwrap());
     }
 
     fn ckpt_in(ns: Option<&str>) -> PodCheckpoint {
@@ -266,18 +202,10 @@ mod tests {
     fn the_namespace_must_match_unless_allowed() {
         let config = RestoreConfig::default();
         check_namespace(&ckpt_in(Some("team-a")), "team-a", &config).unwrap();
-        let e = check_namespace(&ckpt_in(Some("team-b")), "team-a", &config)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("\"team-b\"") && e.contains("allow_cross_namespace"),
-            "{e}"
-        );
+        let e = check_namespace(&ckpt_in(Some("team-b")), "team-a", &config).unwrap_err().to_string();
+        assert!(e.contains("\"team-b\"") && e.contains("allow_cross_namespace"), "{e}");
         assert!(check_namespace(&ckpt_in(None), "team-a", &config).is_err());
-        let allow = RestoreConfig {
-            allow_cross_namespace: true,
-            ..Default::default()
-        };
+        let allow = RestoreConfig { allow_cross_namespace: true, ..Default::default() };
         check_namespace(&ckpt_in(Some("team-b")), "team-a", &allow).unwrap();
     }
 }

@@ -90,9 +90,8 @@ struct Staged {
 
 impl<B: PodBackend> SandboxController<B> {
     pub async fn restore(&self, req: PodRestoreRequest) -> Result<Vec<RestoredContainer>> {
-        let deadline = req
-            .deadline
-            .ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod restore".into()))?;
+        let deadline =
+            req.deadline.ok_or_else(|| Error::InvalidArgument("a deadline is required for a pod restore".into()))?;
         if let Some(key) = req.options.keys().next() {
             return Err(Error::InvalidArgument(format!("unknown restore option {key:?} (none are supported)")));
         }
@@ -100,7 +99,10 @@ impl<B: PodBackend> SandboxController<B> {
             return Err(Error::InvalidArgument("restore needs the containers created for it".into()));
         }
         let Ok(_exclusive) = self.exclusive.try_lock() else {
-            return Err(Error::FailedPrecondition(format!("pod {}: another checkpoint or restore is in progress", req.sandbox_id)));
+            return Err(Error::FailedPrecondition(format!(
+                "pod {}: another checkpoint or restore is in progress",
+                req.sandbox_id
+            )));
         };
         let (spec, _state) = self.snapshot(&req.sandbox_id).await?;
         let staging_root = staging_root(&spec.bundle);
@@ -136,7 +138,12 @@ impl<B: PodBackend> SandboxController<B> {
         let staged = match extracted {
             Ok(Ok(staged)) => staged,
             Ok(Err(e)) => return Err(e),
-            Err(join) => return Err(Error::Io { context: "restore extraction task".into(), source: std::io::Error::other(join) }),
+            Err(join) => {
+                return Err(Error::Io {
+                    context: "restore extraction task".into(),
+                    source: std::io::Error::other(join),
+                })
+            }
         };
 
         let mut done: Vec<String> = Vec::new();
@@ -219,7 +226,10 @@ fn extract_all(
             .map(|selection| {
                 let entry = ckpt.manifest.containers.iter().find(|c| c.name == selection.name).ok_or_else(|| {
                     let known: Vec<&str> = ckpt.manifest.containers.iter().map(|c| c.name.as_str()).collect();
-                    Error::NotFound(format!("container {:?} is not in the checkpoint (it has {known:?})", selection.name))
+                    Error::NotFound(format!(
+                        "container {:?} is not in the checkpoint (it has {known:?})",
+                        selection.name
+                    ))
                 })?;
                 let digest = ckpt
                     .manifest
@@ -237,7 +247,8 @@ fn extract_all(
         archive::check_free_space(root, needed, limits.min_free_bytes)?;
         // Each entry of an archive is a file or directory: the signed manifest's entry counts
         // (or the reader's cap) must fit in the free inodes too.
-        let inodes = jobs.iter().fold(0u64, |a, (_, e, _, l)| a.saturating_add(e.unpacked.map_or(l.max_entries, |u| u.entries)));
+        let inodes =
+            jobs.iter().fold(0u64, |a, (_, e, _, l)| a.saturating_add(e.unpacked.map_or(l.max_entries, |u| u.entries)));
         archive::check_free_inodes(root, inodes)?;
         // A bounded pool: extraction is hashing, decompressing and copying, and each worker
         // holds a decompressor's window and buffers, so a 64-container pod does not make 64.
@@ -257,35 +268,37 @@ fn extract_all(
                             // after a failed restore) left its staging; start from nothing.
                             remove_staging(&dest);
                             let archive = ckpt.dir.join(&entry.archive);
-                            let staged = archive::extract_container_archive_verified_until(&archive, digest, &dest, bounded, cancel)
-                                // One failed container fails the restore: stop the others early.
-                                .inspect_err(|_| cancel.cancel())
-                                .map_err(|e| match Error::from(e) {
-                                    // Say which container archive is damaged, not only which entry.
-                                    Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
-                                    other => other,
-                                })
-                                .and_then(|extracted| {
-                                    // Held to the policy on verified metadata, before anything is staged.
-                                    if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
-                                        cancel.cancel();
-                                        remove_staging(&dest);
-                                        return Err(e);
-                                    }
-                                    Ok(extracted)
-                                })
-                                .map(|extracted| Staged {
-                                    selection: (*selection).clone(),
-                                    original_id: entry.id.clone(),
-                                    stage: RestoreStage {
-                                        image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
-                                        work_dir: extracted.dir.clone(),
-                                        rootfs_diff: extracted.rootfs_diff.clone(),
-                                        deleted: extracted.deleted_files.clone(),
-                                        tcp_established,
-                                        file_locks,
-                                    },
-                                });
+                            let staged = archive::extract_container_archive_verified_until(
+                                &archive, digest, &dest, bounded, cancel,
+                            )
+                            // One failed container fails the restore: stop the others early.
+                            .inspect_err(|_| cancel.cancel())
+                            .map_err(|e| match Error::from(e) {
+                                // Say which container archive is damaged, not only which entry.
+                                Error::Archive(m) => Error::Archive(format!("{}: {m}", entry.archive)),
+                                other => other,
+                            })
+                            .and_then(|extracted| {
+                                // Held to the policy on verified metadata, before anything is staged.
+                                if let Err(e) = check_selection(selection, pod_config, ckpt, &extracted) {
+                                    cancel.cancel();
+                                    remove_staging(&dest);
+                                    return Err(e);
+                                }
+                                Ok(extracted)
+                            })
+                            .map(|extracted| Staged {
+                                selection: (*selection).clone(),
+                                original_id: entry.id.clone(),
+                                stage: RestoreStage {
+                                    image_dir: extracted.dir.join(archive::CHECKPOINT_DIR),
+                                    work_dir: extracted.dir.clone(),
+                                    rootfs_diff: extracted.rootfs_diff.clone(),
+                                    deleted: extracted.deleted_files.clone(),
+                                    tcp_established,
+                                    file_locks,
+                                },
+                            });
                             done.push((i, staged));
                         }
                     })
@@ -294,14 +307,18 @@ fn extract_all(
             handles
                 .into_iter()
                 .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| vec![(usize::MAX, Err(Error::Archive("an extraction thread panicked".into())))])
+                    h.join().unwrap_or_else(|_| {
+                        vec![(usize::MAX, Err(Error::Archive("an extraction thread panicked".into())))]
+                    })
                 })
                 .collect()
         });
         results.sort_by_key(|(i, _)| *i);
         // Report the container that failed, not one it cancelled.
         let (ok, errs): (Vec<_>, Vec<_>) = results.into_iter().map(|(_, r)| r).partition(|r| r.is_ok());
-        if let Some(e) = errs.into_iter().filter_map(Result::err).min_by_key(|e| e.to_string().contains(archive::CANCELLED)) {
+        if let Some(e) =
+            errs.into_iter().filter_map(Result::err).min_by_key(|e| e.to_string().contains(archive::CANCELLED))
+        {
             return Err(e);
         }
         ok.into_iter().collect::<Result<Vec<_>>>()
@@ -354,7 +371,8 @@ pub fn check_request(
         requests.push(ContainerView::from_oci(spec));
     }
     // The checkpoint's CRI config first: it says "privileged" where the spec only shows its caps.
-    let mut checkpoints: Vec<ContainerView> = ckpt_config.map(|c| ContainerView::from_cri(c, ckpt_pod)).into_iter().collect();
+    let mut checkpoints: Vec<ContainerView> =
+        ckpt_config.map(|c| ContainerView::from_cri(c, ckpt_pod)).into_iter().collect();
     checkpoints.push(ContainerView::from_oci(ckpt_spec));
     for r in &requests {
         for c in &checkpoints {

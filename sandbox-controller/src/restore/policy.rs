@@ -103,21 +103,14 @@ pub fn cap_name(s: &str) -> String {
 /// The bit mask of a set of capability names; unknown names are ignored (a kernel newer than
 /// this table has more, and an unknown name grants nothing here).
 pub fn cap_mask<'a>(names: impl IntoIterator<Item = &'a String>) -> u64 {
-    names
-        .into_iter()
-        .filter_map(|n| ALL_CAPS.iter().position(|c| *c == n.as_str()))
-        .fold(0, |m, bit| m | (1u64 << bit))
+    names.into_iter().filter_map(|n| ALL_CAPS.iter().position(|c| *c == n.as_str())).fold(0, |m, bit| m | (1u64 << bit))
 }
 
 /// The names of the bits set in `mask`, for messages.
 pub fn cap_names(mask: u64) -> Vec<String> {
     (0..64)
         .filter(|bit| mask & (1u64 << bit) != 0)
-        .map(|bit| {
-            ALL_CAPS
-                .get(bit)
-                .map_or_else(|| format!("cap{bit}"), |c| c.to_string())
-        })
+        .map(|bit| ALL_CAPS.get(bit).map_or_else(|| format!("cap{bit}"), |c| c.to_string()))
         .collect()
 }
 
@@ -160,13 +153,7 @@ const PROFILE_RUNTIME_DEFAULT: i64 = 0;
 const PROFILE_UNCONFINED: i64 = 1;
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 fn non_empty(v: &Value) -> Option<String> {
@@ -176,18 +163,13 @@ fn non_empty(v: &Value) -> Option<String> {
 /// An image name as containerd stores it: `busybox` is `docker.io/library/busybox:latest`.
 pub fn normalize_image_name(name: &str) -> String {
     let (domain, rest) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             (first.to_string(), rest.to_string())
         }
         Some(_) => ("docker.io".to_string(), name.to_string()),
         None => ("docker.io".to_string(), format!("library/{name}")),
     };
-    let tagged = rest
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':'));
+    let tagged = rest.rsplit('/').next().is_some_and(|last| last.contains(':'));
     format!("{domain}/{rest}{}", if tagged { "" } else { ":latest" })
 }
 
@@ -211,20 +193,9 @@ impl ContainerView {
     /// A CRI `ContainerConfig` (snake_case JSON), with the pod's `PodSandboxConfig` for the
     /// pod-level namespace options when known.
     pub fn from_cri(config: &Value, pod: Option<&Value>) -> ContainerView {
-        let mut v = ContainerView {
-            source: Source::Cri,
-            ..Default::default()
-        };
-        add_image(
-            &mut v,
-            config["image"]["image"].as_str().unwrap_or_default(),
-        );
-        add_image(
-            &mut v,
-            config["image"]["user_specified_image"]
-                .as_str()
-                .unwrap_or_default(),
-        );
+        let mut v = ContainerView { source: Source::Cri, ..Default::default() };
+        add_image(&mut v, config["image"]["image"].as_str().unwrap_or_default());
+        add_image(&mut v, config["image"]["user_specified_image"].as_str().unwrap_or_default());
         let command = strings(&config["command"]);
         let args = strings(&config["args"]);
         // An empty command or args means "the image's": unknown here, so not compared.
@@ -249,18 +220,10 @@ impl ContainerView {
             if add.iter().any(|a| a.eq_ignore_ascii_case("ALL")) {
                 set.extend(ALL_CAPS.iter().map(|c| c.to_string()));
             }
-            set.extend(
-                add.iter()
-                    .filter(|a| !a.eq_ignore_ascii_case("ALL"))
-                    .map(|a| cap_name(a)),
-            );
+            set.extend(add.iter().filter(|a| !a.eq_ignore_ascii_case("ALL")).map(|a| cap_name(a)));
             set
         };
-        caps.extend(
-            strings(&sc["capabilities"]["add_ambient_capabilities"])
-                .iter()
-                .map(|a| cap_name(a)),
-        );
+        caps.extend(strings(&sc["capabilities"]["add_ambient_capabilities"]).iter().map(|a| cap_name(a)));
         v.capabilities = Some(caps);
         // containerd's CRI: no seccomp profile means none (unconfined); no AppArmor profile means
         // the runtime default. Privileged containers get neither.
@@ -269,16 +232,14 @@ impl ContainerView {
         v.seccomp_unconfined = Some(
             v.privileged
                 || seccomp_type == Some(PROFILE_UNCONFINED)
-                || (sc["seccomp"].is_null()
-                    && (seccomp_path.is_empty() || seccomp_path == "unconfined")),
+                || (sc["seccomp"].is_null() && (seccomp_path.is_empty() || seccomp_path == "unconfined")),
         );
         let apparmor_type = sc["apparmor"]["profile_type"].as_i64();
         let apparmor_path = sc["apparmor_profile"].as_str().unwrap_or_default();
         v.apparmor_unconfined = Some(
             v.privileged
                 || apparmor_type == Some(PROFILE_UNCONFINED)
-                || (apparmor_type != Some(PROFILE_RUNTIME_DEFAULT)
-                    && apparmor_path == "unconfined"),
+                || (apparmor_type != Some(PROFILE_RUNTIME_DEFAULT) && apparmor_path == "unconfined"),
         );
         let mut ns = vec![&sc["namespace_options"]];
         if let Some(pod) = pod {
@@ -295,15 +256,9 @@ impl ContainerView {
 
     /// An OCI runtime spec: what the runtime actually applies (or applied, for `spec.dump`).
     pub fn from_oci(spec: &Value) -> ContainerView {
-        let mut v = ContainerView {
-            source: Source::Oci,
-            ..Default::default()
-        };
+        let mut v = ContainerView { source: Source::Oci, ..Default::default() };
         let anns = &spec["annotations"];
-        for key in [
-            "io.kubernetes.cri.image-name",
-            "io.kubernetes.cri.image-ref",
-        ] {
+        for key in ["io.kubernetes.cri.image-name", "io.kubernetes.cri.image-ref"] {
             add_image(&mut v, anns[key].as_str().unwrap_or_default());
         }
         let process = &spec["process"];
@@ -327,8 +282,7 @@ impl ContainerView {
             p => Some(p == "unconfined"),
         };
         if let Some(list) = linux["namespaces"].as_array() {
-            let namespaces: BTreeSet<&str> =
-                list.iter().filter_map(|n| n["type"].as_str()).collect();
+            let namespaces: BTreeSet<&str> = list.iter().filter_map(|n| n["type"].as_str()).collect();
             // A container without its own (or its pod's) namespace of a type runs in the host's.
             v.host_network = !namespaces.contains("network");
             v.host_pid = !namespaces.contains("pid");
@@ -354,11 +308,7 @@ fn refuse(container: &str, field: &str, msg: String) -> Error {
 
 /// Checks `request` against `checkpoint` for one container (see the module docs); the error
 /// names the container and the field.
-pub fn check_container(
-    container: &str,
-    request: &ContainerView,
-    checkpoint: &ContainerView,
-) -> Result<()> {
+pub fn check_container(container: &str, request: &ContainerView, checkpoint: &ContainerView) -> Result<()> {
     // Authoritative fields: the request must agree.
     if !request.image_digests.is_empty() && !checkpoint.image_digests.is_empty() {
         if request.image_digests.is_disjoint(&checkpoint.image_digests) {
@@ -385,17 +335,12 @@ pub fn check_container(
         ));
     }
     if request.source == checkpoint.source {
-        for (field, r, c) in [
-            ("command", &request.command, &checkpoint.command),
-            ("args", &request.args, &checkpoint.args),
-        ] {
+        for (field, r, c) in
+            [("command", &request.command, &checkpoint.command), ("args", &request.args, &checkpoint.args)]
+        {
             if let (Some(r), Some(c)) = (r, c) {
                 if r != c {
-                    return Err(refuse(
-                        container,
-                        field,
-                        format!("the request has {r:?}, the checkpoint {c:?}"),
-                    ));
+                    return Err(refuse(container, field, format!("the request has {r:?}, the checkpoint {c:?}")));
                 }
             }
         }
@@ -403,20 +348,12 @@ pub fn check_container(
         // A CRI command is the whole argv only with the image's entrypoint replaced, which is
         // when it is set; the OCI argv is always whole.
         if r != c {
-            return Err(refuse(
-                container,
-                "command",
-                format!("the request runs {r:?}, the checkpoint {c:?}"),
-            ));
+            return Err(refuse(container, "command", format!("the request runs {r:?}, the checkpoint {c:?}")));
         }
     }
     if let (Some(r), Some(c)) = (&request.working_dir, &checkpoint.working_dir) {
         if r != c {
-            return Err(refuse(
-                container,
-                "working directory",
-                format!("the request has {r:?}, the checkpoint {c:?}"),
-            ));
+            return Err(refuse(container, "working directory", format!("the request has {r:?}, the checkpoint {c:?}")));
         }
     }
 
@@ -440,25 +377,13 @@ pub fn check_container(
     }
     let wider = |r: Option<bool>, c: Option<bool>| c == Some(true) && r == Some(false);
     if wider(request.seccomp_unconfined, checkpoint.seccomp_unconfined) {
-        return Err(refuse(
-            container,
-            "seccomp",
-            "the checkpoint ran unconfined; the request confines it".into(),
-        ));
+        return Err(refuse(container, "seccomp", "the checkpoint ran unconfined; the request confines it".into()));
     }
     if wider(request.apparmor_unconfined, checkpoint.apparmor_unconfined) {
-        return Err(refuse(
-            container,
-            "apparmor",
-            "the checkpoint ran unconfined; the request confines it".into(),
-        ));
+        return Err(refuse(container, "apparmor", "the checkpoint ran unconfined; the request confines it".into()));
     }
     for (field, r, c) in [
-        (
-            "host network",
-            request.host_network,
-            checkpoint.host_network,
-        ),
+        ("host network", request.host_network, checkpoint.host_network),
         ("host PID namespace", request.host_pid, checkpoint.host_pid),
         ("host IPC namespace", request.host_ipc, checkpoint.host_ipc),
     ] {
@@ -512,11 +437,7 @@ mod tests {
     }
 
     fn ok(r: &Value, c: &Value) -> Result<()> {
-        check_container(
-            "app",
-            &ContainerView::from_cri(r, None),
-            &ContainerView::from_cri(c, None),
-        )
+        check_container("app", &ContainerView::from_cri(r, None), &ContainerView::from_cri(c, None))
     }
 
     fn field_of(e: Error) -> String {
@@ -527,29 +448,15 @@ mod tests {
     fn an_identical_request_is_accepted() {
         ok(&cri(), &cri()).unwrap();
         let spec = oci(&DEFAULT_CAPS);
-        check_container(
-            "app",
-            &ContainerView::from_oci(&spec),
-            &ContainerView::from_oci(&spec),
-        )
-        .unwrap();
+        check_container("app", &ContainerView::from_oci(&spec), &ContainerView::from_oci(&spec)).unwrap();
         // A CRI request against an OCI spec.dump: the whole argv agrees.
-        check_container(
-            "app",
-            &ContainerView::from_cri(&cri(), None),
-            &ContainerView::from_oci(&spec),
-        )
-        .unwrap();
+        check_container("app", &ContainerView::from_cri(&cri(), None), &ContainerView::from_oci(&spec)).unwrap();
     }
 
     #[test]
     fn authoritative_fields_must_agree() {
         for (path, value, field) in [
-            (
-                "/image/image",
-                json!("docker.io/library/busybox@sha256:bbb"),
-                "image",
-            ),
+            ("/image/image", json!("docker.io/library/busybox@sha256:bbb"), "image"),
             ("/command", json!(["/bin/bash", "-c"]), "command"),
             ("/args", json!(["sleep 1"]), "args"),
             ("/working_dir", json!("/"), "working directory"),
@@ -573,10 +480,7 @@ mod tests {
         let mut c = cri();
         c["image"] = json!({"image": "busybox"});
         ok(&r, &c).unwrap();
-        assert_eq!(
-            normalize_image_name("localhost/podcr/app:1"),
-            "localhost/podcr/app:1"
-        );
+        assert_eq!(normalize_image_name("localhost/podcr/app:1"), "localhost/podcr/app:1");
         assert_eq!(normalize_image_name("quay.io/a/b"), "quay.io/a/b:latest");
         assert_eq!(normalize_image_name("a/b:2"), "docker.io/a/b:2");
         // The image's own command (empty) is not compared.
@@ -587,53 +491,21 @@ mod tests {
         ok(&r, &cri()).unwrap();
         let mut other = oci(&DEFAULT_CAPS);
         other["process"]["args"] = json!(["/bin/sh", "-c", "exec evil"]);
-        let e = check_container(
-            "app",
-            &ContainerView::from_cri(&cri(), None),
-            &ContainerView::from_oci(&other),
-        )
-        .unwrap_err();
+        let e = check_container("app", &ContainerView::from_cri(&cri(), None), &ContainerView::from_oci(&other))
+            .unwrap_err();
         assert!(field_of(e).contains(": command:"));
     }
 
     #[test]
     fn a_checkpoint_needing_more_privilege_is_refused_naming_the_field() {
         let cases: Vec<(&str, Value, &str)> = vec![
-            (
-                "/linux/security_context/privileged",
-                json!(true),
-                "privileged",
-            ),
-            (
-                "/linux/security_context/capabilities",
-                json!({"add_capabilities": ["SYS_ADMIN"]}),
-                "capabilities",
-            ),
-            (
-                "/linux/security_context/namespace_options",
-                json!({"network": 2}),
-                "host network",
-            ),
-            (
-                "/linux/security_context/namespace_options",
-                json!({"pid": 2}),
-                "host PID namespace",
-            ),
-            (
-                "/linux/security_context/namespace_options",
-                json!({"ipc": 2}),
-                "host IPC namespace",
-            ),
-            (
-                "/linux/security_context/run_as_user",
-                json!({"value": 0}),
-                "run-as user",
-            ),
-            (
-                "/linux/security_context/apparmor",
-                json!({"profile_type": 1}),
-                "apparmor",
-            ),
+            ("/linux/security_context/privileged", json!(true), "privileged"),
+            ("/linux/security_context/capabilities", json!({"add_capabilities": ["SYS_ADMIN"]}), "capabilities"),
+            ("/linux/security_context/namespace_options", json!({"network": 2}), "host network"),
+            ("/linux/security_context/namespace_options", json!({"pid": 2}), "host PID namespace"),
+            ("/linux/security_context/namespace_options", json!({"ipc": 2}), "host IPC namespace"),
+            ("/linux/security_context/run_as_user", json!({"value": 0}), "run-as user"),
+            ("/linux/security_context/apparmor", json!({"profile_type": 1}), "apparmor"),
         ];
         for (path, value, field) in cases {
             let mut c = cri();
@@ -681,84 +553,45 @@ mod tests {
         let granted = oci(&DEFAULT_CAPS);
         let mut more: Vec<&str> = DEFAULT_CAPS.to_vec();
         more.push("CAP_SYS_ADMIN");
-        let e = check_container(
-            "app",
-            &ContainerView::from_oci(&granted),
-            &ContainerView::from_oci(&oci(&more)),
-        )
-        .unwrap_err();
+        let e = check_container("app", &ContainerView::from_oci(&granted), &ContainerView::from_oci(&oci(&more)))
+            .unwrap_err();
         assert!(field_of(e).contains("CAP_SYS_ADMIN"));
         let mut host = oci(&DEFAULT_CAPS);
         host["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]);
-        let e = check_container(
-            "app",
-            &ContainerView::from_oci(&granted),
-            &ContainerView::from_oci(&host),
-        )
-        .unwrap_err();
+        let e =
+            check_container("app", &ContainerView::from_oci(&granted), &ContainerView::from_oci(&host)).unwrap_err();
         assert!(field_of(e).contains(": host network:"));
         let mut unconfined = oci(&DEFAULT_CAPS);
-        unconfined["linux"]
-            .as_object_mut()
-            .unwrap()
-            .remove("seccomp");
-        let e = check_container(
-            "app",
-            &ContainerView::from_oci(&granted),
-            &ContainerView::from_oci(&unconfined),
-        )
-        .unwrap_err();
+        unconfined["linux"].as_object_mut().unwrap().remove("seccomp");
+        let e = check_container("app", &ContainerView::from_oci(&granted), &ContainerView::from_oci(&unconfined))
+            .unwrap_err();
         assert!(field_of(e).contains(": seccomp:"));
         let mut aa = oci(&DEFAULT_CAPS);
         aa["process"]["apparmorProfile"] = json!("cri-containerd.apparmor.d");
         let mut aa_off = oci(&DEFAULT_CAPS);
         aa_off["process"]["apparmorProfile"] = json!("unconfined");
-        let e = check_container(
-            "app",
-            &ContainerView::from_oci(&aa),
-            &ContainerView::from_oci(&aa_off),
-        )
-        .unwrap_err();
+        let e = check_container("app", &ContainerView::from_oci(&aa), &ContainerView::from_oci(&aa_off)).unwrap_err();
         assert!(field_of(e).contains(": apparmor:"));
         // A spec without a profile (a host without AppArmor) says nothing either way.
-        check_container(
-            "app",
-            &ContainerView::from_oci(&aa),
-            &ContainerView::from_oci(&granted),
-        )
-        .unwrap();
+        check_container("app", &ContainerView::from_oci(&aa), &ContainerView::from_oci(&granted)).unwrap();
         let mut root = oci(&DEFAULT_CAPS);
         root["process"]["user"]["uid"] = json!(0);
-        let e = check_container(
-            "app",
-            &ContainerView::from_oci(&granted),
-            &ContainerView::from_oci(&root),
-        )
-        .unwrap_err();
+        let e =
+            check_container("app", &ContainerView::from_oci(&granted), &ContainerView::from_oci(&root)).unwrap_err();
         assert!(field_of(e).contains(": run-as user:"));
     }
 
     #[test]
     fn a_spec_that_states_nothing_compares_nothing() {
         let empty = ContainerView::from_oci(&json!({}));
-        assert_eq!(
-            (
-                empty.capabilities.clone(),
-                empty.seccomp_unconfined,
-                empty.host_network
-            ),
-            (None, None, false)
-        );
+        assert_eq!((empty.capabilities.clone(), empty.seccomp_unconfined, empty.host_network), (None, None, false));
         check_container("app", &ContainerView::from_cri(&cri(), None), &empty).unwrap();
         check_container("app", &empty, &ContainerView::from_cri(&cri(), None)).unwrap();
     }
 
     #[test]
     fn capability_masks_round_trip() {
-        let names: Vec<String> = ["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NO_SUCH"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let names: Vec<String> = ["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NO_SUCH"].iter().map(|s| s.to_string()).collect();
         let mask = cap_mask(&names);
         assert_eq!(mask, 1 | (1 << 21));
         assert_eq!(cap_names(mask), ["CAP_CHOWN", "CAP_SYS_ADMIN"]);

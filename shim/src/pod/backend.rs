@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use podcr_sandbox_controller::{
     archive,
     backend::{
-        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodCheckpoint, PodRestore, PodSpec,
-        PreparedDumps, RestoreStage, RootfsCapture,
+        BackendIdentity, ContainerInfo, DumpOptions, DumpOutcome, PodAnchor, PodBackend, PodCheckpoint, PodRestore,
+        PodSpec, PreparedDumps, RestoreStage, RootfsCapture,
     },
     Error as CtlError, Result as CtlResult,
 };
@@ -25,9 +25,9 @@ use tracing::{info, warn};
 
 use super::{
     anchor::Holder,
+    cgroup::PodCgroup,
     criu_hook::{self, Barrier},
     dump_estimate,
-    cgroup::PodCgroup,
     files::PodFiles,
     freezer::{self, Freezer},
     holder::HolderConfig,
@@ -94,7 +94,9 @@ async fn version_line(binary: &Path, prefix: &str) -> String {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::runc_error::Result<T> + Send + 'static) -> CtlResult<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::runc_error::Result<T> + Send + 'static,
+) -> CtlResult<T> {
     Ok(tokio::task::spawn_blocking(f).await.map_err(Error::join("pod backend task"))??)
 }
 
@@ -107,7 +109,11 @@ fn holder_config(spec: &PodSpec) -> HolderConfig {
     // Only namespaced keys of namespaces the pod owns: anything else would change the host.
     for (k, v) in &spec.sysctls {
         let owned = (own_netns && k.starts_with("net."))
-            || (!spec.host_ipc && (k.starts_with("kernel.shm") || k.starts_with("kernel.msg") || k == "kernel.sem" || k.starts_with("fs.mqueue.")));
+            || (!spec.host_ipc
+                && (k.starts_with("kernel.shm")
+                    || k.starts_with("kernel.msg")
+                    || k == "kernel.sem"
+                    || k.starts_with("fs.mqueue.")));
         if owned {
             sysctls.retain(|(key, _)| key != k);
             sysctls.push((k.clone(), v.clone()));
@@ -118,7 +124,13 @@ fn holder_config(spec: &PodSpec) -> HolderConfig {
     HolderConfig {
         netns: spec.netns_path.clone(),
         // hostNetwork pods share the host's UTS namespace, as with the CRI's pause container.
-        hostname: own_netns.then(|| if spec.hostname.is_empty() { spec.id.chars().take(12).collect() } else { spec.hostname.clone() }),
+        hostname: own_netns.then(|| {
+            if spec.hostname.is_empty() {
+                spec.id.chars().take(12).collect()
+            } else {
+                spec.hostname.clone()
+            }
+        }),
         new_ipc: !spec.host_ipc,
         new_pid: spec.share_pid && !spec.host_pid,
         sysctls,
@@ -160,7 +172,8 @@ impl PodBackend for RuncPodBackend {
     }
 
     async fn stop_pod(&self, spec: &PodSpec, timeout: Duration) -> CtlResult<()> {
-        let live: Vec<String> = self.store.list().into_iter().filter(|c| c.pid != 0 && c.status != Status::Stopped).map(|c| c.id).collect();
+        let live: Vec<String> =
+            self.store.list().into_iter().filter(|c| c.pid != 0 && c.status != Status::Stopped).map(|c| c.id).collect();
         for id in &live {
             if let Err(e) = self.store.kill(id, SIGKILL, true).await {
                 warn!(pod = %spec.id, container = %id, error = %e, "kill on pod stop");

@@ -15,7 +15,6 @@ use crate::{
     runc_error::{Error, Result},
 };
 
-
 /// The cgroup directories of a pod, one per hierarchy, and which of them we created.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodCgroup {

@@ -61,10 +61,7 @@ pub(super) fn options(map: &std::collections::HashMap<String, String>) -> BTreeM
 pub(super) async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = podcr_sandbox_controller::Result<T>> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::spawn(work)
-        .await
-        .map_err(Error::join("checkpoint task"))?
-        .map_err(Error::from)
+    tokio::spawn(work).await.map_err(Error::join("checkpoint task"))?.map_err(Error::from)
 }
 
 fn stats_to_wire(stats: &PodCheckpointStats) -> CheckpointStats {
@@ -116,7 +113,10 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
             deadline: deadline(ctx),
             options: options(&req.options),
             containers,
-            pod_config: convert::cri_any_json::<PodSandboxConfig>(req.sandbox_config.as_ref(), POD_SANDBOX_CONFIG_TYPE)?,
+            pod_config: convert::cri_any_json::<PodSandboxConfig>(
+                req.sandbox_config.as_ref(),
+                POD_SANDBOX_CONFIG_TYPE,
+            )?,
         };
         let controller = self.controller.clone();
         let (started, count) = (std::time::Instant::now(), req.containers.len());
@@ -156,7 +156,10 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()?,
-            pod_config: convert::cri_any_json::<PodSandboxConfig>(req.sandbox_config.as_ref(), POD_SANDBOX_CONFIG_TYPE)?,
+            pod_config: convert::cri_any_json::<PodSandboxConfig>(
+                req.sandbox_config.as_ref(),
+                POD_SANDBOX_CONFIG_TYPE,
+            )?,
         };
         let controller = self.controller.clone();
         let (started, count) = (std::time::Instant::now(), req.containers.len());

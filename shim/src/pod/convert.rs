@@ -6,9 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use chrono::{DateTime, Utc};
 use k8s_cri::v1::PodSandboxConfig;
-use podcr_sandbox_controller::{
-    backend::{DnsConfig, PodSpec},
-};
+use podcr_sandbox_controller::backend::{DnsConfig, PodSpec};
 use prost::Message;
 use protobuf::well_known_types::{any::Any, timestamp::Timestamp};
 
@@ -41,7 +39,10 @@ pub fn pod_config(options: Option<&Any>) -> Result<Option<PodSandboxConfig>, Err
 
 /// Decodes a CRI message carried in an `Any` into snake_case JSON (the form `pod.dump`,
 /// `status.dump` and the peers' JSON files use).
-pub fn cri_any_json<M: Message + Default + serde::Serialize>(any: Option<&Any>, name: &str) -> Result<Option<serde_json::Value>, Error> {
+pub fn cri_any_json<M: Message + Default + serde::Serialize>(
+    any: Option<&Any>,
+    name: &str,
+) -> Result<Option<serde_json::Value>, Error> {
     let Some(any) = any.filter(|a| !a.value.is_empty()) else { return Ok(None) };
     if !any_is(any, name) {
         return Err(Error::invalid_argument(format!("expected {name}, got {}", any.type_url)));
@@ -85,7 +86,12 @@ pub fn pod_spec(id: &str, bundle: &str, netns_path: &str, config: Option<&PodSan
     }
     // Absent options mean mode POD everywhere: that is how containerd's CRI reads them
     // (`GetNamespaceOptions().GetPid()` of nil is POD) when it builds each container's spec.
-    let ns = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
     if ns.userns_options.as_ref().is_some_and(|u| u.mode == NS_POD) {
         return Err(Error::unimplemented("pods with a user namespace are not supported by podcr yet"));
     }
@@ -111,12 +117,22 @@ mod tests {
 
     fn config(pid_mode: i32, net_mode: i32) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "web".into(), namespace: "default".into(), uid: "u1".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
             hostname: "web-0".into(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: "/kubepods/podu1".into(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption { network: net_mode, pid: pid_mode, ipc: NS_POD, ..Default::default() }),
+                    namespace_options: Some(NamespaceOption {
+                        network: net_mode,
+                        pid: pid_mode,
+                        ipc: NS_POD,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

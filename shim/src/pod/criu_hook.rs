@@ -91,7 +91,8 @@ pub fn installed(bundle: &Path) -> bool {
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     std::fs::write(path, contents).map_err(Error::io(format!("write {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(format!("chmod {}", path.display())))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(Error::io(format!("chmod {}", path.display())))
 }
 
 /// Entry point of hook mode: report ready and wait for the shim's word. Exit status 0 lets CRIU
@@ -129,7 +130,8 @@ impl Barrier {
             .map_err(Error::io(format!("create {SOCKET_DIR}")))?;
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(Error::io(format!("listen on {}", path.display())))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(Error::io("chmod hook socket"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::io("chmod hook socket"))?;
         Ok(Barrier { listener, path })
     }
 
@@ -165,7 +167,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"ociVersion":"1.2.0","annotations":{"a":"b"}}"#).unwrap();
         install(dir.path()).unwrap();
-        let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
         assert_eq!(spec["annotations"]["a"], "b");
         assert_eq!(spec["annotations"][ANNOTATION], dir.path().join(CONFIG_FILE).display().to_string());
         assert!(installed(dir.path()));

@@ -39,10 +39,7 @@ fn rate_from(value: Option<&str>) -> Option<u64> {
             Ok(0) => None,
             Ok(rate) => Some(rate),
             Err(_) => {
-                tracing::warn!(
-                    value = v,
-                    "{RATE_ENV} is not a whole number of MiB/s; using {DEFAULT_MIB_PER_SEC}"
-                );
+                tracing::warn!(value = v, "{RATE_ENV} is not a whole number of MiB/s; using {DEFAULT_MIB_PER_SEC}");
                 Some(DEFAULT_MIB_PER_SEC)
             }
         },
@@ -59,9 +56,7 @@ fn dumped_bytes(pid: u32) -> u64 {
         ControllerCgroup::V1(dir) => (dir, &["total_rss", "total_shmem"]),
         ControllerCgroup::V2(dir) => (dir, &["anon", "shmem"]),
     };
-    std::fs::read_to_string(dir.join("memory.stat"))
-        .map(|stat| sum_stat(&stat, keys))
-        .unwrap_or(0)
+    std::fs::read_to_string(dir.join("memory.stat")).map(|stat| sum_stat(&stat, keys)).unwrap_or(0)
 }
 
 fn sum_stat(stat: &str, keys: &[&str]) -> u64 {
@@ -80,10 +75,7 @@ mod tests {
     fn stat_keys_are_summed_and_others_ignored() {
         let v1 = "cache 4096\nrss 100\ntotal_cache 8192\ntotal_rss 1048576\ntotal_shmem 4096\ntotal_rss_huge 0\n";
         assert_eq!(sum_stat(v1, &["total_rss", "total_shmem"]), 1_052_672);
-        assert_eq!(
-            sum_stat("anon 10\nfile 99\nshmem 5\n", &["anon", "shmem"]),
-            15
-        );
+        assert_eq!(sum_stat("anon 10\nfile 99\nshmem 5\n", &["anon", "shmem"]), 15);
     }
 
     #[test]

@@ -64,12 +64,24 @@ impl PodFiles {
 
     pub fn create(&self, spec: &PodSpec) -> Result<()> {
         for (link, data) in [(&self.root_dir, &self.root_data), (&self.state_dir, &self.state_data)] {
-            fs::DirBuilder::new().recursive(true).mode(0o711).create(data).map_err(Error::io(format!("create {}", data.display())))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(data)
+                .map_err(Error::io(format!("create {}", data.display())))?;
             if let Some(parent) = link.parent() {
-                fs::DirBuilder::new().recursive(true).mode(0o711).create(parent).map_err(Error::io(format!("create {}", parent.display())))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o711)
+                    .create(parent)
+                    .map_err(Error::io(format!("create {}", parent.display())))?;
             }
             if fs::read_link(link).ok().as_ref() != Some(data) {
-                std::os::unix::fs::symlink(data, link).map_err(Error::io(format!("link {} to {}", link.display(), data.display())))?;
+                std::os::unix::fs::symlink(data, link).map_err(Error::io(format!(
+                    "link {} to {}",
+                    link.display(),
+                    data.display()
+                )))?;
             }
         }
         let hostname = if spec.hostname.is_empty() {
@@ -78,7 +90,8 @@ impl PodFiles {
             spec.hostname.clone()
         };
         write(&self.root_dir.join("hostname"), &format!("{hostname}\n"))?;
-        let hosts = fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
+        let hosts =
+            fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
         write(&self.root_dir.join("hosts"), &hosts)?;
         let resolv = match &spec.dns {
             Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() => resolv_conf(dns),
@@ -87,10 +100,20 @@ impl PodFiles {
         write(&self.root_dir.join("resolv.conf"), &resolv)?;
         if !spec.host_ipc {
             let shm = self.shm();
-            fs::DirBuilder::new().mode(0o700).create(&shm).or_else(exists_ok).map_err(Error::io(format!("create {}", shm.display())))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&shm)
+                .or_else(exists_ok)
+                .map_err(Error::io(format!("create {}", shm.display())))?;
             let options = format!("mode=1777,size={SHM_SIZE}");
-            mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
-                .map_err(Error::nix(format!("mount shm tmpfs on {}", shm.display())))?;
+            mount(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(Error::nix(format!("mount shm tmpfs on {}", shm.display())))?;
         }
         Ok(())
     }
@@ -143,7 +166,9 @@ fn resolv_conf(dns: &DnsConfig) -> String {
 fn ancestor(path: &Path, levels: usize) -> Result<PathBuf> {
     let mut p = path;
     for _ in 0..levels {
-        p = p.parent().ok_or_else(|| Error::invalid_argument(format!("unexpected bundle layout: {}", path.display())))?;
+        p = p
+            .parent()
+            .ok_or_else(|| Error::invalid_argument(format!("unexpected bundle layout: {}", path.display())))?;
     }
     Ok(p.to_path_buf())
 }
@@ -169,17 +194,28 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bundle = tmp.path().join("state/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1");
         fs::create_dir_all(&bundle).unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("root/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1"), bundle.join("work")).unwrap();
+        std::os::unix::fs::symlink(
+            tmp.path().join("root/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1"),
+            bundle.join("work"),
+        )
+        .unwrap();
         let files = PodFiles::for_bundle(&bundle, "sb1").unwrap();
         assert_eq!(files.root_dir, tmp.path().join("root/io.containerd.grpc.v1.cri/sandboxes/sb1"));
         assert_eq!(files.shm(), tmp.path().join("state/io.containerd.grpc.v1.cri/sandboxes/sb1/shm"));
-        assert_eq!(files.root_data, tmp.path().join("root/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1/pod-files"));
+        assert_eq!(
+            files.root_data,
+            tmp.path().join("root/io.containerd.sandbox.controller.v1.shim/k8s.io/sb1/pod-files")
+        );
         assert_eq!(files.state_data, bundle.join("pod-files"));
     }
 
     #[test]
     fn resolv_conf_from_cri_dns() {
-        let dns = DnsConfig { servers: vec!["10.0.0.10".into()], searches: vec!["default.svc".into()], options: vec!["ndots:5".into()] };
+        let dns = DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["default.svc".into()],
+            options: vec!["ndots:5".into()],
+        };
         assert_eq!(resolv_conf(&dns), "search default.svc\nnameserver 10.0.0.10\noptions ndots:5\n");
     }
 }

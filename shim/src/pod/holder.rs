@@ -237,8 +237,7 @@ mod tests {
             new_pid: true,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
         };
-        let args: Vec<String> =
-            cfg.to_args().into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = cfg.to_args().into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(HolderConfig::parse(&args).unwrap(), cfg);
     }
 

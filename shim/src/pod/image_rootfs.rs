@@ -88,68 +88,46 @@ pub fn chain_id(diff_ids: &[String]) -> Option<String> {
     let mut ids = diff_ids.iter();
     let mut chain = ids.next()?.clone();
     for diff in ids {
-        chain = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(format!("{chain} {diff}").as_bytes()))
-        );
+        chain = format!("sha256:{}", hex::encode(Sha256::digest(format!("{chain} {diff}").as_bytes())));
     }
     Some(chain)
 }
 
 impl ImageRootfs {
     pub fn new(socket: &str, namespace: &str) -> Self {
-        ImageRootfs {
-            socket: PathBuf::from(socket.trim_start_matches("unix://")),
-            namespace: namespace.to_string(),
-        }
+        ImageRootfs { socket: PathBuf::from(socket.trim_start_matches("unix://")), namespace: namespace.to_string() }
     }
 
     async fn channel(&self) -> Result<Channel> {
         if self.socket.as_os_str().is_empty() {
-            return Err(Error::failed_precondition(
-                "the shim was started without containerd's -address",
-            ));
+            return Err(Error::failed_precondition("the shim was started without containerd's -address"));
         }
-        containerd_client::connect(&self.socket).await.map_err(|e| {
-            Error::Containerd { what: format!("connect at {}", self.socket.display()), message: e.to_string() }
+        containerd_client::connect(&self.socket).await.map_err(|e| Error::Containerd {
+            what: format!("connect at {}", self.socket.display()),
+            message: e.to_string(),
         })
     }
 
     fn req<T>(&self, msg: T, lease: Option<&str>) -> Result<Request<T>> {
         let mut req = Request::new(msg);
         let header = |v: &str| -> Result<MetadataValue<_>> {
-            v.parse().map_err(|_| {
-                Error::invalid_argument(format!("{v:?} is not a valid gRPC header value"))
-            })
+            v.parse().map_err(|_| Error::invalid_argument(format!("{v:?} is not a valid gRPC header value")))
         };
-        req.metadata_mut()
-            .insert("containerd-namespace", header(&self.namespace)?);
+        req.metadata_mut().insert("containerd-namespace", header(&self.namespace)?);
         if let Some(lease) = lease {
-            req.metadata_mut()
-                .insert("containerd-lease", header(lease)?);
+            req.metadata_mut().insert("containerd-lease", header(lease)?);
         }
         Ok(req)
     }
 
     async fn read_blob(&self, channel: &Channel, digest: &str) -> Result<Vec<u8>> {
         let mut stream = ContentClient::new(channel.clone())
-            .read(self.req(
-                ReadContentRequest {
-                    digest: digest.to_string(),
-                    offset: 0,
-                    size: 0,
-                },
-                None,
-            )?)
+            .read(self.req(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, None)?)
             .await
             .map_err(grpc(format!("read content {digest}")))?
             .into_inner();
         let mut data = Vec::new();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(grpc(format!("read content {digest}")))?
-        {
+        while let Some(chunk) = stream.message().await.map_err(grpc(format!("read content {digest}")))? {
             data.extend_from_slice(&chunk.data);
         }
         Ok(data)
@@ -158,62 +136,39 @@ impl ImageRootfs {
     /// The diff ids of `image`'s layers for this platform.
     async fn diff_ids(&self, channel: &Channel, image: &str) -> Result<Vec<String>> {
         let record = ImagesClient::new(channel.clone())
-            .get(self.req(
-                GetImageRequest {
-                    name: image.to_string(),
-                },
-                None,
-            )?)
+            .get(self.req(GetImageRequest { name: image.to_string() }, None)?)
             .await
             .map_err(grpc(format!("image {image}")))?
             .into_inner()
             .image
             .ok_or_else(|| Error::not_found(format!("image {image}")))?;
-        let target = record
-            .target
-            .ok_or_else(|| Error::not_found(format!("image {image} has no target")))?;
+        let target = record.target.ok_or_else(|| Error::not_found(format!("image {image} has no target")))?;
         let mut digest = target.digest;
         // An index (or Docker manifest list) names one manifest per platform: take ours.
         for _ in 0..4 {
-            let doc: IndexOrManifest =
-                serde_json::from_slice(&self.read_blob(channel, &digest).await?)?;
+            let doc: IndexOrManifest = serde_json::from_slice(&self.read_blob(channel, &digest).await?)?;
             if let Some(config) = doc.config {
-                let config: ImageConfig =
-                    serde_json::from_slice(&self.read_blob(channel, &config.digest).await?)?;
+                let config: ImageConfig = serde_json::from_slice(&self.read_blob(channel, &config.digest).await?)?;
                 return Ok(config.rootfs.diff_ids);
             }
             let arch = super::sandbox_service::go_arch();
             let ours = doc
                 .manifests
                 .into_iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_none_or(|p| p.os == "linux" && p.architecture == arch)
-                })
+                .find(|m| m.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == arch))
                 .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "image {image} ({}) has no linux/{arch} manifest",
-                        doc.media_type
-                    ))
+                    Error::not_found(format!("image {image} ({}) has no linux/{arch} manifest", doc.media_type))
                 })?;
             digest = ours.digest;
         }
-        Err(Error::invalid_argument(format!(
-            "image {image}: indexes nested too deep"
-        )))
+        Err(Error::invalid_argument(format!("image {image}: indexes nested too deep")))
     }
 
     /// Prepares an active snapshot of `task_id`'s image for the task to run on, under `lease`.
     pub async fn prepare(&self, task_id: &str, lease: &str) -> Result<Vec<Mount>> {
         let channel = self.channel().await?;
         let container = ContainersClient::new(channel.clone())
-            .get(self.req(
-                GetContainerRequest {
-                    id: task_id.to_string(),
-                },
-                None,
-            )?)
+            .get(self.req(GetContainerRequest { id: task_id.to_string() }, None)?)
             .await
             .map_err(grpc(format!("container {task_id}")))?
             .into_inner()
@@ -226,11 +181,7 @@ impl ImageRootfs {
                 .spec
                 .as_ref()
                 .and_then(|spec| serde_json::from_slice::<serde_json::Value>(&spec.value).ok())
-                .and_then(|spec| {
-                    spec["annotations"][CRI_IMAGE_NAME]
-                        .as_str()
-                        .map(str::to_string)
-                })
+                .and_then(|spec| spec["annotations"][CRI_IMAGE_NAME].as_str().map(str::to_string))
                 .unwrap_or_default()
         } else {
             container.image.clone()
@@ -240,11 +191,8 @@ impl ImageRootfs {
                 "container {task_id} names no image to rebuild its rootfs from"
             )));
         }
-        let snapshotter = if container.snapshotter.is_empty() {
-            "overlayfs".to_string()
-        } else {
-            container.snapshotter.clone()
-        };
+        let snapshotter =
+            if container.snapshotter.is_empty() { "overlayfs".to_string() } else { container.snapshotter.clone() };
         let diff_ids = self.diff_ids(&channel, &image).await?;
         let parent = chain_id(&diff_ids).unwrap_or_default();
         let key = snapshot_key(task_id);
@@ -259,9 +207,7 @@ impl ImageRootfs {
                 Some(lease),
             )?)
             .await
-            .map_err(grpc(format!(
-                "prepare snapshot {key} on {snapshotter} for image {image}"
-            )))?
+            .map_err(grpc(format!("prepare snapshot {key} on {snapshotter} for image {image}")))?
             .into_inner();
         info!(task = %task_id, %snapshotter, %image, "rootfs snapshot prepared for the restored task");
         Ok(resp
@@ -286,13 +232,7 @@ mod tests {
     fn chain_id_follows_the_image_spec() {
         assert_eq!(chain_id(&[]), None);
         assert_eq!(chain_id(&["sha256:a".into()]).as_deref(), Some("sha256:a"));
-        let expected = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(b"sha256:a sha256:b"))
-        );
-        assert_eq!(
-            chain_id(&["sha256:a".into(), "sha256:b".into()]),
-            Some(expected)
-        );
+        let expected = format!("sha256:{}", hex::encode(Sha256::digest(b"sha256:a sha256:b")));
+        assert_eq!(chain_id(&["sha256:a".into(), "sha256:b".into()]), Some(expected));
     }
 }

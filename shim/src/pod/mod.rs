@@ -5,16 +5,16 @@
 //! the same [`Containers`] handle.
 
 mod anchor;
-pub(crate) mod cgroup;
 pub mod backend;
+pub(crate) mod cgroup;
 mod checkpoint_service;
-pub mod criu_hook;
 pub mod convert;
+pub mod criu_hook;
 pub mod dump_estimate;
 mod files;
-pub mod image_rootfs;
 pub mod freezer;
 pub mod holder;
+pub mod image_rootfs;
 pub mod observe;
 pub mod recovery;
 pub mod restore_from;
@@ -27,7 +27,9 @@ use podcr_protos::checkpoint_ttrpc::create_checkpoint;
 use podcr_sandbox_controller::SandboxController;
 use ttrpc::r#async::Service;
 
-pub use self::{checkpoint_service::CheckpointService, sandbox_restore::SandboxRestore, sandbox_service::SandboxService};
+pub use self::{
+    checkpoint_service::CheckpointService, sandbox_restore::SandboxRestore, sandbox_service::SandboxService,
+};
 use crate::task::Containers;
 
 /// Extra ttrpc services the pod side serves on the shim socket, next to the Task service: the
@@ -44,7 +46,8 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
     let restore = SandboxRestore::new(controller.clone(), store.clone(), images, observer.clone());
     let annotation = Arc::new(restore_from::AnnotationRestore::new(controller.clone(), store.clone()));
     store.set_restore_hook(annotation.clone());
-    let sandbox = SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore, annotation);
+    let sandbox =
+        SandboxService::new(controller.clone(), Arc::new(move || exit_store.request_exit()), restore, annotation);
     let mut all = podcr_protos::sandbox_ttrpc::create_sandbox(Arc::new(sandbox));
     all.extend(create_checkpoint(Arc::new(CheckpointService::new(controller, observer))));
     all
@@ -53,7 +56,10 @@ pub fn services(store: &Containers, containerd_address: &str) -> HashMap<String,
 /// Puts a checkpointed container's writable layer back before CRIU restores its processes:
 /// files deleted before the checkpoint are deleted again, new and changed files are unpacked,
 /// never writing through a symlink of the new rootfs (see `archive::apply_rootfs_diff`).
-fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::RestoreArgs) -> crate::runc_error::Result<()> {
+fn apply_checkpointed_rootfs(
+    rootfs: &std::path::Path,
+    args: &crate::task::RestoreArgs,
+) -> crate::runc_error::Result<()> {
     use podcr_sandbox_controller::{archive, node_config::NodeConfig, Error as PodError};
     let Some(diff) = &args.rootfs_diff else { return Ok(()) };
     // Read per restore: `[rootfs] keep_privileged` decides whether setuid/setgid bits and file
@@ -62,7 +68,10 @@ fn apply_checkpointed_rootfs(rootfs: &std::path::Path, args: &crate::task::Resto
     let stats = archive::apply_rootfs_diff(diff, rootfs, &args.deleted, &archive::Limits::default(), privileged)
         .map_err(PodError::from)?;
     if !stats.stripped.is_empty() {
-        tracing::warn!(count = stats.stripped.len(), "restored rootfs without the setuid/setgid bits and file capabilities of its diff");
+        tracing::warn!(
+            count = stats.stripped.len(),
+            "restored rootfs without the setuid/setgid bits and file capabilities of its diff"
+        );
     }
     Ok(())
 }

@@ -52,11 +52,7 @@ pub struct Outcome<'a> {
 
 impl Observer {
     pub fn new(events: EventSink, textfile_dir: Option<PathBuf>) -> Observer {
-        Observer {
-            events,
-            textfile_dir,
-            figures: Mutex::default(),
-        }
+        Observer { events, textfile_dir, figures: Mutex::default() }
     }
 
     /// From the node configuration; a configuration that does not load means no metrics file
@@ -151,19 +147,12 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// The Prometheus text exposition of `f`.
 fn render(f: &Figures) -> String {
-    let l = format!(
-        "sandbox_id=\"{}\"",
-        f.sandbox_id.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    let l = format!("sandbox_id=\"{}\"", f.sandbox_id.replace('\\', "\\\\").replace('"', "\\\""));
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (extra, value) in samples {
-            let labels = if extra.is_empty() {
-                l.clone()
-            } else {
-                format!("{l},{extra}")
-            };
+            let labels = if extra.is_empty() { l.clone() } else { format!("{l},{extra}") };
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     };
@@ -180,10 +169,7 @@ fn render(f: &Figures) -> String {
         "podcr_pod_restores_total",
         "counter",
         "Pod restores into this pod, by result.",
-        &[
-            ("result=\"success\"", f.restores_ok.to_string()),
-            ("result=\"failure\"", f.restores_failed.to_string()),
-        ],
+        &[("result=\"success\"", f.restores_ok.to_string()), ("result=\"failure\"", f.restores_failed.to_string())],
     );
     if let Some((total, freeze, bytes)) = f.last_checkpoint {
         metric(
@@ -225,11 +211,7 @@ mod tests {
     use super::*;
 
     fn stats() -> PodCheckpointStats {
-        PodCheckpointStats {
-            freeze_window: Duration::from_millis(40),
-            total_bytes: 4096,
-            ..Default::default()
-        }
+        PodCheckpointStats { freeze_window: Duration::from_millis(40), total_bytes: 4096, ..Default::default() }
     }
 
     #[test]
@@ -245,15 +227,9 @@ mod tests {
             error: None,
         };
         obs.checkpointed(&ok, Some(&stats()));
-        let failed = Outcome {
-            error: Some("criu failed".into()),
-            ..ok
-        };
+        let failed = Outcome { error: Some("criu failed".into()), ..ok };
         obs.checkpointed(&failed, None);
-        obs.restored(&Outcome {
-            error: None,
-            ..failed
-        });
+        obs.restored(&Outcome { error: None, ..failed });
 
         let next = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
             let (topic, ev): (&str, Box<dyn protobuf::MessageDyn + Send>) = rx.try_recv().unwrap();
@@ -262,34 +238,17 @@ mod tests {
         };
         let (topic, ev) = next(&mut rx);
         assert_eq!(topic, CHECKPOINT_TOPIC);
-        assert!(
-            ev.succeeded && ev.bytes == 4096 && ev.freeze_window_us == 40_000 && ev.containers == 2
-        );
+        assert!(ev.succeeded && ev.bytes == 4096 && ev.freeze_window_us == 40_000 && ev.containers == 2);
         let (_, ev) = next(&mut rx);
         assert!(!ev.succeeded && ev.error == "criu failed");
         assert_eq!(next(&mut rx).0, RESTORE_TOPIC);
 
         let text = std::fs::read_to_string(file_for(dir.path(), "sb1")).unwrap();
-        assert!(
-            text.contains("podcr_pod_checkpoints_total{sandbox_id=\"sb1\",result=\"success\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("podcr_pod_checkpoints_total{sandbox_id=\"sb1\",result=\"failure\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("podcr_pod_checkpoint_duration_seconds{sandbox_id=\"sb1\"} 1.500000\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("podcr_pod_checkpoint_bytes{sandbox_id=\"sb1\"} 4096\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("podcr_pod_restores_total{sandbox_id=\"sb1\",result=\"success\"} 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("podcr_pod_checkpoints_total{sandbox_id=\"sb1\",result=\"success\"} 1\n"), "{text}");
+        assert!(text.contains("podcr_pod_checkpoints_total{sandbox_id=\"sb1\",result=\"failure\"} 1\n"), "{text}");
+        assert!(text.contains("podcr_pod_checkpoint_duration_seconds{sandbox_id=\"sb1\"} 1.500000\n"), "{text}");
+        assert!(text.contains("podcr_pod_checkpoint_bytes{sandbox_id=\"sb1\"} 4096\n"), "{text}");
+        assert!(text.contains("podcr_pod_restores_total{sandbox_id=\"sb1\",result=\"success\"} 1\n"), "{text}");
         assert!(!dir.path().join("podcr-sb1.prom.tmp").exists());
     }
 

@@ -38,11 +38,7 @@ pub struct Marker {
 
 impl Marker {
     pub fn new(output_path: &Path) -> Marker {
-        Marker {
-            version: VERSION,
-            output_path: output_path.to_path_buf(),
-            freezers: Vec::new(),
-        }
+        Marker { version: VERSION, output_path: output_path.to_path_buf(), freezers: Vec::new() }
     }
 }
 
@@ -50,8 +46,7 @@ impl Marker {
 pub fn write(bundle: &Path, marker: &Marker) -> Result<()> {
     let path = bundle.join(MARKER);
     let tmp = bundle.join(format!("{MARKER}.tmp"));
-    let data = serde_json::to_vec(marker)
-        ?;
+    let data = serde_json::to_vec(marker)?;
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -60,9 +55,7 @@ pub fn write(bundle: &Path, marker: &Marker) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(Error::io(format!("create {}", tmp.display())))?;
-        f.write_all(&data)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io(format!("write {}", tmp.display())))?;
+        f.write_all(&data).and_then(|()| f.sync_all()).map_err(Error::io(format!("write {}", tmp.display())))?;
     }
     std::fs::rename(&tmp, &path).map_err(Error::io(format!("rename {}", path.display())))
 }
@@ -109,8 +102,8 @@ pub fn recover(bundle: &Path) {
     if marker.output_path.is_absolute() {
         // Reopened as the checkpoint opened it (no symlink followed, root's and private,
         // locked), and cleaned through that descriptor: the marker's path is only a name.
-        let cleaned = podcr_sandbox_controller::archive::OutputDir::open_locked(&marker.output_path)
-            .and_then(|dir| dir.clean());
+        let cleaned =
+            podcr_sandbox_controller::archive::OutputDir::open_locked(&marker.output_path).and_then(|dir| dir.clean());
         match cleaned {
             Ok(()) => info!(output = %marker.output_path.display(), "removed a partial checkpoint"),
             Err(e) => warn!(error = %e, "remove a partial checkpoint"),
@@ -123,8 +116,7 @@ pub fn recover(bundle: &Path) {
 /// `delete` write elsewhere.
 fn plausible(f: &Freezer) -> bool {
     let dir = f.dir();
-    dir.starts_with(freezer::CGROUP_ROOT)
-        && dir.components().all(|c| !matches!(c, Component::ParentDir))
+    dir.starts_with(freezer::CGROUP_ROOT) && dir.components().all(|c| !matches!(c, Component::ParentDir))
 }
 
 /// SIGKILLs every CRIU process still ptrace-attached to a task of these cgroups (the shim's
@@ -145,10 +137,7 @@ fn stop_tracers(freezers: &[Freezer]) {
     }
     for pid in &tracers {
         warn!(pid, "killing a CRIU left attached to the pod");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
     }
     let until = Instant::now() + TRACER_EXIT_TIMEOUT;
     while Instant::now() < until && tracers.iter().any(|p| alive(*p)) {
@@ -158,12 +147,7 @@ fn stop_tracers(freezers: &[Freezer]) {
 
 fn tracer_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let tracer: u32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))?
-        .trim()
-        .parse()
-        .ok()?;
+    let tracer: u32 = status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?.trim().parse().ok()?;
     (tracer != 0).then_some(tracer)
 }
 
@@ -171,10 +155,7 @@ fn tracer_of(pid: u32) -> Option<u32> {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
-        })
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z")))
         .unwrap_or(false)
 }
 
@@ -195,32 +176,20 @@ mod tests {
         std::fs::write(fake.join("freezer.state"), "FROZEN").unwrap();
         m.freezers.push(Freezer::V1(fake.clone()));
         write(tmp.path(), &m).unwrap();
-        let back: Marker =
-            serde_json::from_slice(&std::fs::read(tmp.path().join(MARKER)).unwrap()).unwrap();
+        let back: Marker = serde_json::from_slice(&std::fs::read(tmp.path().join(MARKER)).unwrap()).unwrap();
         assert_eq!(back, m);
         recover(tmp.path());
         assert!(!tmp.path().join(MARKER).exists());
-        assert_eq!(
-            std::fs::read_dir(&out).unwrap().count(),
-            0,
-            "partial output left"
-        );
-        assert_eq!(
-            std::fs::read_to_string(fake.join("freezer.state")).unwrap(),
-            "FROZEN"
-        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "partial output left");
+        assert_eq!(std::fs::read_to_string(fake.join("freezer.state")).unwrap(), "FROZEN");
         // Idempotent: a second delete finds nothing to do.
         recover(tmp.path());
     }
 
     #[test]
     fn only_cgroup_paths_are_plausible() {
-        assert!(plausible(&Freezer::V1(PathBuf::from(
-            "/sys/fs/cgroup/freezer/pods/c1"
-        ))));
-        assert!(!plausible(&Freezer::V1(PathBuf::from(
-            "/sys/fs/cgroup/freezer/../../../etc"
-        ))));
+        assert!(plausible(&Freezer::V1(PathBuf::from("/sys/fs/cgroup/freezer/pods/c1"))));
+        assert!(!plausible(&Freezer::V1(PathBuf::from("/sys/fs/cgroup/freezer/../../../etc"))));
         assert!(!plausible(&Freezer::V2(PathBuf::from("/etc"))));
     }
 }

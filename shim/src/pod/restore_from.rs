@@ -68,12 +68,7 @@ pub struct AnnotationRestore<B: PodBackend> {
 
 impl<B: PodBackend> AnnotationRestore<B> {
     pub fn new(controller: Arc<SandboxController<B>>, store: Containers) -> Self {
-        AnnotationRestore {
-            controller,
-            store,
-            planned: Mutex::new(None),
-            serial: tokio::sync::Mutex::new(()),
-        }
+        AnnotationRestore { controller, store, planned: Mutex::new(None), serial: tokio::sync::Mutex::new(()) }
     }
 
     fn planned(&self) -> std::sync::MutexGuard<'_, Option<Planned>> {
@@ -88,15 +83,12 @@ impl<B: PodBackend> AnnotationRestore<B> {
         let namespace = spec.namespace.clone();
         let ckpt = tokio::task::spawn_blocking(move || {
             let config = NodeConfig::load()?;
-            let trust =
-                podcr_sandbox_controller::archive::TrustPolicy::from_config(&config.signing)?;
+            let trust = podcr_sandbox_controller::archive::TrustPolicy::from_config(&config.signing)?;
             from_annotation::open(&name, &namespace, &config.restore, &trust)
         })
         .await
         .map_err(Error::join("checkpoint lookup task"))??;
-        let names: BTreeSet<String> = from_annotation::container_names(&ckpt)
-            .into_iter()
-            .collect();
+        let names: BTreeSet<String> = from_annotation::container_names(&ckpt).into_iter().collect();
         info!(pod = %spec.id, checkpoint = %ckpt.dir.display(), ?names, "pod will be restored in place as its containers are created");
         *self.planned() = Some(Planned {
             sandbox_id: spec.id.clone(),
@@ -118,34 +110,24 @@ impl<B: PodBackend> AnnotationRestore<B> {
             return Ok(());
         };
         let (name, spec) = (name.to_string(), spec.clone());
-        let checked =
-            tokio::task::spawn_blocking(move || -> podcr_sandbox_controller::Result<()> {
-                let limits = archive::Limits::default();
-                let read =
-                    |file: &str| -> podcr_sandbox_controller::Result<Option<serde_json::Value>> {
-                        let path = dir.join(file);
-                        if !path.exists() {
-                            return Ok(None);
-                        }
-                        let data = archive::read_bounded_file(&path, limits.max_metadata_bytes)?;
-                        serde_json::from_slice(&data).map(Some).map_err(|source| {
-                            podcr_sandbox_controller::Error::Json { path, source }
-                        })
-                    };
-                let ckpt_spec = read(archive::SPEC_DUMP)?.unwrap_or_default();
-                let ckpt_config = read(archive::CONTAINER_CONFIG_DUMP)?;
-                restore::check_request(
-                    &name,
-                    None,
-                    None,
-                    Some(&spec),
-                    None,
-                    ckpt_config.as_ref(),
-                    &ckpt_spec,
-                )
-            })
-            .await
-            .map_err(PodError::backend)?;
+        let checked = tokio::task::spawn_blocking(move || -> podcr_sandbox_controller::Result<()> {
+            let limits = archive::Limits::default();
+            let read = |file: &str| -> podcr_sandbox_controller::Result<Option<serde_json::Value>> {
+                let path = dir.join(file);
+                if !path.exists() {
+                    return Ok(None);
+                }
+                let data = archive::read_bounded_file(&path, limits.max_metadata_bytes)?;
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|source| podcr_sandbox_controller::Error::Json { path, source })
+            };
+            let ckpt_spec = read(archive::SPEC_DUMP)?.unwrap_or_default();
+            let ckpt_config = read(archive::CONTAINER_CONFIG_DUMP)?;
+            restore::check_request(&name, None, None, Some(&spec), None, ckpt_config.as_ref(), &ckpt_spec)
+        })
+        .await
+        .map_err(PodError::backend)?;
         if let Err(e) = checked {
             // Nothing of the container exists yet: dropping the stage undoes the restore.
             self.store.unstage_restore(id);
@@ -158,19 +140,13 @@ impl<B: PodBackend> AnnotationRestore<B> {
 #[async_trait]
 impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
     async fn before_create(&self, id: &str, spec: &serde_json::Value) -> PodResult<()> {
-        let name = spec["annotations"][CRI_CONTAINER_NAME]
-            .as_str()
-            .unwrap_or(id)
-            .to_string();
+        let name = spec["annotations"][CRI_CONTAINER_NAME].as_str().unwrap_or(id).to_string();
         if self.store.staged_restore(id).is_some() {
             return self.check_staged(id, &name, spec).await;
         }
         let request = {
             let planned = self.planned();
-            let Some(p) = planned
-                .as_ref()
-                .filter(|p| p.names.contains(&name) && !p.restored.contains(&name))
-            else {
+            let Some(p) = planned.as_ref().filter(|p| p.names.contains(&name) && !p.restored.contains(&name)) else {
                 return Ok(());
             };
             PodRestoreRequest {
@@ -192,15 +168,14 @@ impl<B: PodBackend> RestoreHook for AnnotationRestore<B> {
         let controller = self.controller.clone();
         // Staged by the controller exactly as a Restore RPC stages it; Task.Create picks it up.
         // Detached, so that a cancelled Task.Create cannot cut the restore short mid-staging.
-        tokio::spawn(async move { controller.restore(request).await })
-            .await
-            .map_err(PodError::backend)?
-            .map_err(|e| match e {
-                PodError::InvalidArgument(m) => PodError::InvalidArgument(format!(
-                    "restore from the pod's checkpoint refused: {m}"
-                )),
+        tokio::spawn(async move { controller.restore(request).await }).await.map_err(PodError::backend)?.map_err(
+            |e| match e {
+                PodError::InvalidArgument(m) => {
+                    PodError::InvalidArgument(format!("restore from the pod's checkpoint refused: {m}"))
+                }
                 other => other,
-            })?;
+            },
+        )?;
         if let Some(p) = self.planned().as_mut() {
             p.in_flight.insert(id.to_string(), name);
         }
@@ -227,14 +202,9 @@ mod tests {
 
     async fn hook(dir: &std::path::Path) -> AnnotationRestore<FakeBackend> {
         crate::reaper::start().unwrap();
-        let store = Containers::with_runc(
-            "ns",
-            dir.join("root"),
-            PathBuf::from("/bin/false"),
-            EventSink::discard(),
-        )
-        .await
-        .unwrap();
+        let store = Containers::with_runc("ns", dir.join("root"), PathBuf::from("/bin/false"), EventSink::discard())
+            .await
+            .unwrap();
         let controller = Arc::new(SandboxController::new(Arc::new(FakeBackend::default())));
         AnnotationRestore::new(controller, store)
     }
@@ -255,58 +225,25 @@ mod tests {
         let h = hook(dir.path()).await;
         let work = dir.path().join("staged");
         std::fs::create_dir_all(&work).unwrap();
-        std::fs::write(
-            work.join(archive::SPEC_DUMP),
-            serde_json::to_vec(&spec(&["/app", "serve"])).unwrap(),
-        )
-        .unwrap();
-        let staged = RestoreArgs {
-            image_path: work.join("checkpoint"),
-            work_path: Some(work.clone()),
-            ..Default::default()
-        };
+        std::fs::write(work.join(archive::SPEC_DUMP), serde_json::to_vec(&spec(&["/app", "serve"])).unwrap()).unwrap();
+        let staged =
+            RestoreArgs { image_path: work.join("checkpoint"), work_path: Some(work.clone()), ..Default::default() };
 
         h.store.stage_restore("c1", staged.clone());
-        h.before_create("c1", &spec(&["/app", "serve"]))
-            .await
-            .unwrap();
-        assert_eq!(
-            h.store.staged_restore("c1"),
-            Some(staged.clone()),
-            "an agreeing restore stays staged"
-        );
+        h.before_create("c1", &spec(&["/app", "serve"])).await.unwrap();
+        assert_eq!(h.store.staged_restore("c1"), Some(staged.clone()), "an agreeing restore stays staged");
 
         h.store.stage_restore("c2", staged.clone());
-        let err = h
-            .before_create("c2", &spec(&["/bin/sh"]))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, PodError::InvalidArgument(m) if m.contains(": command:")),
-            "{err}"
-        );
-        assert_eq!(
-            h.store.staged_restore("c2"),
-            None,
-            "a refused restore must be unstaged"
-        );
+        let err = h.before_create("c2", &spec(&["/bin/sh"])).await.unwrap_err();
+        assert!(matches!(&err, PodError::InvalidArgument(m) if m.contains(": command:")), "{err}");
+        assert_eq!(h.store.staged_restore("c2"), None, "a refused restore must be unstaged");
 
         let mut more = spec(&["/app", "serve"]);
         more["process"]["capabilities"]["bounding"] = json!(["CAP_CHOWN", "CAP_SYS_ADMIN"]);
-        std::fs::write(
-            work.join(archive::SPEC_DUMP),
-            serde_json::to_vec(&more).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(work.join(archive::SPEC_DUMP), serde_json::to_vec(&more).unwrap()).unwrap();
         h.store.stage_restore("c3", staged);
-        let err = h
-            .before_create("c3", &spec(&["/app", "serve"]))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, PodError::InvalidArgument(m) if m.contains("CAP_SYS_ADMIN")),
-            "{err}"
-        );
+        let err = h.before_create("c3", &spec(&["/app", "serve"])).await.unwrap_err();
+        assert!(matches!(&err, PodError::InvalidArgument(m) if m.contains("CAP_SYS_ADMIN")), "{err}");
     }
 
     /// Without a staged restore or a restore-from annotation, a container is created as ever.
@@ -318,10 +255,7 @@ mod tests {
         assert_eq!(h.store.staged_restore("c1"), None);
         h.restored("c1").await;
         // A pod without the annotation plans nothing either.
-        let pod = PodSpec {
-            id: "sb".into(),
-            ..Default::default()
-        };
+        let pod = PodSpec { id: "sb".into(), ..Default::default() };
         h.plan(&pod).await.unwrap();
         assert!(h.planned().is_none());
     }

@@ -25,8 +25,8 @@ use std::{
 
 use containerd_shim::asynchronous::io::Stdio;
 use podcr_protos::sandbox::{
-    CheckpointSandboxRequest, CheckpointSandboxResponse, RestoreSandboxRequest,
-    RestoreSandboxResponse, RestoredSandboxTask,
+    CheckpointSandboxRequest, CheckpointSandboxResponse, RestoreSandboxRequest, RestoreSandboxResponse,
+    RestoredSandboxTask,
 };
 use podcr_sandbox_controller::{
     backend::PodBackend,
@@ -66,34 +66,25 @@ fn phase(options: &mut std::collections::BTreeMap<String, String>) -> Result<Pha
         None => Ok(Phase::Whole),
         Some("prepare") => Ok(Phase::Prepare),
         Some("complete") => Ok(Phase::Complete),
-        Some(other) => Err(Error::invalid_argument(format!(
-            "{RESTORE_PHASE_OPTION}={other:?}: expected prepare or complete"
-        ))),
+        Some(other) => {
+            Err(Error::invalid_argument(format!("{RESTORE_PHASE_OPTION}={other:?}: expected prepare or complete")))
+        }
     }
 }
 
 /// Checks the task list: non-empty, keys and ids present and unique (exactly one result per
 /// container name follows from it).
-fn check_unique<'a>(
-    what: &str,
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<(), Error> {
+fn check_unique<'a>(what: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), Error> {
     let (mut keys, mut ids) = (BTreeSet::new(), BTreeSet::new());
     for (key, id) in pairs {
         if key.is_empty() || id.is_empty() {
-            return Err(Error::invalid_argument(format!(
-                "{what}: every task needs a checkpoint_key and a task_id"
-            )));
+            return Err(Error::invalid_argument(format!("{what}: every task needs a checkpoint_key and a task_id")));
         }
         if !keys.insert(key) {
-            return Err(Error::invalid_argument(format!(
-                "{what}: checkpoint_key {key:?} given twice"
-            )));
+            return Err(Error::invalid_argument(format!("{what}: checkpoint_key {key:?} given twice")));
         }
         if !ids.insert(id) {
-            return Err(Error::invalid_argument(format!(
-                "{what}: task_id {id:?} given twice"
-            )));
+            return Err(Error::invalid_argument(format!("{what}: task_id {id:?} given twice")));
         }
     }
     if keys.is_empty() {
@@ -116,12 +107,7 @@ impl<B: PodBackend> SandboxRestore<B> {
         images: ImageRootfs,
         observer: Arc<Observer>,
     ) -> Self {
-        SandboxRestore {
-            controller,
-            store,
-            images,
-            observer,
-        }
+        SandboxRestore { controller, store, images, observer }
     }
 
     pub async fn checkpoint(
@@ -130,12 +116,7 @@ impl<B: PodBackend> SandboxRestore<B> {
         req: CheckpointSandboxRequest,
     ) -> Result<CheckpointSandboxResponse, Error> {
         info!(sandbox = %req.sandbox_id, output = %req.output_path, tasks = req.tasks.len(), "checkpoint sandbox (PR 13971)");
-        check_unique(
-            "CheckpointSandbox",
-            req.tasks
-                .iter()
-                .map(|t| (t.checkpoint_key.as_str(), t.task_id.as_str())),
-        )?;
+        check_unique("CheckpointSandbox", req.tasks.iter().map(|t| (t.checkpoint_key.as_str(), t.task_id.as_str())))?;
         // 13971 sends no CRI configs: the controller records what the pod's own create request
         // and the containers' bundles hold.
         let request = PodCheckpointRequest {
@@ -180,44 +161,22 @@ impl<B: PodBackend> SandboxRestore<B> {
         let phase = phase(&mut opts)?;
         info!(sandbox = %req.sandbox_id, checkpoint = %req.checkpoint_path, ?phase, tasks = req.tasks.len(), "restore sandbox (PR 13971)");
         if phase != Phase::Prepare {
-            check_unique(
-                "RestoreSandbox",
-                req.tasks
-                    .iter()
-                    .map(|t| (t.checkpoint_key.as_str(), t.task_id.as_str())),
-            )?;
+            check_unique("RestoreSandbox", req.tasks.iter().map(|t| (t.checkpoint_key.as_str(), t.task_id.as_str())))?;
         }
         // Options are checked by the controller's restore, but that runs after the pod exists:
         // refuse unknown keys before anything is made.
         if let Some(key) = opts.keys().next() {
-            return Err(Error::invalid_argument(format!(
-                "unknown restore option {key:?} (none are supported)"
-            )));
+            return Err(Error::invalid_argument(format!("unknown restore option {key:?} (none are supported)")));
         }
 
         // The pod: created and started here unless a prepare call already did.
         let (pid, created_at) = if phase == Phase::Complete {
-            let status = self
-                .controller
-                .status(&req.sandbox_id)
-                .await
-                .map_err(Error::from)?;
-            (
-                status.pid,
-                status.created_at.unwrap_or_else(chrono::Utc::now),
-            )
+            let status = self.controller.status(&req.sandbox_id).await.map_err(Error::from)?;
+            (status.pid, status.created_at.unwrap_or_else(chrono::Utc::now))
         } else {
             let config = convert::pod_config(req.sandbox_options.as_ref())?;
-            let spec = convert::pod_spec(
-                &req.sandbox_id,
-                &req.bundle_path,
-                &req.netns_path,
-                config.as_ref(),
-            )?;
-            self.controller
-                .create(spec)
-                .await
-                .map_err(Error::from)?;
+            let spec = convert::pod_spec(&req.sandbox_id, &req.bundle_path, &req.netns_path, config.as_ref())?;
+            self.controller.create(spec).await.map_err(Error::from)?;
             match self.controller.start(&req.sandbox_id).await {
                 Ok(instance) => (instance.pid, instance.created_at),
                 Err(e) => {
@@ -296,11 +255,9 @@ impl<B: PodBackend> SandboxRestore<B> {
                     PathBuf::from(&task.bundle),
                     task.checkpoint_key.clone(),
                 );
-                tokio::task::spawn_blocking(move || {
-                    add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key)
-                })
-                .await
-                .map_err(Error::join("pod file mounts task"))??;
+                tokio::task::spawn_blocking(move || add_pod_file_mounts(&pod_bundle, &sandbox, &task_bundle, &key))
+                    .await
+                    .map_err(Error::join("pod file mounts task"))??;
                 let rootfs = self.images.prepare(&task.task_id, &req.sandbox_id).await?;
                 self.store
                     .create(CreateArgs {
@@ -353,12 +310,7 @@ fn read_spec(bundle: &Path) -> Option<serde_json::Value> {
 }
 
 /// The pod files the CRI bind-mounts into every container (see [`super::files`]).
-const POD_FILE_MOUNTS: &[&str] = &[
-    "/etc/hostname",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/dev/shm",
-];
+const POD_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"];
 
 /// Gives a restored task's spec the pod-file bind mounts its checkpointed container had.
 ///
@@ -369,24 +321,14 @@ const POD_FILE_MOUNTS: &[&str] = &[
 /// mapping for ..."). The shim made the files just now: each mount the container's `spec.dump`
 /// in the checkpoint had, and the new spec lacks, is added with the same options and this pod's
 /// file as its source. A spec that has them already (the NRI, two-phase flow) is left alone.
-fn add_pod_file_mounts(
-    pod_bundle: &Path,
-    sandbox_id: &str,
-    task_bundle: &Path,
-    key: &str,
-) -> Result<(), Error> {
-    let staged = pod_bundle
-        .join("work")
-        .join(podcr_sandbox_controller::restore::RESTORE_DIR)
-        .join(key)
-        .join("spec.dump");
-    let original: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&staged).map_err(Error::io(format!("read {}", staged.display())))?,
-    )?;
+fn add_pod_file_mounts(pod_bundle: &Path, sandbox_id: &str, task_bundle: &Path, key: &str) -> Result<(), Error> {
+    let staged =
+        pod_bundle.join("work").join(podcr_sandbox_controller::restore::RESTORE_DIR).join(key).join("spec.dump");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&staged).map_err(Error::io(format!("read {}", staged.display())))?)?;
     let config_path = task_bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&config_path)
-            .map_err(Error::io(format!("read {}", config_path.display())))?,
+        &std::fs::read(&config_path).map_err(Error::io(format!("read {}", config_path.display())))?,
     )?;
     let files = PodFiles::for_bundle(pod_bundle, sandbox_id)?;
     let source = |dest: &str| match dest {
@@ -398,9 +340,7 @@ fn add_pod_file_mounts(
     }
     let mut added = Vec::new();
     for dest in POD_FILE_MOUNTS {
-        let Some(mount) = original["mounts"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["destination"] == *dest))
+        let Some(mount) = original["mounts"].as_array().and_then(|m| m.iter().find(|m| m["destination"] == *dest))
         else {
             continue;
         };
@@ -428,10 +368,8 @@ fn add_pod_file_mounts(
         return Ok(());
     }
     let tmp = task_bundle.join("config.json.podcr-tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&spec)?)
-        .map_err(Error::io(format!("write {}", tmp.display())))?;
-    std::fs::rename(&tmp, &config_path)
-        .map_err(Error::io(format!("replace {}", config_path.display())))?;
+    std::fs::write(&tmp, serde_json::to_vec(&spec)?).map_err(Error::io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &config_path).map_err(Error::io(format!("replace {}", config_path.display())))?;
     info!(bundle = %task_bundle.display(), ?added, "pod file mounts added to a restored task's spec");
     Ok(())
 }
@@ -456,12 +394,7 @@ mod tests {
     #[test]
     fn tasks_must_be_unique_and_named() {
         assert!(check_unique("x", [("a", "1"), ("b", "2")].into_iter()).is_ok());
-        for bad in [
-            vec![],
-            vec![("a", "1"), ("a", "2")],
-            vec![("a", "1"), ("b", "1")],
-            vec![("", "1")],
-        ] {
+        for bad in [vec![], vec![("a", "1"), ("a", "2")], vec![("a", "1"), ("b", "1")], vec![("", "1")]] {
             assert!(matches!(
                 check_unique("x", bad.into_iter()),
                 Err(Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_)))
@@ -478,14 +411,10 @@ mod tests {
 
         async fn restorer(dir: &Path) -> SandboxRestore<FakeBackend> {
             crate::reaper::start().unwrap();
-            let store = Containers::with_runc(
-                "ns",
-                dir.join("root"),
-                PathBuf::from("/bin/false"),
-                EventSink::discard(),
-            )
-            .await
-            .unwrap();
+            let store =
+                Containers::with_runc("ns", dir.join("root"), PathBuf::from("/bin/false"), EventSink::discard())
+                    .await
+                    .unwrap();
             // These tests never reach the signature: trust nothing signed, allow nothing unsigned.
             let signing = podcr_sandbox_controller::node_config::SigningConfig {
                 key: dir.join("no.key"),
@@ -501,19 +430,12 @@ mod tests {
             )
         }
 
-        fn restore_req(
-            dir: &Path,
-            options: &[(&str, &str)],
-            keys: &[(&str, &str)],
-        ) -> RestoreSandboxRequest {
+        fn restore_req(dir: &Path, options: &[(&str, &str)], keys: &[(&str, &str)]) -> RestoreSandboxRequest {
             let mut req = RestoreSandboxRequest::new();
             req.sandbox_id = "sb".into();
             req.bundle_path = dir.join("bundle").display().to_string();
             req.checkpoint_path = dir.join("ckpt").display().to_string();
-            req.options = options
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            req.options = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             req.tasks = keys
                 .iter()
                 .map(|(key, id)| {
@@ -538,20 +460,15 @@ mod tests {
                 restore_req(dir.path(), &[("no-such-option", "1")], &[("app", "c1")]),
                 restore_req(dir.path(), &[], &[("app", "c1"), ("app", "c2")]),
                 restore_req(dir.path(), &[], &[]),
-                restore_req(
-                    dir.path(),
-                    &[(RESTORE_PHASE_OPTION, "later")],
-                    &[("app", "c1")],
-                ),
+                restore_req(dir.path(), &[(RESTORE_PHASE_OPTION, "later")], &[("app", "c1")]),
             ];
             for req in bad {
                 let err = r.restore(soon(), req.clone()).await.unwrap_err();
-                assert!(matches!(err, Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_))), "{req:?}: {err:?}");
-                assert_eq!(
-                    r.controller.pod_id().await,
-                    None,
-                    "a refused restore left a pod"
+                assert!(
+                    matches!(err, Error::Pod(podcr_sandbox_controller::Error::InvalidArgument(_))),
+                    "{req:?}: {err:?}"
                 );
+                assert_eq!(r.controller.pod_id().await, None, "a refused restore left a pod");
             }
             let mut ck = CheckpointSandboxRequest::new();
             ck.sandbox_id = "sb".into();
@@ -568,25 +485,12 @@ mod tests {
             std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
             let r = restorer(dir.path()).await;
             let resp = r
-                .restore(
-                    soon(),
-                    restore_req(
-                        dir.path(),
-                        &[(RESTORE_PHASE_OPTION, "prepare")],
-                        &[("app", "c1")],
-                    ),
-                )
+                .restore(soon(), restore_req(dir.path(), &[(RESTORE_PHASE_OPTION, "prepare")], &[("app", "c1")]))
                 .await
                 .unwrap();
             assert_eq!(resp.pid, 4242, "the pod's anchor pid");
-            assert!(
-                resp.created_at.is_some(),
-                "containerd refuses a restore without a creation time"
-            );
-            assert!(
-                resp.tasks.is_empty(),
-                "containerd refuses task records from a prepare call"
-            );
+            assert!(resp.created_at.is_some(), "containerd refuses a restore without a creation time");
+            assert!(resp.tasks.is_empty(), "containerd refuses task records from a prepare call");
             assert_eq!(r.controller.pod_id().await.as_deref(), Some("sb"));
         }
     }

@@ -14,9 +14,8 @@ use podcr_protos::{
         CheckpointSandboxRequest, CheckpointSandboxResponse, CreateSandboxRequest, CreateSandboxResponse, PingRequest,
         PingResponse, PlatformRequest, PlatformResponse, RestoreSandboxRequest, RestoreSandboxResponse,
         SandboxMetricsRequest, SandboxMetricsResponse, SandboxStatusRequest, SandboxStatusResponse,
-        ShutdownSandboxRequest, ShutdownSandboxResponse, StartSandboxRequest, StartSandboxResponse,
-        StopSandboxRequest, StopSandboxResponse, UpdateSandboxRequest, UpdateSandboxResponse, WaitSandboxRequest,
-        WaitSandboxResponse,
+        ShutdownSandboxRequest, ShutdownSandboxResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest,
+        StopSandboxResponse, UpdateSandboxRequest, UpdateSandboxResponse, WaitSandboxRequest, WaitSandboxResponse,
     },
     sandbox_ttrpc::Sandbox,
 };
@@ -24,11 +23,7 @@ use podcr_sandbox_controller::{backend::PodBackend, SandboxController};
 use tracing::info;
 use ttrpc::r#async::TtrpcContext;
 
-use super::{
-    convert,
-    restore_from::AnnotationRestore,
-    sandbox_restore::SandboxRestore,
-};
+use super::{convert, restore_from::AnnotationRestore, sandbox_restore::SandboxRestore};
 use crate::error::Error;
 
 /// Called once the pod is shut down and the reply is on its way: ends the shim process.
@@ -127,7 +122,11 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         Ok(PingResponse::new())
     }
 
-    async fn shutdown_sandbox(&self, _ctx: &TtrpcContext, req: ShutdownSandboxRequest) -> RpcResult<ShutdownSandboxResponse> {
+    async fn shutdown_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ShutdownSandboxRequest,
+    ) -> RpcResult<ShutdownSandboxResponse> {
         self.controller.shutdown(&req.sandbox_id).await.map_err(wire)?;
         // The server lets this reply leave before it stops (see `serve`): containerd treats a
         // connection closed before the reply as a failed shutdown.
@@ -135,7 +134,11 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         Ok(ShutdownSandboxResponse::new())
     }
 
-    async fn sandbox_metrics(&self, _ctx: &TtrpcContext, req: SandboxMetricsRequest) -> RpcResult<SandboxMetricsResponse> {
+    async fn sandbox_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SandboxMetricsRequest,
+    ) -> RpcResult<SandboxMetricsResponse> {
         // containerd 2.1's CRI reads the pod cgroup itself and never calls this (it first does
         // in 2.4); say so rather than return an empty metric the CRI would reject.
         Err(Error::unimplemented(format!("sandbox metrics for {}: read the pod cgroup", req.sandbox_id)).into())
@@ -152,11 +155,19 @@ impl<B: PodBackend> Sandbox for SandboxService<B> {
         Ok(UpdateSandboxResponse::new())
     }
 
-    async fn checkpoint_sandbox(&self, ctx: &TtrpcContext, req: CheckpointSandboxRequest) -> RpcResult<CheckpointSandboxResponse> {
+    async fn checkpoint_sandbox(
+        &self,
+        ctx: &TtrpcContext,
+        req: CheckpointSandboxRequest,
+    ) -> RpcResult<CheckpointSandboxResponse> {
         Ok(self.restore.checkpoint(super::checkpoint_service::deadline(ctx), req).await?)
     }
 
-    async fn restore_sandbox(&self, ctx: &TtrpcContext, req: RestoreSandboxRequest) -> RpcResult<RestoreSandboxResponse> {
+    async fn restore_sandbox(
+        &self,
+        ctx: &TtrpcContext,
+        req: RestoreSandboxRequest,
+    ) -> RpcResult<RestoreSandboxResponse> {
         Ok(self.restore.restore(super::checkpoint_service::deadline(ctx), req).await?)
     }
 }

@@ -12,7 +12,10 @@ use std::{
     time::SystemTime,
 };
 
-use super::{process::Process, runc::{CriuFlags, Runc}};
+use super::{
+    process::Process,
+    runc::{CriuFlags, Runc},
+};
 use crate::runc_error::{Error, Result};
 
 /// Lifecycle state of a container (its init process).
@@ -120,11 +123,7 @@ pub fn upperdir(options: &[String]) -> Option<PathBuf> {
 pub fn annotations(spec: &serde_json::Value) -> HashMap<String, String> {
     spec.get("annotations")
         .and_then(|a| a.as_object())
-        .map(|a| {
-            a.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
         .unwrap_or_default()
 }
 

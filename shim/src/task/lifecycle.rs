@@ -12,8 +12,8 @@ use containerd_shim::asynchronous::io::Stdio;
 use containerd_shim_protos::{
     api::Mount,
     events::task::{
-        TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO,
-        TaskPaused, TaskResumed, TaskStart,
+        TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
+        TaskStart,
     },
     topics,
 };
@@ -83,7 +83,11 @@ impl Containers {
                 Some(RestorePlan {
                     image_path: s.image_path,
                     work_path: s.work_path,
-                    flags: CriuFlags { tcp_established: s.tcp_established, file_locks: s.file_locks, ..Default::default() },
+                    flags: CriuFlags {
+                        tcp_established: s.tcp_established,
+                        file_locks: s.file_locks,
+                        ..Default::default()
+                    },
                     discard,
                 })
             }
@@ -142,9 +146,7 @@ impl Containers {
             .clone()
             .ok_or_else(|| Error::failed_precondition("a rootfs diff is staged but no rootfs hook is set"))?;
         let (rootfs, args) = (rootfs.to_path_buf(), args.clone());
-        tokio::task::spawn_blocking(move || hook(&rootfs, &args))
-            .await
-            .map_err(Error::join("rootfs hook"))?
+        tokio::task::spawn_blocking(move || hook(&rootfs, &args)).await.map_err(Error::join("rootfs hook"))?
     }
 
     async fn runc_create(&self, c: &Container) -> Result<u32> {
@@ -225,7 +227,14 @@ impl Containers {
         let flags = CriuFlags { shell_job: c.init.stdio.terminal, ..plan.flags.clone() };
         let res = c
             .runc
-            .restore(&c.id, &c.bundle, &pid_file, &CriuImages { image: &plan.image_path, work: plan.work_path.as_deref(), flags: &flags }, console.as_deref(), child)
+            .restore(
+                &c.id,
+                &c.bundle,
+                &pid_file,
+                &CriuImages { image: &plan.image_path, work: plan.work_path.as_deref(), flags: &flags },
+                console.as_deref(),
+                child,
+            )
             .await;
         if let Err(e) = res {
             pending.abort().await;
@@ -341,7 +350,11 @@ impl Containers {
         }
         match c.runc.kill(id, signal, all).await {
             // `--all` after the init died still finds stragglers; nothing left is fine.
-            Err(Error::Runtime { msg, .. }) if all && (msg.contains("not running") || msg.contains("does not exist")) => Ok(()),
+            Err(Error::Runtime { msg, .. })
+                if all && (msg.contains("not running") || msg.contains("does not exist")) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }
@@ -390,7 +403,9 @@ impl Containers {
         let _op = c.op.lock().await;
         c.runc.pause(id).await?;
         c.set_paused(true);
-        self.inner.events.send(topics::TASK_PAUSED_EVENT_TOPIC, TaskPaused { container_id: id.to_string(), ..Default::default() });
+        self.inner
+            .events
+            .send(topics::TASK_PAUSED_EVENT_TOPIC, TaskPaused { container_id: id.to_string(), ..Default::default() });
         Ok(())
     }
 
@@ -400,7 +415,9 @@ impl Containers {
         let _op = c.op.lock().await;
         c.runc.resume(id).await?;
         c.set_paused(false);
-        self.inner.events.send(topics::TASK_RESUMED_EVENT_TOPIC, TaskResumed { container_id: id.to_string(), ..Default::default() });
+        self.inner
+            .events
+            .send(topics::TASK_RESUMED_EVENT_TOPIC, TaskResumed { container_id: id.to_string(), ..Default::default() });
         Ok(())
     }
 
@@ -408,7 +425,12 @@ impl Containers {
     /// (CRIU leaves an already-frozen cgroup frozen). On failure the error quotes CRIU's reason
     /// from dump.log, which is also kept as `<bundle>/criu-dump.log`.
     pub async fn checkpoint(&self, id: &str, args: &CheckpointArgs) -> Result<()> {
-        self.checkpoint_with(id, args, CriuFlags { tcp_established: args.tcp_established, file_locks: args.file_locks, ..Default::default() }).await
+        self.checkpoint_with(
+            id,
+            args,
+            CriuFlags { tcp_established: args.tcp_established, file_locks: args.file_locks, ..Default::default() },
+        )
+        .await
     }
 
     pub(super) async fn checkpoint_with(&self, id: &str, args: &CheckpointArgs, flags: CriuFlags) -> Result<()> {
@@ -425,7 +447,11 @@ impl Containers {
         }
         self.inner.events.send(
             topics::TASK_CHECKPOINTED_EVENT_TOPIC,
-            TaskCheckpointed { container_id: id.to_string(), checkpoint: path_str(&args.image_path), ..Default::default() },
+            TaskCheckpointed {
+                container_id: id.to_string(),
+                checkpoint: path_str(&args.image_path),
+                ..Default::default()
+            },
         );
         Ok(())
     }
@@ -501,7 +527,9 @@ async fn with_criu_log(e: Error, log: &Path, kept: &Path) -> Error {
     let Ok(text) = tokio::fs::read_to_string(log).await else { return e };
     let quoted = criu_reason(&text);
     match e {
-        Error::Runtime { op, id, msg } => Error::Runtime { op, id, msg: format!("{msg}; CRIU says:\n{quoted}\n(full log: {})", kept.display()) },
+        Error::Runtime { op, id, msg } => {
+            Error::Runtime { op, id, msg: format!("{msg}; CRIU says:\n{quoted}\n(full log: {})", kept.display()) }
+        }
         other => other,
     }
 }

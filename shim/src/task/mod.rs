@@ -29,13 +29,13 @@ use containerd_shim_protos::{events::task::TaskExit, topics};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-pub use container::{RestorePlan, Status};
 use container::Container;
+pub use container::{RestorePlan, Status};
 pub use runc::CriuFlags;
 
 use crate::{
-    runc_error::{Error, Result},
     events::EventSink,
+    runc_error::{Error, Result},
 };
 
 /// A container as the pod side sees it.
@@ -165,11 +165,22 @@ impl Containers {
     }
 
     /// Like [`Containers::new`] with another runc binary (unit tests use a fake).
-    pub async fn with_runc(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink) -> Result<Self> {
+    pub async fn with_runc(
+        namespace: &str,
+        runc_root: PathBuf,
+        runc_binary: PathBuf,
+        events: EventSink,
+    ) -> Result<Self> {
         Self::build(namespace, runc_root, runc_binary, events, false).await
     }
 
-    async fn build(namespace: &str, runc_root: PathBuf, runc_binary: PathBuf, events: EventSink, check_runc: bool) -> Result<Self> {
+    async fn build(
+        namespace: &str,
+        runc_root: PathBuf,
+        runc_binary: PathBuf,
+        events: EventSink,
+        check_runc: bool,
+    ) -> Result<Self> {
         let store = Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),

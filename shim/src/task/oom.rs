@@ -22,8 +22,8 @@ use tracing::{debug, warn};
 
 use crate::{
     cgroups::{self, ControllerCgroup},
-    runc_error::{Error, Result},
     events::EventSink,
+    runc_error::{Error, Result},
 };
 
 /// Starts watching the memory cgroup of `pid` (a container's init) for OOM kills.
@@ -36,8 +36,11 @@ pub fn watch(pid: u32, container_id: &str, events: &EventSink) -> Result<()> {
             tokio::spawn(async move { watch_v1(efd, dir, id, events).await });
         }
         ControllerCgroup::V2(dir) => {
-            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(Error::nix("inotify_init"))?;
-            inotify.add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY).map_err(Error::nix("inotify_add_watch memory.events"))?;
+            let inotify =
+                Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(Error::nix("inotify_init"))?;
+            inotify
+                .add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY)
+                .map_err(Error::nix("inotify_add_watch memory.events"))?;
             tokio::spawn(async move { watch_v2(inotify, dir, id, events).await });
         }
     }
@@ -45,10 +48,12 @@ pub fn watch(pid: u32, container_id: &str, events: &EventSink) -> Result<()> {
 }
 
 fn register_v1(dir: &Path) -> Result<EventFd> {
-    let control = File::open(dir.join("memory.oom_control")).map_err(Error::io(format!("open {}/memory.oom_control", dir.display())))?;
+    let control = File::open(dir.join("memory.oom_control"))
+        .map_err(Error::io(format!("open {}/memory.oom_control", dir.display())))?;
     let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(Error::nix("eventfd"))?;
     let registration = format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd());
-    fs::write(dir.join("cgroup.event_control"), registration).map_err(Error::io(format!("register OOM eventfd for {}", dir.display())))?;
+    fs::write(dir.join("cgroup.event_control"), registration)
+        .map_err(Error::io(format!("register OOM eventfd for {}", dir.display())))?;
     // The kernel keeps its own reference to memory.oom_control once registered.
     Ok(efd)
 }

@@ -10,8 +10,8 @@ use std::{
 use tokio::process::Command;
 
 use crate::{
-    runc_error::{Error, Result},
     reaper::{self, Io, Output},
+    runc_error::{Error, Result},
 };
 
 /// Oldest runc podcr runs containers with: 1.3.3 fixed the container-escape bugs of
@@ -31,7 +31,8 @@ pub fn parse_version(out: &str) -> Option<(u64, u64, u64)> {
 pub async fn check_version(binary: &Path) -> std::result::Result<(), String> {
     let mut cmd = Command::new(binary);
     cmd.arg("--version");
-    let out = reaper::run(cmd, Io::Capture(None)).await.map_err(|e| format!("run {} --version: {e}", binary.display()))?;
+    let out =
+        reaper::run(cmd, Io::Capture(None)).await.map_err(|e| format!("run {} --version: {e}", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (a, b, c) = MIN_VERSION;
     match parse_version(&text) {
@@ -136,7 +137,14 @@ impl Runc {
         Err(Error::Runtime { op: op.into(), id: id.into(), msg })
     }
 
-    pub async fn create(&self, id: &str, bundle: &Path, pid_file: &Path, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<()> {
         let mut args = vec!["create".into(), "--bundle".into(), path(bundle), "--pid-file".into(), path(pid_file)];
         if let Some(c) = console {
             args.extend(["--console-socket".into(), path(c)]);
@@ -145,10 +153,24 @@ impl Runc {
         self.call_with("create", id, args, stdio).await.map(drop)
     }
 
-    pub async fn restore(&self, id: &str, bundle: &Path, pid_file: &Path, images: &CriuImages<'_>, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        images: &CriuImages<'_>,
+        console: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<()> {
         let mut args = vec![
-            "restore".into(), "--detach".into(), "--bundle".into(), path(bundle),
-            "--pid-file".into(), path(pid_file), "--image-path".into(), path(images.image),
+            "restore".into(),
+            "--detach".into(),
+            "--bundle".into(),
+            path(bundle),
+            "--pid-file".into(),
+            path(pid_file),
+            "--image-path".into(),
+            path(images.image),
         ];
         if let Some(w) = images.work {
             args.extend(["--work-path".into(), path(w)]);
@@ -161,8 +183,22 @@ impl Runc {
         self.call_with("restore", id, args, stdio).await.map(drop)
     }
 
-    pub async fn exec(&self, id: &str, process_json: &Path, pid_file: &Path, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
-        let mut args = vec!["exec".into(), "--detach".into(), "--process".into(), path(process_json), "--pid-file".into(), path(pid_file)];
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        console: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<()> {
+        let mut args = vec![
+            "exec".into(),
+            "--detach".into(),
+            "--process".into(),
+            path(process_json),
+            "--pid-file".into(),
+            path(pid_file),
+        ];
         if let Some(c) = console {
             args.extend(["--console-socket".into(), path(c)]);
         }
@@ -213,7 +249,14 @@ impl Runc {
         self.call("update", id, args, Io::Capture(Some(resources))).await.map(drop)
     }
 
-    pub async fn checkpoint(&self, id: &str, image: &Path, work: &Path, leave_running: bool, flags: &CriuFlags) -> Result<()> {
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        image: &Path,
+        work: &Path,
+        leave_running: bool,
+        flags: &CriuFlags,
+    ) -> Result<()> {
         let mut args = vec!["checkpoint".into(), "--image-path".into(), path(image), "--work-path".into(), path(work)];
         if leave_running {
             args.push("--leave-running".into());

@@ -7,13 +7,15 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::io::Stdio;
 use containerd_shim_protos::{
     api::{
-        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
-        CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
-        PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
-        StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
-        UpdateTaskRequest, WaitRequest, WaitResponse,
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+        DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
+        ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+        StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
     },
-    protobuf::{well_known_types::{any::Any, empty::Empty}, MessageFull},
+    protobuf::{
+        well_known_types::{any::Any, empty::Empty},
+        MessageFull,
+    },
     shim::oci::{CheckpointOptions, Options, ProcessDetails},
     shim_async::Task,
     ttrpc::{self, r#async::TtrpcContext},
@@ -103,7 +105,12 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
         let (pid, exit) = self.store.delete(&req.id, &req.exec_id).await?;
-        Ok(DeleteResponse { pid, exit_status: exit.status, exited_at: Some(exit.at.into()).into(), ..Default::default() })
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.at.into()).into(),
+            ..Default::default()
+        })
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> R<PidsResponse> {

@@ -41,7 +41,8 @@ async fn demo(cd: &'static Containerd) -> Result<()> {
     step("RunPodSandbox (runtime handler podcr) with two containers whose counters live only in memory");
     let mut rs = cd.cri_runtime().await?;
     let counter: &[&str] = &["/usr/local/bin/counter", "/count", "100"];
-    let pod = pods::run_pod(cd, &mut rs, Runtime::Podcr, "demo", &image, &[("app", counter), ("sidecar", counter)]).await?;
+    let pod =
+        pods::run_pod(cd, &mut rs, Runtime::Podcr, "demo", &image, &[("app", counter), ("sidecar", counter)]).await?;
     println!("    pod {}", pod.id);
     let app_log = pod.log("app");
     let log = app_log.clone();
@@ -51,11 +52,12 @@ async fn demo(cd: &'static Containerd) -> Result<()> {
     step("checkpoint the whole pod while it runs: one freeze, every container dumped in parallel");
     let dir = cd.dir().join("demo-checkpoint");
     let archive = cd.dir().join("demo-pod.tar.zst");
-    let args: Vec<String> = ["checkpoint", "--leave-running", "--compression", "zstd", "--pod-namespace", POD_NS, "demo", "-o"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.display().to_string(), "--archive".into(), archive.display().to_string()])
-        .collect();
+    let args: Vec<String> =
+        ["checkpoint", "--leave-running", "--compression", "zstd", "--pod-namespace", POD_NS, "demo", "-o"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.display().to_string(), "--archive".into(), archive.display().to_string()])
+            .collect();
     tokio::task::spawn_blocking(move || podcr(cd, &args)).await??;
     let at_checkpoint = pods::last_count(&app_log).context("app log")?;
     println!("    the app's counter was at about {at_checkpoint} when the checkpoint finished, and keeps going");
@@ -102,7 +104,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(demo(cd)));
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(demo(cd)));
     step("cleaning up (containerd, shims, mounts, network namespaces, cgroups)");
     let stopped = cd.stop();
     match result.and(stopped) {

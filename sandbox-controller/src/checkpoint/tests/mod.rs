@@ -24,7 +24,11 @@ fn signing(dir: &std::path::Path) -> crate::node_config::SigningConfig {
         let (_, _, public) = archive::signing::write_new_keypair(&keys).unwrap();
         std::fs::copy(public, trusted.join("node.pub")).unwrap();
     }
-    crate::node_config::SigningConfig { key: keys.join(archive::signing::KEY_FILE), trusted_dir: trusted, allow_unsigned: false }
+    crate::node_config::SigningConfig {
+        key: keys.join(archive::signing::KEY_FILE),
+        trusted_dir: trusted,
+        allow_unsigned: false,
+    }
 }
 
 /// What a restore on the test node trusts: checkpoints made by [`ready_pod`]'s controllers.
@@ -90,7 +94,8 @@ fn index_of(calls: &[String], step: &str) -> usize {
 }
 
 fn dir_entries(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -99,7 +104,10 @@ fn dir_entries(dir: &std::path::Path) -> Vec<String> {
 async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
     let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     let out = tempfile::tempdir().unwrap();
-    let stats = ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("compression", "zstd")])).await.unwrap();
+    let stats = ctl
+        .checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("compression", "zstd")]))
+        .await
+        .unwrap();
 
     let calls = fake.calls();
     let freeze = index_of(&calls, "freeze");
@@ -114,7 +122,10 @@ async fn leave_running_checkpoint_freezes_once_dumps_all_and_thaws() {
     assert_eq!(stats.containers.len(), 2);
     assert!(stats.total_bytes > 0);
 
-    assert_eq!(dir_entries(out.path()), ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "podcr.manifest.sig", "sidecar.tar.zst"]);
+    assert_eq!(
+        dir_entries(out.path()),
+        ["app.tar.zst", "pod.dump", "pod.options", "podcr.manifest.json", "podcr.manifest.sig", "sidecar.tar.zst"]
+    );
     let ckpt = archive::verify_pod_dir(out.path(), &Limits::default(), &trust()).unwrap();
     assert!(ckpt.signer.is_some(), "the node's key must sign the checkpoint");
     assert_eq!(ckpt.manifest.containers.len(), 2);
@@ -244,7 +255,10 @@ async fn bad_requests_are_refused_before_anything_is_frozen() {
     let mut no_deadline = request(&fake, out.path(), &[]);
     no_deadline.deadline = None;
     assert!(matches!(ctl.checkpoint(no_deadline).await, Err(Error::InvalidArgument(_))));
-    assert!(matches!(ctl.checkpoint(request(&fake, out.path(), &[("leaveRunning", "true")])).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        ctl.checkpoint(request(&fake, out.path(), &[("leaveRunning", "true")])).await,
+        Err(Error::InvalidArgument(_))
+    ));
 
     std::fs::write(out.path().join("keep-me"), b"user data").unwrap();
     assert!(matches!(ctl.checkpoint(request(&fake, out.path(), &[])).await, Err(Error::InvalidArgument(_))));
@@ -266,13 +280,10 @@ async fn a_second_checkpoint_of_the_same_pod_is_refused_while_one_runs() {
     let (fake, ctl, _b) = ready_pod(&["app"]).await;
     *fake.dump_delay.lock().unwrap() = Duration::from_millis(300);
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (first, second) = tokio::join!(
-        ctl.checkpoint(request(&fake, a.path(), &[("leave-running", "true")])),
-        async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            ctl.checkpoint(request(&fake, b.path(), &[("leave-running", "true")])).await
-        }
-    );
+    let (first, second) = tokio::join!(ctl.checkpoint(request(&fake, a.path(), &[("leave-running", "true")])), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ctl.checkpoint(request(&fake, b.path(), &[("leave-running", "true")])).await
+    });
     assert!(first.is_ok());
     assert!(matches!(second, Err(Error::FailedPrecondition(_))), "{second:?}");
     assert!(dir_entries(b.path()).is_empty());
@@ -282,7 +293,9 @@ async fn a_second_checkpoint_of_the_same_pod_is_refused_while_one_runs() {
 async fn restore_stages_each_container_from_a_verified_checkpoint() {
     let (fake, ctl, _b) = ready_pod(&["app", "sidecar"]).await;
     let out = tempfile::tempdir().unwrap();
-    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("tcp-established", "true")])).await.unwrap();
+    ctl.checkpoint(request(&fake, out.path(), &[("leave-running", "true"), ("tcp-established", "true")]))
+        .await
+        .unwrap();
 
     let (fake2, ctl2, _b2) = ready_pod(&[]).await;
     let restored = ctl2
@@ -348,7 +361,12 @@ async fn restore_holds_the_checkpoint_to_the_callers_configs() {
         sandbox_id: "pod1".into(),
         checkpoint_path: out.path().to_path_buf(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-        containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), config: Some(config), spec: None }],
+        containers: vec![RestoreSelection {
+            id: "new-app".into(),
+            name: "app".into(),
+            config: Some(config),
+            spec: None,
+        }],
         ..Default::default()
     };
     for (config, field) in [
@@ -420,7 +438,10 @@ async fn a_dump_failing_before_the_barrier_freezes_nothing_and_leaves_nothing() 
     let err = ctl.checkpoint(request(&fake, out.path(), &[])).await.unwrap_err();
     assert!(err.to_string().contains("sidecar"), "{err}");
     let calls = fake.calls();
-    assert!(!calls.iter().any(|c| c == "freeze" || c.starts_with("kill:")), "nothing may be frozen or stopped: {calls:?}");
+    assert!(
+        !calls.iter().any(|c| c == "freeze" || c.starts_with("kill:")),
+        "nothing may be frozen or stopped: {calls:?}"
+    );
     assert!(!calls.iter().any(|c| c.starts_with("dump:") || c.starts_with("capture:")), "{calls:?}");
     assert!(dir_entries(out.path()).is_empty());
 }

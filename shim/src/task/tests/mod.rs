@@ -125,7 +125,11 @@ async fn a_second_create_of_one_id_is_refused_before_it_touches_the_bundle() {
     assert_eq!(first.unwrap(), 999999);
     let err = second.unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
-    let creates = std::fs::read_to_string(&calls).unwrap().lines().filter(|l| l.split_whitespace().any(|w| w == "create")).count();
+    let creates = std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == "create"))
+        .count();
     assert_eq!(creates, 1, "the refused Create must not run runc");
     assert_eq!(s2.list().len(), 1);
 }
