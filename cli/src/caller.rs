@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use k8s_cri::v1::{ContainerConfig, ContainerMetadata, PodSandboxConfig, PodSandboxMetadata, SecurityProfile};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, SecurityProfile,
+};
 use podcr_sandbox_controller::restore;
 use serde_json::Value;
 
@@ -125,15 +127,7 @@ fn strip_pod(mut cfg: PodSandboxConfig) -> PodSandboxConfig {
                 sc.seccomp_profile_path = String::new();
             }
             if let Some(ns) = sc.namespace_options.as_mut() {
-                for mode in [&mut ns.network, &mut ns.ipc] {
-                    if *mode == NS_NODE {
-                        *mode = NS_POD;
-                    }
-                }
-                if ns.pid == NS_NODE {
-                    ns.pid = NS_CONTAINER;
-                }
-                ns.target_id = String::new();
+                strip_namespaces(ns);
             }
         }
     }
@@ -150,6 +144,20 @@ pub fn container_config(name: &str, checkpointed: ContainerConfig, given: Option
         cfg.log_path = format!("{name}/0.log");
     }
     cfg
+}
+
+/// The node's namespaces become the pod's (PID: the container's own), and no namespace is
+/// borrowed from another container by id.
+fn strip_namespaces(ns: &mut NamespaceOption) {
+    for mode in [&mut ns.network, &mut ns.ipc] {
+        if *mode == NS_NODE {
+            *mode = NS_POD;
+        }
+    }
+    if ns.pid == NS_NODE {
+        ns.pid = NS_CONTAINER;
+    }
+    ns.target_id = String::new();
 }
 
 #[allow(deprecated)]
@@ -179,15 +187,7 @@ fn strip_container(mut cfg: ContainerConfig) -> ContainerConfig {
             sc.apparmor_profile = String::new();
         }
         if let Some(ns) = sc.namespace_options.as_mut() {
-            for mode in [&mut ns.network, &mut ns.ipc] {
-                if *mode == NS_NODE {
-                    *mode = NS_POD;
-                }
-            }
-            if ns.pid == NS_NODE {
-                ns.pid = NS_CONTAINER;
-            }
-            ns.target_id = String::new();
+            strip_namespaces(ns);
         }
     }
     cfg

@@ -11,16 +11,29 @@ use std::{
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerFilter, ContainerState,
-    ContainerStatusRequest, CreateContainerRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxFilter, PodSandboxStateValue, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxStateValue, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
 use crate::{cmd::Output, cri, wait_for, Containerd, Runtime};
 
 pub type Cri = RuntimeServiceClient<Channel>;
+
+/// CRI ExecSync of `cmd` in `container` (10 s): its exit code and trimmed stdout.
+pub async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
+    let r = rs
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
+}
 
 /// A running CRI pod and its containers (name, id).
 #[derive(Debug, Clone)]

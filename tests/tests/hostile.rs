@@ -245,6 +245,19 @@ fn header(name: &[u8], kind: tar::EntryType, claimed: u64) -> Vec<u8> {
     h.as_bytes().to_vec()
 }
 
+/// The head of a transport archive as podcr packs it: the base checkpoint's signed manifest and
+/// its signature, so that whatever entry follows is read under a valid signature.
+fn signed_head(base: &Base) -> Result<Vec<u8>> {
+    let mut tar = Vec::new();
+    for name in ["podcr.manifest.json", "podcr.manifest.sig"] {
+        let data = std::fs::read(base.dir.join(name))?;
+        tar.extend(header(name.as_bytes(), tar::EntryType::Regular, data.len() as u64));
+        tar.extend(&data);
+        tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+    }
+    Ok(tar)
+}
+
 fn zstd(data: &[u8]) -> Result<Vec<u8>> {
     Ok(zstd::stream::encode_all(data, 3)?)
 }
@@ -382,13 +395,7 @@ async fn a_pax_header_bomb_is_refused_at_its_header() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let cd = Containerd::shared()?;
     let base = base(cd).await?;
-    let mut tar = Vec::new();
-    for name in ["podcr.manifest.json", "podcr.manifest.sig"] {
-        let data = std::fs::read(base.dir.join(name))?;
-        tar.extend(header(name.as_bytes(), tar::EntryType::Regular, data.len() as u64));
-        tar.extend(&data);
-        tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
-    }
+    let mut tar = signed_head(base)?;
     tar.extend(header(b"PaxHeaders/pod.dump", tar::EntryType::XHeader, 3 * GIB));
     tar.extend(std::iter::repeat_n(b'9', 110 << 10));
     let archive = cd.dir().join("hostile-pax.tar.zst");
@@ -404,13 +411,7 @@ async fn a_16_gib_entry_the_manifest_calls_small_is_refused_at_its_header() -> R
     let _serial = SERIAL.lock().await;
     let cd = Containerd::shared()?;
     let base = base(cd).await?;
-    let mut tar = Vec::new();
-    for name in ["podcr.manifest.json", "podcr.manifest.sig"] {
-        let data = std::fs::read(base.dir.join(name))?;
-        tar.extend(header(name.as_bytes(), tar::EntryType::Regular, data.len() as u64));
-        tar.extend(&data);
-        tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
-    }
+    let mut tar = signed_head(base)?;
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(base.dir.join("podcr.manifest.json"))?)?;
     let small = manifest["files"]["pod.dump"]["size"].as_u64().context("pod.dump size")?;
     ensure!(small < 64 << 10, "pod.dump is {small} bytes");

@@ -14,10 +14,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_cri::v1::{
-    CheckpointContainerRequest, ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest,
-    ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
-    RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
+    CheckpointContainerRequest, ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
+    KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest,
 };
 use podcr_tests::{
     cri_pod::{CheckpointPodRequest, RestorePodRequest},
@@ -218,17 +218,7 @@ async fn run_kubelet_pod(
     Ok(pod)
 }
 
-async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
-    let r = rs
-        .exec_sync(ExecSyncRequest {
-            container_id: container.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
-}
+use podcr_tests::pods::exec;
 
 async fn token(rs: &mut Cri, container: &str) -> Result<String> {
     let deadline = Instant::now() + T;

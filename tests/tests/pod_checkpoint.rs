@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use k8s_cri::v1::{ContainerState, ExecSyncRequest, StopContainerRequest};
+use k8s_cri::v1::{ContainerState, StopContainerRequest};
 use podcr_tests::{
     images,
     pods::{self, Cri},
@@ -28,17 +28,7 @@ async fn import(cd: &'static Containerd) -> Result<String> {
     tokio::task::spawn_blocking(move || cd.import(CRI_NAMESPACE, &images::BUSYBOX)).await?
 }
 
-async fn exec(rs: &mut Cri, container: &str, cmd: &[&str]) -> Result<(i32, String)> {
-    let r = rs
-        .exec_sync(ExecSyncRequest {
-            container_id: container.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    Ok((r.exit_code, String::from_utf8_lossy(&r.stdout).trim().to_string()))
-}
+use podcr_tests::pods::exec;
 
 async fn read_number(rs: &mut Cri, container: &str, file: &str) -> Result<u64> {
     let (code, out) = exec(rs, container, &["cat", file]).await?;

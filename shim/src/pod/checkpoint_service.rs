@@ -64,6 +64,29 @@ pub(super) async fn detached<T: Send + 'static>(
     tokio::spawn(work).await.map_err(Error::join("checkpoint task"))?.map_err(Error::from)
 }
 
+/// Checkpoints the pod detached from the RPC (see [`detached`]) and reports the outcome, success
+/// or failure, to `observer`: how both wire adaptors (PR 13822's and PR 13971's) run one.
+pub(super) async fn observed_checkpoint<B: PodBackend>(
+    controller: &Arc<SandboxController<B>>,
+    observer: &Observer,
+    request: PodCheckpointRequest,
+    containers: usize,
+) -> Result<PodCheckpointStats, Error> {
+    let (sandbox_id, path) = (request.sandbox_id.clone(), request.output_path.clone());
+    let controller = controller.clone();
+    let started = std::time::Instant::now();
+    let result = detached(async move { controller.checkpoint(request).await }).await;
+    let outcome = Outcome {
+        sandbox_id: &sandbox_id,
+        path: &path,
+        elapsed: started.elapsed(),
+        containers,
+        error: result.as_ref().err().map(ToString::to_string),
+    };
+    observer.checkpointed(&outcome, result.as_ref().ok());
+    result
+}
+
 fn stats_to_wire(stats: &PodCheckpointStats) -> CheckpointStats {
     let mut out = CheckpointStats::new();
     out.freeze_window_us = stats.freeze_window.as_micros() as u64;
@@ -118,18 +141,7 @@ impl<B: PodBackend> Checkpoint for CheckpointService<B> {
                 POD_SANDBOX_CONFIG_TYPE,
             )?,
         };
-        let controller = self.controller.clone();
-        let (started, count) = (std::time::Instant::now(), req.containers.len());
-        let result = detached(async move { controller.checkpoint(request).await }).await;
-        let outcome = Outcome {
-            sandbox_id: &req.sandbox_id,
-            path: std::path::Path::new(&req.output_path),
-            elapsed: started.elapsed(),
-            containers: count,
-            error: result.as_ref().err().map(ToString::to_string),
-        };
-        self.observer.checkpointed(&outcome, result.as_ref().ok());
-        let stats = result?;
+        let stats = observed_checkpoint(&self.controller, &self.observer, request, req.containers.len()).await?;
         let mut resp = CheckpointResponse::new();
         resp.podcr_stats = Some(stats_to_wire(&stats)).into();
         Ok(resp)

@@ -37,11 +37,11 @@ use podcr_sandbox_controller::{
 use tracing::{info, warn};
 
 use super::{
-    checkpoint_service::{detached, options},
+    checkpoint_service::{detached, observed_checkpoint, options},
     convert,
     files::PodFiles,
     image_rootfs::ImageRootfs,
-    observe::{Observer, Outcome},
+    observe::Observer,
 };
 use crate::{
     error::Error,
@@ -137,18 +137,7 @@ impl<B: PodBackend> SandboxRestore<B> {
             // controller's default, as for a request with nothing more to say.
             ..Default::default()
         };
-        let controller = self.controller.clone();
-        let (started, count) = (std::time::Instant::now(), req.tasks.len());
-        let result = detached(async move { controller.checkpoint(request).await }).await;
-        let outcome = Outcome {
-            sandbox_id: &req.sandbox_id,
-            path: std::path::Path::new(&req.output_path),
-            elapsed: started.elapsed(),
-            containers: count,
-            error: result.as_ref().err().map(ToString::to_string),
-        };
-        self.observer.checkpointed(&outcome, result.as_ref().ok());
-        result?;
+        observed_checkpoint(&self.controller, &self.observer, request, req.tasks.len()).await?;
         Ok(CheckpointSandboxResponse::new())
     }
 
