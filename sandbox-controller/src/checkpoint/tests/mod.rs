@@ -298,16 +298,7 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
         .unwrap();
 
     let (fake2, ctl2, _b2) = ready_pod(&[]).await;
-    let restored = ctl2
-        .restore(PodRestoreRequest {
-            sandbox_id: "pod1".into(),
-            checkpoint_path: out.path().to_path_buf(),
-            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let restored = ctl2.restore(restore_app_from(out.path())).await.unwrap();
     assert_eq!(restored[0].original_id, "id-app");
     let staged = fake2.staged.lock().unwrap();
     let stage = staged.get("new-app").unwrap();
@@ -315,6 +306,17 @@ async fn restore_stages_each_container_from_a_verified_checkpoint() {
     assert!(stage.image_dir.join("pages-1.img").is_file());
     assert_eq!(std::fs::read_to_string(stage.image_dir.join("pages-1.img")).unwrap(), "memory of id-app");
     assert_eq!(stage.deleted, vec!["/etc/motd".to_string()]);
+}
+
+/// Restores the checkpoint's `app` into a new container `new-app` of pod1, with 30 s to go.
+fn restore_app_from(checkpoint: &std::path::Path) -> PodRestoreRequest {
+    PodRestoreRequest {
+        sandbox_id: "pod1".into(),
+        checkpoint_path: checkpoint.to_path_buf(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
+        ..Default::default()
+    }
 }
 
 /// The backend's identity is what the checkpoint records, and a backend of another runtime
@@ -333,16 +335,7 @@ async fn a_checkpoint_records_its_backend_and_restores_only_on_that_runtime() {
 
     let (fake2, ctl2, _b2) = ready_pod(&[]).await;
     *fake2.runtime.lock().unwrap() = Some("runc".into());
-    let err = ctl2
-        .restore(PodRestoreRequest {
-            sandbox_id: "pod1".into(),
-            checkpoint_path: out.path().to_path_buf(),
-            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = ctl2.restore(restore_app_from(out.path())).await.unwrap_err();
     assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("\"fake\"")), "{err}");
     assert!(fake2.staged.lock().unwrap().is_empty());
 }
@@ -395,16 +388,7 @@ async fn a_tampered_checkpoint_is_refused_and_nothing_is_staged() {
     std::fs::write(&archive, bytes).unwrap();
 
     let (fake2, ctl2, bundle2) = ready_pod(&[]).await;
-    let err = ctl2
-        .restore(PodRestoreRequest {
-            sandbox_id: "pod1".into(),
-            checkpoint_path: out.path().to_path_buf(),
-            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
-            containers: vec![RestoreSelection { id: "new-app".into(), name: "app".into(), ..Default::default() }],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = ctl2.restore(restore_app_from(out.path())).await.unwrap_err();
     assert!(matches!(err, Error::Archive(_)), "{err}");
     assert!(fake2.staged.lock().unwrap().is_empty());
     assert!(!bundle2.path().join(crate::restore::RESTORE_DIR).exists(), "staging must be removed");
