@@ -73,6 +73,13 @@ else
   status=1; summary+=("system containerd: FAILED")
 fi
 
+# The main job (scripts/demo.sh's checkpoint and restore of a running pod) as a user runs it, so a
+# change that breaks the documented flow fails the suite, not only the first user.
+if [ -z "${1:-}" ] || [[ "demo" == *"$1"* ]]; then
+  echo "==> demo (scripts/demo.sh's main job)" >&2
+  if target/debug/podcr-demo; then summary+=("demo: passed"); else status=1; summary+=("demo: FAILED"); fi
+fi
+
 # Each tier runs only when the filter (if any) selects it, and only when the builds are here: without
 # them it prints one skip line and counts as skipped, not passed.
 tier() {

@@ -175,6 +175,21 @@ pub async fn log_path(rs: &mut Cri, container: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(status.log_path))
 }
 
+/// The id of the container named `name` in pod `pod`.
+pub async fn container_id(rs: &mut Cri, pod: &str, name: &str) -> Result<String> {
+    let list = rs
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    list.into_iter()
+        .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+        .map(|c| c.id)
+        .with_context(|| format!("no {name} in {pod}"))
+}
+
 /// The state of every container of a pod, by container name.
 pub async fn container_states(rs: &mut Cri, pod: &str) -> Result<Vec<(String, i32)>> {
     let items = rs

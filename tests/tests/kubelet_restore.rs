@@ -607,19 +607,7 @@ async fn edited_checkpoints_get_only_what_the_caller_grants() -> Result<()> {
     canary.unchanged()
 }
 
-async fn container_id(rs: &mut Cri, pod: &str, name: &str) -> Result<String> {
-    let list = rs
-        .list_containers(k8s_cri::v1::ListContainersRequest {
-            filter: Some(k8s_cri::v1::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
-        })
-        .await?
-        .into_inner()
-        .containers;
-    list.into_iter()
-        .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
-        .map(|c| c.id)
-        .with_context(|| format!("no {name} in {pod}"))
-}
+use podcr_tests::pods::container_id;
 
 /// Item 3's name rules: a restore-from naming `..`, an absolute path, a symlink out of the
 /// checkpoint root, or a checkpoint of another Kubernetes namespace is refused at RunPodSandbox,

@@ -77,6 +77,10 @@ async fn demo(cd: &'static Containerd) -> Result<()> {
     tokio::task::spawn_blocking(move || podcr(cd, &args)).await??;
     let restored = pods::find_pod(&mut rs, "demo-restored").await?.context("restored pod not listed by the CRI")?;
     ensure!(pods::all_running(&mut rs, &restored).await?, "restored containers are not running");
+    // The restored pod logs where its new identity puts it (podcr restore acts as the kubelet
+    // would), not at the checkpointed pod's paths.
+    let app = pods::container_id(&mut rs, &restored, "app").await?;
+    let app_log = pods::log_path(&mut rs, &app).await?;
     let log = app_log.clone();
     tokio::task::spawn_blocking(move || pods::wait_count(&log, 1, T)).await??;
     let first = pods::counts(&app_log).first().copied().context("no output")?;
