@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashSet,
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs::File,
     io::{self, Read},
     os::{
@@ -143,15 +143,73 @@ pub fn apply_rootfs_diff(
     let caps = GuardCaps::for_limits(&Limits { max_entries: limits.max_rootfs_entries, ..*limits });
     let reader = TarGuard::new(io::BufReader::with_capacity(super::fsutil::IO_BUF, file), caps);
     let mut archive = tar::Archive::new(reader);
-    let mut stats = RootfsApplyStats { deleted: deleted_files.len() as u64, ..Default::default() };
-    let mut seen = HashSet::new();
-    let mut files = HashSet::new();
-    let mut dir_times = Vec::new();
+    let mut diff = DiffApply {
+        root,
+        limits,
+        privileged,
+        stats: RootfsApplyStats { deleted: deleted_files.len() as u64, ..Default::default() },
+        seen: HashSet::new(),
+        files: HashSet::new(),
+        dir_times: Vec::new(),
+    };
     let corrupt = |e: io::Error| Error::Archive(format!("{}: corrupt tar stream: {e}", diff_tar.display()));
     for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        stats.entries += 1;
-        if stats.entries > limits.max_rootfs_entries {
+        diff.apply_entry(&mut entry.map_err(corrupt)?, &corrupt)?;
+    }
+    if diff.stats.stripped.len() > MAX_LOGGED_STRIPS {
+        warn!(count = diff.stats.stripped.len(), "rootfs diff: privileged bits not restored on more paths than logged");
+    }
+    diff.set_dir_times()?;
+    Ok(diff.stats)
+}
+
+/// The state [`apply_rootfs_diff`] carries from one tar entry to the next.
+struct DiffApply<'a> {
+    root: OwnedFd,
+    limits: &'a Limits,
+    privileged: Privileged,
+    stats: RootfsApplyStats,
+    /// Every path extracted so far (as [`path_key`]): a duplicate is refused, not replaced.
+    seen: HashSet<Vec<u8>>,
+    /// Regular files extracted so far: the only things a hard link may point to.
+    files: HashSet<Vec<u8>>,
+    /// Each directory's path and mtime, set once all entries are in (see [`Self::set_dir_times`]).
+    dir_times: Vec<(Vec<OsString>, TimeSpec)>,
+}
+
+/// The header fields of one entry that end up on the extracted inode.
+struct EntryAttrs {
+    kind: EntryType,
+    mode: Mode,
+    owner: (Option<Uid>, Option<Gid>),
+    mtime: TimeSpec,
+    size: u64,
+}
+
+/// A path's identity for the duplicate and hard-link checks: its components, each ending in `/`.
+fn path_key(comps: &[&OsStr]) -> Vec<u8> {
+    comps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect()
+}
+
+fn entry_attrs(h: &tar::Header, corrupt: &impl Fn(io::Error) -> Error) -> Result<EntryAttrs> {
+    let mode = Mode::from_bits_truncate(h.mode().map_err(corrupt)? & 0o7777);
+    let (uid, gid) = (h.uid().map_err(corrupt)?, h.gid().map_err(corrupt)?);
+    let mtime = TimeSpec::new(h.mtime().map_err(corrupt)?.min(i64::MAX as u64) as i64, 0);
+    let size = h.size().map_err(corrupt)?;
+    let owner = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));
+    Ok(EntryAttrs { kind: h.entry_type(), mode, owner, mtime, size })
+}
+
+impl DiffApply<'_> {
+    /// Checks one entry against the limits and the entries before it, then extracts it.
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        corrupt: &impl Fn(io::Error) -> Error,
+    ) -> Result<()> {
+        let limits = self.limits;
+        self.stats.entries += 1;
+        if self.stats.entries > limits.max_rootfs_entries {
             return Err(Error::Archive(format!("rootfs diff has more than {} entries", limits.max_rootfs_entries)));
         }
         let raw = entry.path_bytes().into_owned();
@@ -162,141 +220,186 @@ pub fn apply_rootfs_diff(
                 limits.max_depth
             )));
         }
-        let key: Vec<u8> = comps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
+        let key = path_key(&comps);
         let shown = format!("/{}", String::from_utf8_lossy(&raw));
-        let h = entry.header();
-        let kind = h.entry_type();
-        let mut mode = Mode::from_bits_truncate(h.mode().map_err(corrupt)? & 0o7777);
-        let (uid, gid) = (h.uid().map_err(corrupt)?, h.gid().map_err(corrupt)?);
-        let mtime = TimeSpec::new(h.mtime().map_err(corrupt)?.min(i64::MAX as u64) as i64, 0);
-        let size = h.size().map_err(corrupt)?;
+        let mut attrs = entry_attrs(entry.header(), corrupt)?;
         let Some(name) = comps.last().copied() else {
-            if kind == EntryType::Directory {
-                continue; // "./": the rootfs itself keeps its attributes
+            if attrs.kind == EntryType::Directory {
+                return Ok(()); // "./": the rootfs itself keeps its attributes
             }
             return Err(Error::Archive(format!("entry {shown:?} names the root")));
         };
-        if !seen.insert(key.clone()) {
+        if !self.seen.insert(key.clone()) {
             return Err(Error::Archive(format!("duplicate entry {shown:?}")));
         }
-        stats.bytes = stats.bytes.saturating_add(size);
-        if stats.bytes > limits.max_total_bytes {
+        self.stats.bytes = self.stats.bytes.saturating_add(attrs.size);
+        if self.stats.bytes > limits.max_total_bytes {
             return Err(Error::Archive(format!("rootfs diff exceeds {} bytes", limits.max_total_bytes)));
         }
-        let mut xattrs = xattrs_of(&mut entry)?;
-        if privileged == Privileged::Strip {
-            let mut dropped = Vec::new();
-            if kind != EntryType::Directory && mode.intersects(Mode::S_ISUID | Mode::S_ISGID) {
-                mode.remove(Mode::S_ISUID | Mode::S_ISGID);
-                dropped.push("setuid/setgid");
-            }
-            let before = xattrs.len();
-            xattrs.retain(|(name, _)| name != "security.capability");
-            if xattrs.len() != before {
-                dropped.push("security.capability");
-            }
-            if !dropped.is_empty() {
-                if stats.stripped.len() < MAX_LOGGED_STRIPS {
-                    warn!(path = %shown, dropped = ?dropped, "rootfs diff: privileged bits not restored");
-                }
-                stats.stripped.push(format!("{shown} ({})", dropped.join(", ")));
-            }
+        let mut xattrs = xattrs_of(entry)?;
+        if self.privileged == Privileged::Strip {
+            self.strip_privileged(&mut attrs, &mut xattrs, &shown);
         }
-        let owner = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));
-        let parent = walk_parent(&root, &comps, Some(0o755))?;
-        match kind {
+        let parent = walk_parent(&self.root, &comps, Some(0o755))?;
+        match attrs.kind {
             EntryType::Directory => {
-                if !is_dir(&parent, name, &shown)? {
-                    remove_any(&parent, name, &shown)?;
-                    mkdirat(&parent, name, Mode::from_bits_truncate(0o700))
-                        .map_err(nix_io(format!("mkdir {shown}")))?;
-                }
-                let dir = open_subdir(&parent, name, None, &shown)?;
-                fchown(&dir, owner.0, owner.1).map_err(nix_io(format!("chown {shown}")))?;
-                fchmod(&dir, mode).map_err(nix_io(format!("chmod {shown}")))?;
-                set_xattrs(&dir, &xattrs, &shown)?;
-                dir_times.push((comps.iter().map(|c| c.to_os_string()).collect::<Vec<_>>(), mtime));
+                make_dir(&parent, name, &attrs, &xattrs, &shown)?;
+                self.dir_times.push((comps.iter().map(|c| c.to_os_string()).collect(), attrs.mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                remove_any(&parent, name, &shown)?;
-                let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                let fd = openat(&parent, name, flags, Mode::from_bits_truncate(0o600))
-                    .map_err(|e| Error::Archive(format!("cannot create {shown}: {e}")))?;
-                let mut out = File::from(fd);
-                let copied = io::copy(&mut (&mut entry).take(size), &mut out)
-                    .map_err(|e| Error::Archive(format!("reading {shown}: {e}")))?;
-                if copied != size {
-                    return Err(Error::Archive(format!("entry {shown:?} is truncated: {copied} of {size} bytes")));
-                }
-                // chown before chmod: chown clears set-id bits.
-                fchown(&out, owner.0, owner.1).map_err(nix_io(format!("chown {shown}")))?;
-                fchmod(&out, mode).map_err(nix_io(format!("chmod {shown}")))?;
-                set_xattrs(&out, &xattrs, &shown)?;
-                futimens(&out, &mtime, &mtime).map_err(nix_io(format!("set times of {shown}")))?;
-                files.insert(key);
+                write_file(&parent, name, entry, &attrs, &xattrs, &shown)?;
+                self.files.insert(key);
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::Archive(format!("symlink {shown:?} has no target")))?
-                    .into_owned();
-                remove_any(&parent, name, &shown)?;
-                symlinkat(OsStr::from_bytes(&target), &parent, name).map_err(nix_io(format!("symlink {shown}")))?;
-                fchownat(&parent, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(nix_io(format!("chown {shown}")))?;
-                utimensat(&parent, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(nix_io(format!("set times of {shown}")))?;
-            }
+            EntryType::Symlink => make_symlink(&parent, name, entry, &attrs, &shown)?,
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::Archive(format!("hard link {shown:?} has no target")))?
-                    .into_owned();
-                let tcomps = split_relative(&target, limits.max_path_len)?;
-                let tkey: Vec<u8> =
-                    tcomps.iter().flat_map(|c| [c.as_encoded_bytes(), b"/"]).flatten().copied().collect();
-                if !files.contains(&tkey) {
-                    return Err(Error::Archive(format!(
-                        "hard link {shown:?} points to {:?}, which is not a file earlier in the diff",
-                        String::from_utf8_lossy(&target)
-                    )));
-                }
-                let tparent = walk_parent(&root, &tcomps, None)?;
-                let tname = tcomps.last().copied().ok_or_else(|| Error::Archive("empty link target".into()))?;
-                remove_any(&parent, name, &shown)?;
-                // No AT_SYMLINK_FOLLOW: the link is made to the entry itself, never through it.
-                linkat(&tparent, tname, &parent, name, AtFlags::empty()).map_err(nix_io(format!("link {shown}")))?;
-                files.insert(key);
+                self.make_hard_link(&parent, name, entry, &shown)?;
+                self.files.insert(key);
             }
-            EntryType::Fifo => {
-                remove_any(&parent, name, &shown)?;
-                mknodat(&parent, name, SFlag::S_IFIFO, mode, 0).map_err(nix_io(format!("mkfifo {shown}")))?;
-                fchownat(&parent, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(nix_io(format!("chown {shown}")))?;
-                // The FIFO was just created by us in a rootfs nothing runs in yet.
-                fchmodat(&parent, name, mode, FchmodatFlags::FollowSymlink)
-                    .map_err(nix_io(format!("chmod {shown}")))?;
-            }
+            EntryType::Fifo => make_fifo(&parent, name, &attrs, &shown)?,
             other => {
                 return Err(Error::Archive(format!(
                     "entry {shown:?} has type {other:?}, which a rootfs diff may not contain"
                 )))
             }
         }
+        Ok(())
     }
-    if stats.stripped.len() > MAX_LOGGED_STRIPS {
-        warn!(count = stats.stripped.len(), "rootfs diff: privileged bits not restored on more paths than logged");
-    }
-    // Directory mtimes last, deepest first: creating their children changed them.
-    for (comps, mtime) in dir_times.iter().rev() {
-        let comps: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
-        let parent = walk_parent(&root, &comps, None)?;
-        if let Some(name) = comps.last() {
-            utimensat(&parent, *name, mtime, mtime, UtimensatFlags::NoFollowSymlink)
-                .map_err(nix_io("set directory times".into()))?;
+
+    /// Drops setuid/setgid bits (kept on directories, where they grant nothing) and
+    /// `security.capability`, logging and counting each path it touched (see [`Privileged`]).
+    fn strip_privileged(&mut self, attrs: &mut EntryAttrs, xattrs: &mut Vec<(String, Vec<u8>)>, shown: &str) {
+        let mut dropped = Vec::new();
+        if attrs.kind != EntryType::Directory && attrs.mode.intersects(Mode::S_ISUID | Mode::S_ISGID) {
+            attrs.mode.remove(Mode::S_ISUID | Mode::S_ISGID);
+            dropped.push("setuid/setgid");
+        }
+        let before = xattrs.len();
+        xattrs.retain(|(name, _)| name != "security.capability");
+        if xattrs.len() != before {
+            dropped.push("security.capability");
+        }
+        if !dropped.is_empty() {
+            if self.stats.stripped.len() < MAX_LOGGED_STRIPS {
+                warn!(path = %shown, dropped = ?dropped, "rootfs diff: privileged bits not restored");
+            }
+            self.stats.stripped.push(format!("{shown} ({})", dropped.join(", ")));
         }
     }
-    Ok(stats)
+
+    /// A hard link may only point to a regular file extracted earlier from this diff, so it never
+    /// gives a second name to something the diff did not write itself.
+    fn make_hard_link<R: Read>(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        entry: &tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<()> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| Error::Archive(format!("hard link {shown:?} has no target")))?
+            .into_owned();
+        let tcomps = split_relative(&target, self.limits.max_path_len)?;
+        if !self.files.contains(&path_key(&tcomps)) {
+            return Err(Error::Archive(format!(
+                "hard link {shown:?} points to {:?}, which is not a file earlier in the diff",
+                String::from_utf8_lossy(&target)
+            )));
+        }
+        let tparent = walk_parent(&self.root, &tcomps, None)?;
+        let tname = tcomps.last().copied().ok_or_else(|| Error::Archive("empty link target".into()))?;
+        remove_any(parent, name, shown)?;
+        // No AT_SYMLINK_FOLLOW: the link is made to the entry itself, never through it.
+        linkat(&tparent, tname, parent, name, AtFlags::empty()).map_err(nix_io(format!("link {shown}")))?;
+        Ok(())
+    }
+
+    /// Directory mtimes last, deepest first: creating their children changed them.
+    fn set_dir_times(&self) -> Result<()> {
+        for (comps, mtime) in self.dir_times.iter().rev() {
+            let comps: Vec<&OsStr> = comps.iter().map(|c| c.as_os_str()).collect();
+            let parent = walk_parent(&self.root, &comps, None)?;
+            if let Some(name) = comps.last() {
+                utimensat(&parent, *name, mtime, mtime, UtimensatFlags::NoFollowSymlink)
+                    .map_err(nix_io("set directory times".into()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An existing directory is kept (the image's children stay); anything else in its place goes.
+/// Its mtime is set later, by [`DiffApply::set_dir_times`].
+fn make_dir(
+    parent: &OwnedFd,
+    name: &OsStr,
+    attrs: &EntryAttrs,
+    xattrs: &[(String, Vec<u8>)],
+    shown: &str,
+) -> Result<()> {
+    if !is_dir(parent, name, shown)? {
+        remove_any(parent, name, shown)?;
+        mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(nix_io(format!("mkdir {shown}")))?;
+    }
+    let dir = open_subdir(parent, name, None, shown)?;
+    fchown(&dir, attrs.owner.0, attrs.owner.1).map_err(nix_io(format!("chown {shown}")))?;
+    fchmod(&dir, attrs.mode).map_err(nix_io(format!("chmod {shown}")))?;
+    set_xattrs(&dir, xattrs, shown)
+}
+
+/// Created with `O_EXCL | O_NOFOLLOW` after removing what was there, so the write can only land
+/// in a new file, never through a symlink or into a file the image hard-linked elsewhere.
+fn write_file<R: Read>(
+    parent: &OwnedFd,
+    name: &OsStr,
+    entry: &mut tar::Entry<'_, R>,
+    attrs: &EntryAttrs,
+    xattrs: &[(String, Vec<u8>)],
+    shown: &str,
+) -> Result<()> {
+    let size = attrs.size;
+    remove_any(parent, name, shown)?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(parent, name, flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| Error::Archive(format!("cannot create {shown}: {e}")))?;
+    let mut out = File::from(fd);
+    let copied =
+        io::copy(&mut entry.take(size), &mut out).map_err(|e| Error::Archive(format!("reading {shown}: {e}")))?;
+    if copied != size {
+        return Err(Error::Archive(format!("entry {shown:?} is truncated: {copied} of {size} bytes")));
+    }
+    // chown before chmod: chown clears set-id bits.
+    fchown(&out, attrs.owner.0, attrs.owner.1).map_err(nix_io(format!("chown {shown}")))?;
+    fchmod(&out, attrs.mode).map_err(nix_io(format!("chmod {shown}")))?;
+    set_xattrs(&out, xattrs, shown)?;
+    futimens(&out, &attrs.mtime, &attrs.mtime).map_err(nix_io(format!("set times of {shown}")))
+}
+
+/// The symlink is created, never followed: every later walk opens components with `O_NOFOLLOW`.
+fn make_symlink<R: Read>(
+    parent: &OwnedFd,
+    name: &OsStr,
+    entry: &tar::Entry<'_, R>,
+    attrs: &EntryAttrs,
+    shown: &str,
+) -> Result<()> {
+    let target =
+        entry.link_name_bytes().ok_or_else(|| Error::Archive(format!("symlink {shown:?} has no target")))?.into_owned();
+    remove_any(parent, name, shown)?;
+    symlinkat(OsStr::from_bytes(&target), parent, name).map_err(nix_io(format!("symlink {shown}")))?;
+    fchownat(parent, name, attrs.owner.0, attrs.owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(nix_io(format!("chown {shown}")))?;
+    utimensat(parent, name, &attrs.mtime, &attrs.mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(nix_io(format!("set times of {shown}")))
+}
+
+fn make_fifo(parent: &OwnedFd, name: &OsStr, attrs: &EntryAttrs, shown: &str) -> Result<()> {
+    remove_any(parent, name, shown)?;
+    mknodat(parent, name, SFlag::S_IFIFO, attrs.mode, 0).map_err(nix_io(format!("mkfifo {shown}")))?;
+    fchownat(parent, name, attrs.owner.0, attrs.owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(nix_io(format!("chown {shown}")))?;
+    // The FIFO was just created by us in a rootfs nothing runs in yet.
+    fchmodat(parent, name, attrs.mode, FchmodatFlags::FollowSymlink).map_err(nix_io(format!("chmod {shown}")))
 }
 
 fn is_dir(parent: &OwnedFd, name: &OsStr, shown: &str) -> Result<bool> {

@@ -144,6 +144,10 @@ fn mib(bytes: Option<f64>) -> String {
     bytes.map(|b| format!("{:.1} MiB", b / 1048576.0)).unwrap_or_else(|| "–".into())
 }
 
+fn kib(kib: Option<f64>) -> String {
+    kib.map(|k| format!("{:.1} MiB", k / 1024.0)).unwrap_or_else(|| "–".into())
+}
+
 fn shapes(samples: &[Sample]) -> Vec<(usize, u64)> {
     let mut v: Vec<(usize, u64)> = samples.iter().filter(|s| s.mib > 0).map(|s| (s.containers, s.mib)).collect();
     v.sort_by_key(|(n, m)| (*n as u64 * m, *n));
@@ -160,6 +164,32 @@ pub fn write(
     opts: &Opts,
     podman: Option<&String>,
 ) -> Result<String> {
+    std::fs::write(out.join("results.csv"), csv_of(samples))?;
+
+    let m = Medians::new(samples);
+    let base = opts.compressions.first().map(String::as_str).unwrap_or("none");
+    let mut md = String::new();
+    write_intro(&mut md, notes, opts, podman);
+    write_checkpoint_restore(&mut md, &m, samples, opts);
+    write_targets(&mut md, &m, samples, base);
+    write_memory_targets(&mut md, &m, samples, base);
+    write_pod_start(&mut md, samples);
+    write_shim_rss(&mut md, &m, samples, opts, base);
+    write_failures(&mut md, failures);
+    match plot(&out.join("plot.png"), &m, samples, base) {
+        Ok(note) => {
+            let _ = writeln!(md, "\nPlot: `plot.png` ({note}).");
+        }
+        Err(e) => {
+            let _ = writeln!(md, "\nNo plot: {e:#}");
+        }
+    }
+    std::fs::write(out.join("results.md"), &md)?;
+    Ok(md)
+}
+
+/// Every sample, one per line, for whoever wants to redo the statistics.
+fn csv_of(samples: &[Sample]) -> String {
     let mut csv = String::from("side,variant,containers,mib_per_container,rep,metric,value\n");
     for s in samples {
         let _ = writeln!(
@@ -174,11 +204,11 @@ pub fn write(
             s.value
         );
     }
-    std::fs::write(out.join("results.csv"), csv)?;
+    csv
+}
 
-    let m = Medians::new(samples);
-    let base = opts.compressions.first().map(String::as_str).unwrap_or("none");
-    let mut md = String::new();
+/// The title, when and how the run was made, and what each measured window includes.
+fn write_intro(md: &mut String, notes: &[String], opts: &Opts, podman: Option<&String>) {
     let _ = writeln!(md, "# podcr benchmark results\n");
     let _ = writeln!(
         md,
@@ -196,7 +226,9 @@ pub fn write(
         md,
         "- freeze window: podcr = first container frozen to last thawed (shim stats); runc-v2 and podman = sum of CRIU frozen times of the sequential per-container dumps; floor = wall of the parallel dumps.\n- podcr checkpoint wall = the `podcr checkpoint` command (CRI lookups, freeze, dumps, rootfs diff, packaging, fsync); runc-v2 = the CheckpointContainer calls + `tar` of the archives into one file; floor = the parallel `runc checkpoint` calls alone (no rootfs, metadata, packaging or fsync). Restore walls end when every container is started; podcr restores from its uncompressed checkpoint directory.\n"
     );
+}
 
+fn write_checkpoint_restore(md: &mut String, m: &Medians, samples: &[Sample], opts: &Opts) {
     let _ = writeln!(md, "## Checkpoint and restore\n");
     let _ = writeln!(md, "| pod | side | checkpoint wall | freeze window | restore wall | archive |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
@@ -227,36 +259,26 @@ pub fn write(
             );
         }
     }
+}
 
+/// The ratios podcr is judged on, each against the reference it must beat.
+fn write_targets(md: &mut String, m: &Medians, samples: &[Sample], base: &str) {
     let _ = writeln!(md, "\n## Targets (podcr with `{base}` compression)\n");
     let _ = writeln!(md, "| pod | target | podcr | reference | ratio | goal | result |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    let row = |md: &mut String, pod: &str, what: &str, ours: Option<f64>, theirs: Option<f64>, goal: f64| {
-        let (ratio, result) = match (ours, theirs) {
-            (Some(a), Some(b)) if b > 0.0 => {
-                let r = a / b;
-                (
-                    format!("{r:.2}×"),
-                    if r <= goal { "PASS".to_string() } else { format!("MISS (+{:.0}%)", (r / goal - 1.0) * 100.0) },
-                )
-            }
-            _ => ("–".into(), "n/a".into()),
-        };
-        let _ = writeln!(md, "| {pod} | {what} | {} | {} | {ratio} | ≤ {goal}× | {result} |", secs(ours), secs(theirs));
-    };
     for (n, sz) in shapes(samples) {
         let pod = format!("{n} × {sz} MiB");
         let ck = m.get(Side::Podcr, base, n, sz, "ckpt_wall_ms");
-        row(
-            &mut md,
+        target_row(
+            md,
             &pod,
             "checkpoint wall vs runc.v2 sequential",
             ck,
             m.get(Side::RuncV2, "none", n, sz, "ckpt_wall_ms"),
             0.6,
         );
-        row(
-            &mut md,
+        target_row(
+            md,
             &pod,
             "checkpoint wall vs raw parallel floor",
             ck,
@@ -264,24 +286,24 @@ pub fn write(
             1.15,
         );
         let freeze = m.get(Side::Podcr, base, n, sz, "freeze_ms");
-        row(
-            &mut md,
+        target_row(
+            md,
             &pod,
             "freeze window vs slowest container's own dump (runc within podcr)",
             freeze,
             m.get(Side::Podcr, base, n, sz, "slowest_dump_ms"),
             1.1,
         );
-        row(
-            &mut md,
+        target_row(
+            md,
             &pod,
             "freeze window vs slowest container frozen alone (CRIU, runc.v2)",
             freeze,
             m.get(Side::RuncV2, "none", n, sz, "max_frozen_ms"),
             1.1,
         );
-        row(
-            &mut md,
+        target_row(
+            md,
             &pod,
             "restore wall vs runc.v2 sequential",
             m.get(Side::Podcr, base, n, sz, "restore_ms"),
@@ -289,17 +311,31 @@ pub fn write(
             0.6,
         );
     }
-    let kib = |v: Option<f64>| v.map(|k| format!("{:.1} MiB", k / 1024.0)).unwrap_or_else(|| "–".into());
+}
+
+/// One row of the targets table: PASS when `ours / theirs` is at most `goal`, n/a when either is missing.
+fn target_row(md: &mut String, pod: &str, what: &str, ours: Option<f64>, theirs: Option<f64>, goal: f64) {
+    let (ratio, result) = match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            (
+                format!("{r:.2}×"),
+                if r <= goal { "PASS".to_string() } else { format!("MISS (+{:.0}%)", (r / goal - 1.0) * 100.0) },
+            )
+        }
+        _ => ("–".into(), "n/a".into()),
+    };
+    let _ = writeln!(md, "| {pod} | {what} | {} | {} | {ratio} | ≤ {goal}× | {result} |", secs(ours), secs(theirs));
+}
+
+/// The 5 MiB goal for the shim's memory per pod, continuing the targets table.
+fn write_memory_targets(md: &mut String, m: &Medians, samples: &[Sample], base: &str) {
     for (n, sz) in shapes(samples) {
         // Per pod means what each extra pod costs: the shim's own memory. File-backed pages (the
         // binary) are shared by every shim on the node and are reported separately below.
         let ours = m.get(Side::Podcr, base, n, sz, "shim_anon_peak_kib");
         let theirs = m.get(Side::RuncV2, "none", n, sz, "shim_anon_peak_kib");
-        let result = match ours {
-            Some(k) if k <= 5.0 * 1024.0 => "PASS".to_string(),
-            Some(k) => format!("MISS ({:.1}×)", k / (5.0 * 1024.0)),
-            None => "n/a".into(),
-        };
+        let result = within_5_mib(ours);
         let _ = writeln!(
             md,
             "| {n} × {sz} MiB | shim private (anon) RSS peak during checkpoint | {} | runc.v2 shim {} | – | ≤ 5 MiB | {result} |",
@@ -307,11 +343,7 @@ pub fn write(
             kib(theirs)
         );
         let hwm = m.get(Side::Podcr, base, n, sz, "shim_hwm_kib");
-        let result = match hwm {
-            Some(k) if k <= 5.0 * 1024.0 => "PASS".to_string(),
-            Some(k) => format!("MISS ({:.1}×)", k / (5.0 * 1024.0)),
-            None => "n/a".into(),
-        };
+        let result = within_5_mib(hwm);
         let _ = writeln!(
             md,
             "| {n} × {sz} MiB | shim VmHWM during checkpoint (incl. shared binary pages) | {} | runc.v2 shim {} | – | ≤ 5 MiB | {result} |",
@@ -319,7 +351,17 @@ pub fn write(
             kib(m.get(Side::RuncV2, "none", n, sz, "shim_hwm_kib"))
         );
     }
+}
 
+fn within_5_mib(kib: Option<f64>) -> String {
+    match kib {
+        Some(k) if k <= 5.0 * 1024.0 => "PASS".to_string(),
+        Some(k) => format!("MISS ({:.1}×)", k / (5.0 * 1024.0)),
+        None => "n/a".into(),
+    }
+}
+
+fn write_pod_start(md: &mut String, samples: &[Sample]) {
     let _ = writeln!(md, "\n## Pod start latency (RunPodSandbox + 2 containers)\n");
     let _ = writeln!(md, "| runtime | median | samples |");
     let _ = writeln!(md, "|---|---|---|");
@@ -331,12 +373,10 @@ pub fn write(
         let n = v.len();
         let _ = writeln!(md, "| {label} | {} | {n} |", secs((n > 0).then(|| median(v))));
     }
+}
 
-    let idle = |side| {
-        let v: Vec<f64> =
-            samples.iter().filter(|s| s.side == side && s.metric == "shim_hwm_idle_kib").map(|s| s.value).collect();
-        kib((!v.is_empty()).then(|| median(v)))
-    };
+/// The shim's memory: idle, then its peak during each checkpoint and restore.
+fn write_shim_rss(md: &mut String, m: &Medians, samples: &[Sample], opts: &Opts, base: &str) {
     let idle_of = |side, metric: &str| {
         let v: Vec<f64> = samples.iter().filter(|s| s.side == side && s.metric == metric).map(|s| s.value).collect();
         kib((!v.is_empty()).then(|| median(v)))
@@ -344,10 +384,10 @@ pub fn write(
     let _ = writeln!(
         md,
         "\n## Shim peak RSS (VmHWM, reset before each operation; medians)\n\nIdle pod with 2 containers: podcr {} peak, of it now {} anonymous + {} file-backed (the binary, shared by every podcr shim on the node); runc.v2 {} peak ({} + {}), plus its pause container's process.\n",
-        idle(Side::Podcr),
+        idle_of(Side::Podcr, "shim_hwm_idle_kib"),
         idle_of(Side::Podcr, "shim_anon_idle_kib"),
         idle_of(Side::Podcr, "shim_file_idle_kib"),
-        idle(Side::RuncV2),
+        idle_of(Side::RuncV2, "shim_hwm_idle_kib"),
         idle_of(Side::RuncV2, "shim_anon_idle_kib"),
         idle_of(Side::RuncV2, "shim_file_idle_kib"),
     );
@@ -374,23 +414,15 @@ pub fn write(
             kib(m.get(Side::RuncV2, "none", n, sz, "shim_hwm_restored_kib")),
         );
     }
+}
 
+fn write_failures(md: &mut String, failures: &[String]) {
     if !failures.is_empty() {
         let _ = writeln!(md, "\n## Failures\n");
         for f in failures {
             let _ = writeln!(md, "```\n{f}\n```");
         }
     }
-    match plot(&out.join("plot.png"), &m, samples, base) {
-        Ok(note) => {
-            let _ = writeln!(md, "\nPlot: `plot.png` ({note}).");
-        }
-        Err(e) => {
-            let _ = writeln!(md, "\nNo plot: {e:#}");
-        }
-    }
-    std::fs::write(out.join("results.md"), &md)?;
-    Ok(md)
 }
 
 /// A font for the plot's text, from fonts-dejavu-core; without one the plot has no text.

@@ -50,64 +50,17 @@ impl Containers {
         if let Err(e) = crate::pod::criu_hook::install(&args.bundle) {
             warn!(container = %args.id, error = %e, "cannot give the container the CRIU hook");
         }
-        let spec: serde_json::Value = match tokio::fs::read(args.bundle.join("config.json")).await {
-            Ok(data) => serde_json::from_slice(&data)?,
-            Err(e) => return Err(Error::io("read config.json")(e)),
-        };
+        let spec = read_spec(&args.bundle).await?;
         let hook = lock(&self.inner.restore_hook).clone();
         if let Some(hook) = &hook {
             hook.before_create(&args.id, &spec).await?;
         }
         let rootfs = args.bundle.join("rootfs");
-        let upperdir = args.rootfs.iter().find_map(|m| container::upperdir(&m.options));
         for m in &args.rootfs {
             containerd_shim::util::mount_rootfs(m, &rootfs).await?;
         }
-        let mounted_rootfs = !args.rootfs.is_empty();
-        let staged = self.unstage_restore(&args.id);
-        let plan = match (&args.checkpoint, staged) {
-            (Some(image), _) => Some(RestorePlan {
-                image_path: image.clone(),
-                work_path: args.criu_work_path.clone(),
-                flags: CriuFlags::default(),
-                discard: Vec::new(),
-            }),
-            (None, Some(s)) => {
-                if s.rootfs_diff.is_some() {
-                    if let Err(e) = self.apply_rootfs_hook(&rootfs, &s).await {
-                        unmount_path(&args.id, &rootfs, mounted_rootfs).await;
-                        return Err(e);
-                    }
-                }
-                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
-                Some(RestorePlan {
-                    image_path: s.image_path,
-                    work_path: s.work_path,
-                    flags: CriuFlags {
-                        tcp_established: s.tcp_established,
-                        file_locks: s.file_locks,
-                        ..Default::default()
-                    },
-                    discard,
-                })
-            }
-            (None, None) => None,
-        };
-        let c = Arc::new(Container {
-            id: args.id.clone(),
-            bundle: args.bundle.clone(),
-            rootfs: rootfs.clone(),
-            mounted_rootfs,
-            upperdir,
-            annotations: container::annotations(&spec),
-            created_at: SystemTime::now(),
-            runc: Runc { binary: self.inner.runc_binary.clone(), ..Runc::new(&self.inner.runc_root, &args.bundle) },
-            init: Arc::new(Process::new("", args.stdio.clone(), None)),
-            execs: Mutex::default(),
-            restore: Mutex::new(plan.clone()),
-            paused: Default::default(),
-            op: Default::default(),
-        });
+        let plan = self.restore_plan(&args, &rootfs).await?;
+        let c = self.new_container(&args, rootfs, &spec, plan.clone());
         let pid = if plan.is_some() {
             // Like the Go shim: a checkpointed create only records the plan; runc restore at Start.
             0
@@ -126,6 +79,71 @@ impl Containers {
             self.register(pid, &c.id, "");
         }
         info!(container = %c.id, pid, restore = plan.is_some(), "created");
+        self.publish_created(&c, args, pid);
+        Ok(pid)
+    }
+
+    /// What Start will restore instead of starting afresh, if anything: the image containerd
+    /// passed in the request, else one a pod restore staged for this id. A staged rootfs diff
+    /// is applied here, before runc sees the rootfs; if that fails the rootfs is unmounted again.
+    async fn restore_plan(&self, args: &CreateArgs, rootfs: &Path) -> Result<Option<RestorePlan>> {
+        let staged = self.unstage_restore(&args.id);
+        let plan = match (&args.checkpoint, staged) {
+            (Some(image), _) => Some(RestorePlan {
+                image_path: image.clone(),
+                work_path: args.criu_work_path.clone(),
+                flags: CriuFlags::default(),
+                discard: Vec::new(),
+            }),
+            (None, Some(s)) => {
+                if s.rootfs_diff.is_some() {
+                    if let Err(e) = self.apply_rootfs_hook(rootfs, &s).await {
+                        unmount_path(&args.id, rootfs, !args.rootfs.is_empty()).await;
+                        return Err(e);
+                    }
+                }
+                let discard = std::iter::once(s.image_path.clone()).chain(s.rootfs_diff.clone()).collect();
+                Some(RestorePlan {
+                    image_path: s.image_path,
+                    work_path: s.work_path,
+                    flags: CriuFlags {
+                        tcp_established: s.tcp_established,
+                        file_locks: s.file_locks,
+                        ..Default::default()
+                    },
+                    discard,
+                })
+            }
+            (None, None) => None,
+        };
+        Ok(plan)
+    }
+
+    fn new_container(
+        &self,
+        args: &CreateArgs,
+        rootfs: PathBuf,
+        spec: &serde_json::Value,
+        plan: Option<RestorePlan>,
+    ) -> Arc<Container> {
+        Arc::new(Container {
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+            rootfs,
+            mounted_rootfs: !args.rootfs.is_empty(),
+            upperdir: args.rootfs.iter().find_map(|m| container::upperdir(&m.options)),
+            annotations: container::annotations(spec),
+            created_at: SystemTime::now(),
+            runc: Runc { binary: self.inner.runc_binary.clone(), ..Runc::new(&self.inner.runc_root, &args.bundle) },
+            init: Arc::new(Process::new("", args.stdio.clone(), None)),
+            execs: Mutex::default(),
+            restore: Mutex::new(plan),
+            paused: Default::default(),
+            op: Default::default(),
+        })
+    }
+
+    fn publish_created(&self, c: &Container, args: CreateArgs, pid: u32) {
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -138,7 +156,6 @@ impl Containers {
                 ..Default::default()
             },
         );
-        Ok(pid)
     }
 
     async fn apply_rootfs_hook(&self, rootfs: &Path, args: &super::RestoreArgs) -> Result<()> {
@@ -497,6 +514,13 @@ impl Containers {
     /// Whether Task.Shutdown may end the shim: not serving a sandbox, and nothing left to run.
     pub fn may_shutdown(&self) -> bool {
         !self.is_sandboxed() && self.is_empty()
+    }
+}
+
+async fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+    match tokio::fs::read(bundle.join("config.json")).await {
+        Ok(data) => Ok(serde_json::from_slice(&data)?),
+        Err(e) => Err(Error::io("read config.json")(e)),
     }
 }
 
