@@ -49,6 +49,67 @@ pub fn trust_policy() -> Result<TrustPolicy> {
 /// unpacked into a fresh private directory and verified there. Either way the signature is
 /// verified against the node's trusted keys before anything else of the checkpoint is read.
 pub fn open(path: &Path) -> Result<Source> {
+    open_pod_checkpoint(path).map_err(|e| match container_checkpoint(path) {
+        // Said instead of the reader's complaint about a missing pod manifest, which would
+        // leave the user guessing.
+        Some(kind) => anyhow::anyhow!(
+            "{} is a single container's checkpoint ({kind}), not a podcr pod checkpoint: restore it with the \
+             tool that made it (the kubelet's CRI, `crictl`, `podman container restore`); podcr restores \
+             checkpoints that `podcr checkpoint` or CRI CheckpointPod wrote",
+            path.display()
+        ),
+        None => e,
+    })
+}
+
+/// Names the kind of a *container* checkpoint (the kubelet's, CRI-O's, containerd's CRI or
+/// Podman's: `config.dump`, `spec.dump` and `checkpoint/` at the top, no pod manifest), for a
+/// better error than "not a pod checkpoint". Only looks at names, never trusts the content.
+fn container_checkpoint(path: &Path) -> Option<&'static str> {
+    let names: Vec<String> = if path.is_dir() {
+        std::fs::read_dir(path).ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    } else {
+        tar_head_names(path, 64).ok()?
+    };
+    let has = |n: &str| names.iter().any(|x| x.trim_start_matches("./").trim_end_matches('/') == n);
+    let container = has("spec.dump") && (has("config.dump") || has("checkpoint"));
+    (container && !has(archive::POD_MANIFEST_FILE)).then_some("config.dump and spec.dump at its top")
+}
+
+/// The names of the first `max` entries of an uncompressed tar, read from the raw 512-byte
+/// headers (name and ustar prefix fields only) and skipping each entry's data by seeking: a
+/// hostile size or long-name entry costs a seek, never an allocation.
+fn tar_head_names(path: &Path, max: usize) -> std::io::Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut names = Vec::new();
+    let mut header = [0u8; 512];
+    let mut pos = 0u64;
+    while names.len() < max && pos + 512 <= len {
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut header)?;
+        if header.iter().all(|b| *b == 0) {
+            break;
+        }
+        let field = |r: std::ops::Range<usize>| {
+            let b = &header[r];
+            String::from_utf8_lossy(&b[..b.iter().position(|c| *c == 0).unwrap_or(b.len())]).into_owned()
+        };
+        let size_field = field(124..136);
+        let size = u64::from_str_radix(size_field.trim(), 8).map_err(|_| std::io::ErrorKind::InvalidData)?;
+        let (prefix, name) = (field(345..500), field(0..100));
+        if &header[257..262] == b"ustar" && !prefix.is_empty() {
+            names.push(format!("{prefix}/{name}"));
+        } else {
+            names.push(name);
+        }
+        pos = pos.saturating_add(512).saturating_add(size.div_ceil(512).saturating_mul(512));
+    }
+    Ok(names)
+}
+
+fn open_pod_checkpoint(path: &Path) -> Result<Source> {
     let limits = Limits::default();
     let trust = trust_policy()?;
     let meta = std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
@@ -86,6 +147,37 @@ mod tests {
         assert_eq!(compression_for(Path::new("pod.TAR.GZ")), Compression::Gzip);
         assert_eq!(compression_for(Path::new("pod.tar")), Compression::None);
         assert_eq!(compression_for(Path::new("pod")), Compression::None);
+    }
+
+    /// A directory and a tar laid out as the kubelet's container checkpoints are named as such.
+    #[test]
+    fn a_container_checkpoint_is_recognised_as_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ctr");
+        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+        std::fs::write(dir.join("config.dump"), "{}").unwrap();
+        std::fs::write(dir.join("spec.dump"), "{}").unwrap();
+        std::fs::write(dir.join("checkpoint/pages-1.img"), "x").unwrap();
+        assert!(container_checkpoint(&dir).is_some());
+        let err = open(&dir).err().unwrap().to_string();
+        assert!(err.contains("single container's checkpoint"), "{err}");
+
+        let tar = tmp.path().join("ctr.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tar)
+            .args(["config.dump", "spec.dump", "checkpoint"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(container_checkpoint(&tar).is_some());
+
+        // A pod checkpoint's manifest beside them, or an unrelated directory: not a container one.
+        std::fs::write(dir.join(archive::POD_MANIFEST_FILE), "{}").unwrap();
+        assert!(container_checkpoint(&dir).is_none());
+        assert!(container_checkpoint(tmp.path()).is_none());
     }
 
     #[test]

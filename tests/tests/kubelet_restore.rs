@@ -377,6 +377,13 @@ async fn a_pod_created_with_restore_from_comes_up_restored() -> Result<()> {
         "checkpointctl show does not read the container checkpoint:\n{}",
         show.stdout
     );
+    // Handed to `podcr restore`, that container checkpoint is named for what it is.
+    let out = podcr(cd, s(&["restore", &tar.display().to_string(), "--name", "kr-not-a-pod"])).await?;
+    ensure!(
+        !out.success() && out.stderr.contains("single container's checkpoint"),
+        "podcr restore of a container checkpoint: {out:?}"
+    );
+    ensure!(pods::find_pod(&mut rs, "kr-not-a-pod").await?.is_none(), "a refused restore made a pod");
 
     // A second pod from the same checkpoint whose side container runs another command: that
     // container's start fails with the reason; app is restored and runs.
