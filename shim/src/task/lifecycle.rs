@@ -207,7 +207,7 @@ impl Containers {
                 let pid = restored?;
                 // CRIU gives the processes the credentials in the images, not the spec's: a
                 // process holding more than the spec grants is killed before anything sees it.
-                if let Err(e) = self.check_restored_caps(&c).await {
+                if let Err(e) = super::restored_caps::check(&c).await {
                     warn!(container = id, error = %e, "restored container holds more than its spec grants; killed");
                     if let Err(k) = c.runc.kill(id, 9, true).await {
                         warn!(container = id, error = %k, "kill a refused restored container");
@@ -265,34 +265,6 @@ impl Containers {
         c.init.set_started(pid, io);
         self.register(pid, &c.id, "");
         Ok(pid)
-    }
-
-    /// Refuses a restored container any of whose processes holds a capability (effective,
-    /// permitted or bounding) that its spec does not grant.
-    async fn check_restored_caps(&self, c: &Container) -> Result<()> {
-        use podcr_sandbox_controller::restore::policy::{cap_mask, cap_name, cap_names};
-        let data = tokio::fs::read(c.bundle.join("config.json")).await.map_err(Error::io("read config.json"))?;
-        let spec: serde_json::Value = serde_json::from_slice(&data)?;
-        let caps = &spec["process"]["capabilities"];
-        let granted: Vec<String> = ["bounding", "permitted", "effective", "ambient"]
-            .iter()
-            .filter_map(|k| caps[*k].as_array())
-            .flatten()
-            .filter_map(|v| v.as_str().map(cap_name))
-            .collect();
-        let allowed = cap_mask(&granted);
-        for pid in c.runc.ps(&c.id).await? {
-            // A process that exited meanwhile holds nothing.
-            let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await else { continue };
-            if let Some((field, extra)) = excess_caps(&status, allowed) {
-                return Err(Error::failed_precondition(format!(
-                    "restored process {pid} of container {} holds {:?} ({field}), which its spec does not grant; the container was killed",
-                    c.id,
-                    cap_names(extra)
-                )));
-            }
-        }
-        Ok(())
     }
 
     async fn start_exec(&self, c: &Container, exec_id: &str) -> Result<u32> {
@@ -517,7 +489,7 @@ impl Containers {
     }
 }
 
-async fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+pub(super) async fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
     match tokio::fs::read(bundle.join("config.json")).await {
         Ok(data) => Ok(serde_json::from_slice(&data)?),
         Err(e) => Err(Error::io("read config.json")(e)),
@@ -587,20 +559,6 @@ pub(super) fn criu_reason(log: &str) -> String {
     errors.join("\n")
 }
 
-/// The first of a `/proc/<pid>/status`'s capability sets (effective, permitted, bounding) that
-/// holds a capability outside `allowed`, with the excess; an unreadable field counts as all set.
-pub(super) fn excess_caps(status: &str, allowed: u64) -> Option<(&'static str, u64)> {
-    ["CapEff", "CapPrm", "CapBnd"].into_iter().find_map(|field| {
-        let held = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(u64::MAX);
-        let extra = held & !allowed;
-        (extra != 0).then_some((field, extra))
-    })
-}
-
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -664,18 +622,7 @@ async fn write_private(path: &Path, data: Vec<u8>) -> Result<()> {
 
 #[cfg(test)]
 mod criu_log_tests {
-    use super::{criu_reason, excess_caps};
-
-    #[test]
-    fn restored_capabilities_beyond_the_spec_are_found() {
-        let status = "Name:\tcounter\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n";
-        assert_eq!(excess_caps(status, 0xa80425fb), None);
-        let admin = status.replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a82425fb");
-        assert_eq!(excess_caps(&admin, 0xa80425fb), Some(("CapEff", 1 << 21)));
-        let bounding = status.replace("CapBnd:\t00000000a80425fb", "CapBnd:\t000001ffffffffff");
-        assert_eq!(excess_caps(&bounding, 0xa80425fb).map(|(f, _)| f), Some("CapBnd"));
-        assert!(excess_caps("Name:\tx\n", 0xa80425fb).is_some(), "unreadable sets are not trusted");
-    }
+    use super::criu_reason;
 
     #[test]
     fn quotes_criu_error_lines_not_the_unwinding_tail() {

@@ -10,6 +10,7 @@ mod io;
 pub mod lifecycle;
 mod oom;
 mod process;
+mod restored_caps;
 pub mod runc;
 pub mod service;
 mod stats;
