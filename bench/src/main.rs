@@ -186,7 +186,12 @@ fn host_note() -> String {
 }
 
 fn meminfo(key: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
+    proc_field("/proc/meminfo", key)
+}
+
+/// The first number of the `key:` line of a /proc file (`/proc/meminfo`, `/proc/<pid>/status`).
+fn proc_field<T: std::str::FromStr>(file: &str, key: &str) -> Option<T> {
+    std::fs::read_to_string(file)
         .ok()?
         .lines()
         .find(|l| l.starts_with(&format!("{key}:")))?
@@ -773,14 +778,7 @@ fn reset_hwm(pid: u32) {
 
 /// A `/proc/<pid>/status` field in KiB.
 fn status_kib(pid: u32, key: &str) -> Option<f64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    proc_field(&format!("/proc/{pid}/status"), key)
 }
 
 /// Total size of the regular files below `dir`.

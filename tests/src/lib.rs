@@ -13,6 +13,24 @@
 //! # anyhow::Ok(())
 //! ```
 
+/// Generates `<case>::runc` and `<case>::podcr` tests from `fn <case>(Runtime) -> Result<()>`:
+/// every behaviour is checked on runc.v2, the reference, and on podcr with the same assertions.
+#[macro_export]
+macro_rules! both_runtimes {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn runc() -> anyhow::Result<()> {
+                super::$case($crate::Runtime::Runc)
+            }
+            #[test]
+            fn podcr() -> anyhow::Result<()> {
+                super::$case($crate::Runtime::Podcr)
+            }
+        }
+    )*};
+}
+
 pub mod cleanup;
 pub mod cmd;
 pub mod containerd;

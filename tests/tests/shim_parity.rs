@@ -113,21 +113,7 @@ fn dash_v_prints_the_version_like_runc_v2() -> Result<()> {
     Ok(())
 }
 
-/// Generates `<case>::runc` and `<case>::podcr` tests from `fn <case>(Runtime) -> Result<()>`.
-macro_rules! both_runtimes {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[test]
-            fn runc() -> anyhow::Result<()> {
-                super::$case(podcr_tests::Runtime::Runc)
-            }
-            #[test]
-            fn podcr() -> anyhow::Result<()> {
-                super::$case(podcr_tests::Runtime::Podcr)
-            }
-        }
-    )*};
-}
+use podcr_tests::both_runtimes;
 
 both_runtimes!(shim_joins_the_shim_cgroup, a_missing_shim_cgroup_fails_the_task);
 

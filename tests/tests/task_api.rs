@@ -10,21 +10,7 @@ use podcr_tests::{images, procs, wait_for, wait_until, Containerd, Runtime, Test
 
 const T: Duration = Duration::from_secs(30);
 
-/// Generates `<case>::runc` and `<case>::podcr` tests from `fn <case>(Runtime) -> Result<()>`.
-macro_rules! both_runtimes {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[test]
-            fn runc() -> anyhow::Result<()> {
-                super::$case(podcr_tests::Runtime::Runc)
-            }
-            #[test]
-            fn podcr() -> anyhow::Result<()> {
-                super::$case(podcr_tests::Runtime::Podcr)
-            }
-        }
-    )*};
-}
+use podcr_tests::both_runtimes;
 
 both_runtimes!(
     stdout_and_stderr_arrive,
